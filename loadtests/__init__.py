@@ -1,0 +1,1 @@
+"""hybridserve loadtests package."""

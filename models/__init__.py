@@ -1,0 +1,1 @@
+"""hybridserve models package."""

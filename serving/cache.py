@@ -1,0 +1,162 @@
+"""The hybrid cache tiers: an in-process L1 (bounded LRU with TTL), admission, and the Redis L2.
+
+L1 and the admission rule are plain synchronous classes with no I/O so that the tuner can replay
+access traces through exactly the code the server runs (``tuning.simulate``). The Redis tier is
+:class:`serving.store.RedisStore`; this module only decides *what* is kept.
+
+Example::
+
+    l1 = L1Cache(capacity=10_000, ttl_s=300.0)
+    l1.put("17:42", 123.5)
+    l1.get("17:42")        # -> 123.5, or None on a miss; never a sentinel
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+Clock = Callable[[], float]
+
+# The admission counter forgets everything when it tracks this many keys: a cheap aging
+# step (as in TinyLFU's reset) that bounds memory however many distinct keys pass by.
+ADMISSION_MAX_TRACKED = 200_000
+
+
+class L1Cache:
+    """Bounded LRU of ``key -> prediction`` with an optional time-to-live.
+
+    ``capacity`` 0 disables the tier. ``ttl_s`` 0 means entries never expire by age (they still
+    leave by eviction, flush or model change). Not thread-safe: the server touches it only from
+    its event loop.
+    """
+
+    def __init__(self, capacity: int, ttl_s: float = 0.0, clock: Clock = time.monotonic) -> None:
+        if capacity < 0:
+            raise ValueError(f"L1 capacity must be >= 0, got {capacity}")
+        if ttl_s < 0:
+            raise ValueError(f"L1 TTL must be >= 0, got {ttl_s}")
+        self._capacity = capacity
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self.evictions = 0
+
+    @property
+    def capacity(self) -> int:
+        """Maximum number of entries."""
+        return self._capacity
+
+    @property
+    def ttl_s(self) -> float:
+        """Entry lifetime in seconds (0: no expiry)."""
+        return self._ttl_s
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: str) -> bool:
+        return self.peek(key) is not None
+
+    def peek(self, key: str) -> float | None:
+        """The cached value without touching recency; ``None`` if absent or expired."""
+        entry = self._entries.get(key)
+        if entry is None or (self._ttl_s and entry[1] <= self._clock()):
+            return None
+        return entry[0]
+
+    def get(self, key: str) -> float | None:
+        """The cached value, marking it most recently used; ``None`` on a miss."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if self._ttl_s and entry[1] <= self._clock():
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return entry[0]
+
+    def put(self, key: str, value: float) -> None:
+        """Insert or refresh ``key``, evicting the least recently used entry when full."""
+        if self._capacity == 0:
+            return
+        expires = self._clock() + self._ttl_s if self._ttl_s else 0.0
+        self._entries[key] = (value, expires)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
+    def clear(self) -> None:
+        """Drop every entry."""
+        self._entries.clear()
+
+    def reconfigure(self, capacity: int | None = None, ttl_s: float | None = None) -> None:
+        """Change size and/or TTL at run time; shrinking evicts the least recently used."""
+        if capacity is not None:
+            if capacity < 0:
+                raise ValueError(f"L1 capacity must be >= 0, got {capacity}")
+            self._capacity = capacity
+            while len(self._entries) > capacity:
+                self._entries.popitem(last=False)
+                self.evictions += 1
+        if ttl_s is not None:
+            if ttl_s < 0:
+                raise ValueError(f"L1 TTL must be >= 0, got {ttl_s}")
+            self._ttl_s = ttl_s
+
+
+@dataclass(frozen=True)
+class AdmissionRule:
+    """When a computed prediction enters the cache: ``always``, or after ``N`` requests (misses).
+
+    Parse from text with :meth:`parse`: ``"always"`` or ``"after:N"`` (N >= 1; ``after:1`` is
+    the same as ``always``).
+    """
+
+    min_requests: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> AdmissionRule:
+        """Parse ``always`` or ``after:N``; raise ``ValueError`` with the accepted forms otherwise."""
+        value = text.strip().lower()
+        if value == "always":
+            return cls(1)
+        prefix, _, count = value.partition(":")
+        if prefix == "after" and count.isdigit() and int(count) >= 1:
+            return cls(int(count))
+        raise ValueError(f"admission must be 'always' or 'after:N' with N >= 1, got {text!r}")
+
+    def __str__(self) -> str:
+        return "always" if self.min_requests <= 1 else f"after:{self.min_requests}"
+
+
+class Admission:
+    """Counts misses per key and says when a key has earned a cache slot."""
+
+    def __init__(self, rule: AdmissionRule, max_tracked: int = ADMISSION_MAX_TRACKED) -> None:
+        self.rule = rule
+        self._max_tracked = max_tracked
+        self._counts: dict[str, int] = {}
+        self.rejected = 0
+
+    def admit(self, key: str) -> bool:
+        """Record one miss of ``key``; ``True`` when it should now be cached."""
+        need = self.rule.min_requests
+        if need <= 1:
+            return True
+        count = self._counts.get(key, 0) + 1
+        if count >= need:
+            self._counts.pop(key, None)
+            return True
+        if len(self._counts) >= self._max_tracked:
+            self._counts.clear()
+        self._counts[key] = count
+        self.rejected += 1
+        return False
+
+    def reset(self) -> None:
+        """Forget all counts (after a flush or a model change)."""
+        self._counts.clear()

@@ -1,0 +1,1 @@
+"""hybridserve tuning package."""
