@@ -1,0 +1,224 @@
+"""Tests for tuning/simulate.py: libCacheSim curves against the reference table, server replays."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tuning.simulate import (
+    DEFAULT_FRACTIONS,
+    LIBCACHESIM_POLICIES,
+    MIN_CACHE_SIZE,
+    REDIS_POLICIES,
+    MissRatioCurve,
+    ServerPolicy,
+    cache_sizes,
+    canonical_policy,
+    miss_ratio_curves,
+    oracle_head_request_ratio,
+    simulate_server_policy,
+    top_keys,
+)
+from tuning.traces import Trace, read_trace
+
+TRACES = Path(__file__).resolve().parents[2] / "shared" / "traces"
+TOLERANCE = 0.005
+
+# shared/traces/README.md: miss ratios counting objects, libCacheSim 0.3.5.
+REFERENCE: dict[str, dict[float, dict[str, float]]] = {
+    "cache2k-web07": {
+        0.01: {"LRU": 0.609, "LFU": 0.694, "S3-FIFO": 0.563, "W-TinyLFU": 0.608, "Belady": 0.466},
+        0.10: {"LRU": 0.443, "LFU": 0.484, "S3-FIFO": 0.418, "W-TinyLFU": 0.441, "Belady": 0.319},
+    },
+    "cloudphysics-io": {
+        0.01: {"LRU": 0.838, "LFU": 0.850, "S3-FIFO": 0.830, "W-TinyLFU": 0.847, "Belady": 0.793},
+        0.10: {"LRU": 0.805, "LFU": 0.791, "S3-FIFO": 0.755, "W-TinyLFU": 0.776, "Belady": 0.629},
+    },
+}
+
+
+def _load(name: str) -> Trace:
+    path = TRACES / f"{name}.keys.txt"
+    if not path.exists():
+        pytest.skip(f"real trace {path} is absent (expected in ../shared/traces beside the project)")
+    return read_trace(path)
+
+
+@pytest.fixture(scope="module")
+def web07() -> Trace:
+    return _load("cache2k-web07")
+
+
+def _zipf_trace(n_requests: int = 20_000, n_keys: int = 2_000, seed: int = 3) -> Trace:
+    rng = np.random.default_rng(seed)
+    weights = 1.0 / np.arange(1, n_keys + 1)
+    keys = rng.choice(n_keys, size=n_requests, p=weights / weights.sum())
+    return Trace.from_keys([f"{key // 168}:{key % 168}" for key in keys.tolist()], times=np.arange(n_requests) * 0.01)
+
+
+def _by_policy(curves: list[MissRatioCurve]) -> dict[str, list[float]]:
+    return {curve.policy: [point.miss_ratio for point in curve.points] for curve in curves}
+
+
+# --------------------------------------------------------------------------- libCacheSim curves
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE))
+def test_curves_match_reference_table(name: str) -> None:
+    trace = _load(name)
+    fractions = sorted(REFERENCE[name])
+    policies = list(REFERENCE[name][fractions[0]])
+    measured = _by_policy(miss_ratio_curves(trace, policies, fractions))
+    for column, fraction in enumerate(fractions):
+        for policy, expected in REFERENCE[name][fraction].items():
+            assert measured[policy][column] == pytest.approx(expected, abs=TOLERANCE), (policy, fraction)
+
+
+def test_belady_is_never_worse(web07: Trace) -> None:
+    curves = miss_ratio_curves(web07, LIBCACHESIM_POLICIES + REDIS_POLICIES, DEFAULT_FRACTIONS)
+    belady = {point.cache_size: point.miss_ratio for point in _curve(curves, "Belady").points}
+    compared = 0
+    for curve in curves:
+        for point in curve.points:
+            if point.cache_size in belady:  # a clamped point is a larger cache than Belady's there
+                assert belady[point.cache_size] <= point.miss_ratio + 1e-9, (curve.policy, point)
+                compared += 1
+    assert compared >= len(curves) * (len(DEFAULT_FRACTIONS) - 1)
+
+
+def _curve(curves: list[MissRatioCurve], policy: str) -> MissRatioCurve:
+    return next(curve for curve in curves if curve.policy == policy)
+
+
+def test_small_sizes_are_clamped_and_recorded() -> None:
+    trace = _zipf_trace(n_requests=2_000, n_keys=300)
+    curves = {c.policy: c for c in miss_ratio_curves(trace, ["S3-FIFO", "W-TinyLFU", "TwoQ", "LRU"], [0.001, 0.5])}
+    for policy, minimum in MIN_CACHE_SIZE.items():
+        small, large = curves[policy].points
+        assert (small.cache_size, small.clamped_from) == (minimum, 1)
+        assert 0.0 < small.miss_ratio < 1.0  # simulated, not the all-miss of a broken configuration
+        assert large.clamped_from is None
+    assert curves["LRU"].points[0].cache_size == 1 and curves["LRU"].points[0].clamped_from is None
+
+
+def test_curves_serialise_to_json() -> None:
+    curves = miss_ratio_curves(_zipf_trace(n_requests=3_000), ["lru", "redis-allkeys-lfu"], [0.01, 0.1])
+    data = json.loads(json.dumps([dataclasses.asdict(curve) for curve in curves]))
+    assert [entry["policy"] for entry in data] == ["LRU", "redis-allkeys-lfu"]
+    assert data[0]["points"][1]["cache_size"] == int(0.1 * data[0]["n_unique"])
+
+
+def test_policy_names_and_sizes_are_validated() -> None:
+    assert canonical_policy("s3fifo") == "S3-FIFO" and canonical_policy("w_tinylfu") == "W-TinyLFU"
+    with pytest.raises(ValueError, match="unknown cache policy 'MRU'.*LRU"):
+        canonical_policy("MRU")
+    assert cache_sizes(20_484, [0.01, 0.1]) == [204, 2048]
+    with pytest.raises(ValueError, match=r"within \(0, 1\]"):
+        cache_sizes(100, [0.0])
+
+
+# --------------------------------------------------------------------------- server policies
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1])
+def test_server_l1_matches_libcachesim_lru(web07: Trace, fraction: float) -> None:
+    size = cache_sizes(web07.n_unique, [fraction])[0]
+    lru = miss_ratio_curves(web07, ["LRU"], [fraction])[0].points[0].miss_ratio
+    result = simulate_server_policy(web07, ServerPolicy.hybrid(l1_capacity=size), train_fraction=0.0)
+    assert result.requests == web07.n_requests
+    assert 1.0 - result.l1_hit_ratio == pytest.approx(lru, abs=TOLERANCE)
+
+
+def test_admission_after_two_admits_less(web07: Trace) -> None:
+    def admissions(rule: str) -> int:
+        policy = ServerPolicy.hybrid(l1_capacity=1_000, admission=rule)
+        return simulate_server_policy(web07, policy, train_fraction=0.0).admissions
+
+    assert admissions("after:2") < admissions("always")
+
+
+def test_hybrid_tiers_add_up() -> None:
+    policy = ServerPolicy.hybrid(head_size=50, l1_capacity=100, admission="after:2")
+    result = simulate_server_policy(_zipf_trace(), policy)
+    assert result.l1_hit_ratio + result.l2_hit_ratio + result.miss_ratio == pytest.approx(1.0)
+    assert result.l1_hits + result.l2_hits + result.misses == result.requests == 10_000
+    assert min(result.l1_hits, result.l2_hits, result.misses, result.rejected_admissions) > 0
+    # With an unbounded Redis the head never misses: misses come from the other keys only.
+    assert result.miss_ratio <= 1.0 - result.head_request_ratio
+    json.dumps(dataclasses.asdict(result))
+
+
+def test_static_serves_the_head_from_redis() -> None:
+    trace = _zipf_trace()
+    result = simulate_server_policy(trace, ServerPolicy.static(head_size=100))
+    assert result.l1_hits == 0 and result.admissions == 0
+    assert result.l2_hit_ratio == result.head_request_ratio > 0.3
+    assert result.miss_ratio == pytest.approx(1.0 - result.head_request_ratio)
+
+
+def test_static_head_shows_drift() -> None:
+    # The first half favours keys 0..99, the second half keys 100..199: a head chosen early misses.
+    rng = np.random.default_rng(1)
+    early, late = rng.integers(0, 100, 5_000), rng.integers(100, 200, 5_000)
+    trace = Trace.from_keys([str(key) for key in np.concatenate([early, late]).tolist()])
+    result = simulate_server_policy(trace, ServerPolicy.static(head_size=100))
+    assert result.head_request_ratio == 0.0 and result.miss_ratio == 1.0
+    assert result.oracle_head_request_ratio == 1.0
+
+
+def test_top_keys_and_oracle_head() -> None:
+    trace = Trace.from_keys(list("abacabad"))
+    assert [trace.keys[i] for i in top_keys(trace, 2).tolist()] == ["a", "b"]
+    assert len(top_keys(trace, 10)) == 4
+    assert oracle_head_request_ratio(trace, 1) == 0.5
+
+
+def test_bounded_redis_evicts() -> None:
+    trace = _zipf_trace()
+    unbounded = simulate_server_policy(trace, ServerPolicy.hybrid(l1_capacity=20))
+    bounded = simulate_server_policy(trace, ServerPolicy.hybrid(l1_capacity=20, l2_capacity=100))
+    assert unbounded.l2_evictions == 0 and bounded.l2_evictions > 0
+    assert bounded.miss_ratio > unbounded.miss_ratio
+
+
+@pytest.mark.parametrize("ttl", ["l1_ttl_s", "l2_ttl_s"])
+def test_ttls_expire_in_trace_time(ttl: str) -> None:
+    trace = _zipf_trace()  # 100 requests per trace second
+    forever = simulate_server_policy(trace, ServerPolicy.hybrid(l1_capacity=500))
+    short = simulate_server_policy(trace, ServerPolicy.hybrid(l1_capacity=500, **{ttl: 0.5}))
+    if ttl == "l1_ttl_s":
+        assert short.l1_hit_ratio < forever.l1_hit_ratio and short.miss_ratio == forever.miss_ratio
+    else:
+        assert short.miss_ratio > forever.miss_ratio
+
+
+def test_head_keys_never_expire() -> None:
+    trace = _zipf_trace()
+    result = simulate_server_policy(trace, ServerPolicy.hybrid(head_size=200, l2_ttl_s=0.01))
+    assert result.head_requests > 0
+    assert result.l2_hits >= result.head_requests  # no L1: every head request is a Redis hit
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda t: simulate_server_policy(t, ServerPolicy.static(10), train_fraction=0.0), "head_size > 0"),
+        (lambda t: simulate_server_policy(t, ServerPolicy(), train_fraction=1.0), r"within \[0, 1\)"),
+        (lambda t: simulate_server_policy(Trace.from_keys([]), ServerPolicy()), "leaves no requests"),
+        (lambda t: simulate_server_policy(Trace.from_keys(t.keys), ServerPolicy(l2_ttl_s=5)), "timestamps"),
+        (lambda t: ServerPolicy(admission="sometimes"), "after:N"),
+        (lambda t: ServerPolicy(l2_eviction="volatile-ttl"), "allkeys-lru"),
+        (lambda t: ServerPolicy(l2_capacity=0), "l2_capacity"),
+        (lambda t: ServerPolicy(mode="static", l1_capacity=5), "static mode has no L1"),
+        (lambda t: ServerPolicy(mode="dynamic"), "mode must be one of"),
+        (lambda t: ServerPolicy(l1_capacity=-1), "l1_capacity must be >= 0"),
+    ],
+)
+def test_server_policy_errors(call: Callable[[Trace], object], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        call(_zipf_trace(n_requests=100))

@@ -1,0 +1,549 @@
+"""Miss-ratio curves for cache policies, and replays of the server's own cache tiers.
+
+Two kinds of simulation, both counting objects (every prediction has size 1):
+
+- :func:`miss_ratio_curves`: library policies run by libCacheSim (LRU, LFU, ARC, S3-FIFO,
+  W-TinyLFU, Sieve, TwoQ and Belady, the offline optimum) plus the Redis ``maxmemory``
+  approximations of :mod:`tuning.redis_eviction`, over cache sizes given as fractions of the
+  trace's unique keys.
+- :func:`simulate_server_policy`: the tiers the server runs (static head, L1, admission, Redis
+  L2), replayed through ``serving.cache`` itself so the numbers describe the code that serves.
+
+libcachesim 0.3.5 pitfalls handled here (see ``shared/traces/README.md``): every libCacheSim run
+reads an oracleGeneral file written by :func:`tuning.traces.write_oracle_trace` (Belady needs the
+next-access field, and the plain readers abort on non-numeric keys); W-TinyLFU's window is kept
+at one object or more; sizes below what S3-FIFO, W-TinyLFU and TwoQ can handle are raised to
+their minimum and the point records it (``clamped_from``).
+
+Example::
+
+    trace = read_trace("web.keys.txt")
+    curves = miss_ratio_curves(trace, ["LRU", "S3-FIFO", "Belady"], [0.01, 0.1])
+    curves[0].points[1].miss_ratio
+    hybrid = simulate_server_policy(trace, ServerPolicy.hybrid(head_size=100, l1_capacity=1000))
+    hybrid.l1_hit_ratio, hybrid.l2_hit_ratio, hybrid.miss_ratio   # tiers cost differently
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import libcachesim as lcs
+import numpy as np
+
+from serving.cache import Admission, AdmissionRule, L1Cache
+from tuning.redis_eviction import REDIS_EVICTION_POLICIES, REDIS_MAXMEMORY_SAMPLES, RedisEvictionCache
+from tuning.traces import Trace, write_oracle_trace
+
+# Cache sizes as fractions of unique keys: 0.1% to 50% in 1-2-5 steps (log-spaced, and it
+# includes the 1% and 10% points of the reference table).
+DEFAULT_FRACTIONS: tuple[float, ...] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5)
+# The part of a trace that chooses the static head; the rest is where it is evaluated.
+DEFAULT_TRAIN_FRACTION = 0.5
+
+_LIBCACHESIM_CLASSES: dict[str, type[lcs.CacheBase]] = {
+    "LRU": lcs.LRU,
+    "LFU": lcs.LFU,
+    "ARC": lcs.ARC,
+    "S3-FIFO": lcs.S3FIFO,
+    "W-TinyLFU": lcs.WTinyLFU,
+    "Sieve": lcs.Sieve,
+    "TwoQ": lcs.TwoQ,
+    "Belady": lcs.Belady,  # fed the next-access times of the oracleGeneral file
+}
+LIBCACHESIM_POLICIES: tuple[str, ...] = tuple(_LIBCACHESIM_CLASSES)
+REDIS_POLICIES: tuple[str, ...] = tuple(f"redis-{name}" for name in REDIS_EVICTION_POLICIES)
+ALL_POLICIES: tuple[str, ...] = LIBCACHESIM_POLICIES + REDIS_POLICIES
+DEFAULT_POLICIES = LIBCACHESIM_POLICIES
+
+# Smallest sizes (objects) at which libcachesim 0.3.5 works, measured on the bundled traces:
+# S3-FIFO aborts the process below 10 and misses everything below 20; W-TinyLFU aborts below 6
+# (its SLRU main cache gets an empty segment); TwoQ misses everything below 4 (empty Ain queue).
+MIN_CACHE_SIZE: dict[str, int] = {"S3-FIFO": 20, "W-TinyLFU": 6, "TwoQ": 4}
+# W-TinyLFU's window is window_size x cache size objects, rounded down: keep it at >= 1 object.
+WTINYLFU_WINDOW = 0.01
+WTINYLFU_MIN_WINDOW_OBJECTS = 1.5
+# libCacheSim's hash table starts at 2**hashpower buckets and grows; its default (24) allocates
+# 128 MiB per cache, which dominates the run time of small traces.
+_MIN_HASHPOWER, _MAX_HASHPOWER = 12, 24
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class CurvePoint:
+    """One simulated cache size: ``miss_ratio`` at ``cache_size`` objects."""
+
+    fraction: float
+    cache_size: int
+    miss_ratio: float
+    clamped_from: int | None = None
+    """The size asked for, when a library minimum forced a larger ``cache_size``; else ``None``."""
+
+
+@dataclass
+class MissRatioCurve:
+    """Miss ratio of one policy over cache sizes."""
+
+    policy: str
+    n_requests: int
+    n_unique: int
+    points: list[CurvePoint] = field(default_factory=list)
+
+
+SERVER_MODES: tuple[str, ...] = ("static", "hybrid")
+
+
+@dataclass(frozen=True)
+class ServerPolicy:
+    """A configuration of the server's cache tiers, as replayed by :func:`simulate_server_policy`.
+
+    Both modes precompute the ``head_size`` most requested keys of the training part into Redis
+    (no TTL). ``static`` serves those and misses everything else. ``hybrid`` looks a key up in L1
+    (``l1_capacity`` entries, 0 for none; ``l1_ttl_s``), then in Redis (a hit refills L1), then
+    calls the model and caches the result in L1 and Redis when ``admission`` (``always`` /
+    ``after:N``) says so, with ``l2_ttl_s`` (the server's ``redis_ttl_s``; 0: no expiry).
+    Redis holds everything unless ``l2_capacity`` sets ``maxmemory`` in keys, evicting with
+    ``l2_eviction``; like ``allkeys-*`` in Redis, that may evict head keys too.
+
+    Example::
+
+        ServerPolicy.static(head_size=5000)
+        ServerPolicy.hybrid(head_size=500, l1_capacity=2000, admission="after:2")
+        ServerPolicy.hybrid(l2_capacity=10_000, l2_eviction="allkeys-lfu")
+    """
+
+    mode: str = "hybrid"
+    head_size: int = 0
+    l1_capacity: int = 0
+    l1_ttl_s: float = 0.0
+    admission: str = "always"
+    l2_capacity: int | None = None
+    l2_eviction: str = "allkeys-lru"
+    l2_ttl_s: float = 0.0
+    l2_samples: int = REDIS_MAXMEMORY_SAMPLES
+
+    def __post_init__(self) -> None:
+        if self.mode not in SERVER_MODES:
+            raise ValueError(f"mode must be one of {SERVER_MODES}, got {self.mode!r}")
+        for name in ("head_size", "l1_capacity", "l1_ttl_s", "l2_ttl_s"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.l2_capacity is not None and self.l2_capacity < 1:
+            raise ValueError(f"l2_capacity must be None (no maxmemory) or >= 1 key, got {self.l2_capacity}")
+        if self.l2_eviction not in REDIS_EVICTION_POLICIES:
+            raise ValueError(f"l2_eviction must be one of {REDIS_EVICTION_POLICIES}, got {self.l2_eviction!r}")
+        if self.mode == "static" and self.l1_capacity:
+            raise ValueError("static mode has no L1 (the server runs it with L1 size 0)")
+        AdmissionRule.parse(self.admission)  # raises a ValueError naming the accepted forms
+
+    @classmethod
+    def static(cls, head_size: int) -> ServerPolicy:
+        """Static serving of a precomputed head: every other key is a miss."""
+        return cls(mode="static", head_size=head_size)
+
+    @classmethod
+    def hybrid(
+        cls,
+        head_size: int = 0,
+        l1_capacity: int = 0,
+        admission: str = "always",
+        *,
+        l1_ttl_s: float = 0.0,
+        l2_capacity: int | None = None,
+        l2_eviction: str = "allkeys-lru",
+        l2_ttl_s: float = 0.0,
+    ) -> ServerPolicy:
+        """Hybrid serving: L1, Redis (head plus admitted keys), the model on a miss."""
+        return cls(
+            mode="hybrid",
+            head_size=head_size,
+            l1_capacity=l1_capacity,
+            l1_ttl_s=l1_ttl_s,
+            admission=admission,
+            l2_capacity=l2_capacity,
+            l2_eviction=l2_eviction,
+            l2_ttl_s=l2_ttl_s,
+        )
+
+
+@dataclass
+class ServerPolicyResult:
+    """Where the evaluated requests were served from; ratios are fractions of ``requests``.
+
+    Tiers cost different amounts (an L1 hit is a dict lookup, an L2 hit a Redis round trip, a miss
+    a model call), so ``l1_hit_ratio + l2_hit_ratio + miss_ratio == 1`` are reported apart.
+    ``head_request_ratio`` is the share of requests for head keys, served from L1 or Redis;
+    ``oracle_head_request_ratio`` is that share for a head of the same size chosen on the
+    evaluated requests themselves: the gap between the two is the cost of popularity drift.
+    """
+
+    policy: ServerPolicy
+    train_fraction: float
+    requests: int
+    l1_hits: int
+    l2_hits: int
+    misses: int
+    head_requests: int
+    admissions: int
+    rejected_admissions: int
+    l1_evictions: int
+    l2_evictions: int
+    l1_hit_ratio: float
+    l2_hit_ratio: float
+    miss_ratio: float
+    head_request_ratio: float
+    oracle_head_request_ratio: float
+
+
+# --------------------------------------------------------------------------- miss-ratio curves
+
+
+def miss_ratio_curves(
+    trace: Trace,
+    policies: Sequence[str] = DEFAULT_POLICIES,
+    fractions: Sequence[float] = DEFAULT_FRACTIONS,
+    *,
+    seed: int = 0,
+) -> list[MissRatioCurve]:
+    """Miss ratio of each policy at each cache size (a fraction of the trace's unique keys).
+
+    Policy names are those of :data:`ALL_POLICIES`, matched ignoring case and dashes
+    (``"s3fifo"`` works). ``seed`` drives the Redis approximations' sampling.
+
+    Example::
+
+        for curve in miss_ratio_curves(trace, ["LRU", "Belady"], [0.001, 0.01, 0.1]):
+            print(curve.policy, [p.miss_ratio for p in curve.points])
+    """
+    names = [canonical_policy(policy) for policy in policies]
+    sizes = cache_sizes(trace.n_unique, fractions)
+    with _oracle_file(trace, needed=any(name in LIBCACHESIM_POLICIES for name in names)) as oracle:
+        return [_curve(trace, oracle, name, fractions, sizes, seed) for name in names]
+
+
+def canonical_policy(name: str) -> str:
+    """The policy's name as in :data:`ALL_POLICIES`; ``ValueError`` listing them if unknown."""
+    wanted = _fold(name)
+    for known in ALL_POLICIES:
+        if _fold(known) == wanted:
+            return known
+    raise ValueError(f"unknown cache policy {name!r}; choose from {', '.join(ALL_POLICIES)}")
+
+
+def cache_sizes(n_unique: int, fractions: Sequence[float]) -> list[int]:
+    """Cache sizes in objects: ``fraction x n_unique`` rounded down, at least 1.
+
+    Example::
+
+        cache_sizes(20_484, [0.01, 0.1])   # -> [204, 2048]
+    """
+    if n_unique < 1:
+        raise ValueError("the trace has no requests, so there is no cache size to simulate")
+    for fraction in fractions:
+        if not 0.0 < fraction <= 1.0:
+            raise ValueError(f"cache size fractions must be within (0, 1], got {fraction}")
+    return [max(1, int(fraction * n_unique)) for fraction in fractions]
+
+
+def _fold(name: str) -> str:
+    return name.replace("-", "").replace("_", "").lower()
+
+
+@contextmanager
+def _oracle_file(trace: Trace, *, needed: bool) -> Iterator[Path | None]:
+    if not needed:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="hybridserve-trace-") as folder:
+        yield write_oracle_trace(trace, Path(folder) / "trace.oracleGeneral")
+
+
+def _curve(
+    trace: Trace, oracle: Path | None, policy: str, fractions: Sequence[float], sizes: list[int], seed: int
+) -> MissRatioCurve:
+    points = [_point(trace, oracle, policy, fraction, size, seed) for fraction, size in zip(fractions, sizes)]
+    return MissRatioCurve(policy=policy, n_requests=len(trace), n_unique=trace.n_unique, points=points)
+
+
+def _point(trace: Trace, oracle: Path | None, policy: str, fraction: float, size: int, seed: int) -> CurvePoint:
+    usable = max(size, MIN_CACHE_SIZE.get(policy, 1))
+    if policy in REDIS_POLICIES:
+        ratio = redis_miss_ratio(trace, usable, policy.removeprefix("redis-"), seed=seed)
+    else:
+        assert oracle is not None  # written whenever a libCacheSim policy is asked for
+        ratio = _libcachesim_miss_ratio(oracle, policy, usable, _hashpower(trace.n_unique))
+    clamped_from = size if usable != size else None
+    return CurvePoint(fraction=fraction, cache_size=usable, miss_ratio=ratio, clamped_from=clamped_from)
+
+
+def _hashpower(n_unique: int) -> int:
+    return min(_MAX_HASHPOWER, max(_MIN_HASHPOWER, math.ceil(math.log2(n_unique + 1)) + 1))
+
+
+def _libcachesim_miss_ratio(oracle: Path, policy: str, size: int, hashpower: int) -> float:
+    params = lcs.ReaderInitParam(ignore_obj_size=True)
+    reader = lcs.TraceReader(str(oracle), lcs.TraceType.ORACLE_GENERAL_TRACE, params)
+    object_miss_ratio, _byte_miss_ratio = _libcachesim_cache(policy, size, hashpower).process_trace(reader)
+    return float(object_miss_ratio)
+
+
+def _libcachesim_cache(policy: str, size: int, hashpower: int) -> lcs.CacheBase:
+    options: dict[str, float] = {}
+    if policy == "W-TinyLFU":
+        options["window_size"] = max(WTINYLFU_WINDOW, WTINYLFU_MIN_WINDOW_OBJECTS / size)
+    return _LIBCACHESIM_CLASSES[policy](size, hashpower=hashpower, **options)
+
+
+def redis_miss_ratio(
+    trace: Trace,
+    capacity: int,
+    eviction: str = "allkeys-lru",
+    *,
+    samples: int = REDIS_MAXMEMORY_SAMPLES,
+    seed: int = 0,
+) -> float:
+    """Miss ratio of Redis used as a cache of ``capacity`` keys (read, and write on a miss).
+
+    Example::
+
+        redis_miss_ratio(trace, capacity=2000, eviction="allkeys-lfu")
+    """
+    redis = RedisEvictionCache(capacity, eviction, samples=samples, seed=seed)
+    misses = 0
+    for key in trace.ids.tolist():
+        if not redis.get(key):
+            misses += 1
+            redis.put(key)
+    return misses / len(trace) if len(trace) else 0.0
+
+
+# --------------------------------------------------------------------------- server policies
+
+
+def simulate_server_policy(
+    trace: Trace,
+    policy: ServerPolicy,
+    *,
+    train_fraction: float = DEFAULT_TRAIN_FRACTION,
+    warm_up: bool = True,
+    seed: int = 0,
+) -> ServerPolicyResult:
+    """Replay ``trace`` through the server's cache tiers and count where requests are served.
+
+    The first ``train_fraction`` of the trace chooses the head (its ``head_size`` most requested
+    keys) and, with ``warm_up``, fills L1 and Redis as the running server would have; the rest is
+    evaluated, so popularity drift between the two parts shows. ``train_fraction=0`` evaluates the
+    whole trace from cold caches (then ``head_size`` must be 0). TTLs run on the trace's
+    timestamps; ``seed`` drives the Redis eviction sampling.
+
+    Example::
+
+        result = simulate_server_policy(trace, ServerPolicy.hybrid(head_size=200, l1_capacity=1000))
+        result.l1_hit_ratio + result.l2_hit_ratio + result.miss_ratio   # 1.0
+    """
+    _check_replay(trace, policy, train_fraction)
+    train, test = trace.split(train_fraction)
+    head = top_keys(train, policy.head_size)
+    replay = _ServerReplay(trace.keys, head, policy, seed)
+    if warm_up:
+        replay.run(train)
+    counts = replay.run(test)
+    return _server_result(policy, train_fraction, counts, oracle_head_request_ratio(test, policy.head_size))
+
+
+def top_keys(trace: Trace, k: int) -> np.ndarray:
+    """Ids of the ``k`` most requested keys of ``trace``, most requested first (fewer if it has
+    fewer keys); ties go to the key seen first."""
+    counts = np.bincount(trace.ids, minlength=len(trace.keys))
+    ranked = np.argsort(-counts, kind="stable")[:k]
+    return ranked[counts[ranked] > 0]
+
+
+def oracle_head_request_ratio(trace: Trace, head_size: int) -> float:
+    """Share of ``trace``'s requests for its own ``head_size`` most requested keys."""
+    if len(trace) == 0:
+        return 0.0
+    counts = np.sort(np.bincount(trace.ids))[::-1]
+    return float(counts[:head_size].sum() / len(trace))
+
+
+def _check_replay(trace: Trace, policy: ServerPolicy, train_fraction: float) -> None:
+    if not 0.0 <= train_fraction < 1.0:
+        raise ValueError(f"train_fraction must be within [0, 1), got {train_fraction}")
+    if policy.head_size and train_fraction == 0.0:
+        raise ValueError("the head is chosen on the training part: head_size > 0 needs train_fraction > 0")
+    if int(len(trace) * train_fraction) == len(trace):
+        raise ValueError(f"train_fraction {train_fraction} leaves no requests of {len(trace)} to evaluate")
+    if (policy.l1_ttl_s or policy.l2_ttl_s) and trace.times is None:
+        raise ValueError("TTLs need a trace with timestamps (a CSV time column or oracleGeneral times)")
+
+
+@dataclass
+class _ReplayCounts:
+    requests: int = 0
+    l1_hits: int = 0
+    l2_hits: int = 0
+    misses: int = 0
+    head_requests: int = 0
+    admissions: int = 0
+    rejected_admissions: int = 0
+    l1_evictions: int = 0
+    l2_evictions: int = 0
+
+
+class _Store(Protocol):
+    """What the replay needs of Redis: GET (as a hit or not), SET, DEL."""
+
+    evictions: int
+
+    def get(self, key: str) -> bool: ...
+
+    def put(self, key: str) -> None: ...
+
+    def remove(self, key: str) -> bool: ...
+
+
+class _UnboundedStore:
+    """Redis without ``maxmemory``: keeps every key it is given."""
+
+    def __init__(self) -> None:
+        self._keys: set[str] = set()
+        self.evictions = 0
+
+    def get(self, key: str) -> bool:
+        return key in self._keys
+
+    def put(self, key: str) -> None:
+        self._keys.add(key)
+
+    def remove(self, key: str) -> bool:
+        if key not in self._keys:
+            return False
+        self._keys.discard(key)
+        return True
+
+
+class _TraceClock:
+    """The replay's notion of now, so TTLs expire in trace time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _RedisTier:
+    """The L2 as the server sees it: a store plus per-key expiry, checked on read like Redis'
+    lazy expiry (an expired key is never returned; until read it still takes a slot)."""
+
+    def __init__(self, store: _Store, clock: _TraceClock) -> None:
+        self._store = store
+        self._clock = clock
+        self._expires: dict[str, float] = {}
+
+    @property
+    def evictions(self) -> int:
+        return self._store.evictions
+
+    def get(self, key: str) -> bool:
+        expires = self._expires.get(key)
+        if expires is not None and expires <= self._clock.now:
+            del self._expires[key]
+            self._store.remove(key)
+            return False
+        return self._store.get(key)
+
+    def put(self, key: str, ttl_s: float = 0.0) -> None:
+        self._store.put(key)
+        if ttl_s:
+            self._expires[key] = self._clock.now + ttl_s
+        else:
+            self._expires.pop(key, None)
+
+
+class _ServerReplay:
+    """``PredictionService``'s request path with the I/O taken out.
+
+    Per request: L1, then Redis (a hit refills L1), then the model, whose result goes to L1 and
+    Redis when ``Admission`` says so (hybrid only). The head is written to Redis up front.
+    """
+
+    def __init__(self, keys: tuple[str, ...], head: np.ndarray, policy: ServerPolicy, seed: int) -> None:
+        self._keys = keys
+        self._head = frozenset(head.tolist())
+        self._policy = policy
+        self._clock = _TraceClock()
+        self._l1 = L1Cache(policy.l1_capacity, ttl_s=policy.l1_ttl_s, clock=self._clock)
+        self._l2 = _RedisTier(_make_store(policy, seed), self._clock)
+        for key_id in head.tolist():
+            self._l2.put(keys[key_id])
+        self._admission = Admission(AdmissionRule.parse(policy.admission))
+        self._admits = policy.mode == "hybrid"
+
+    def run(self, trace: Trace) -> _ReplayCounts:
+        """Serve every request of ``trace``; the counts cover this call only."""
+        counts = _ReplayCounts(requests=len(trace))
+        rejected, l1_evictions, l2_evictions = self._admission.rejected, self._l1.evictions, self._l2.evictions
+        times = trace.times.tolist() if trace.times is not None else None
+        for index, key_id in enumerate(trace.ids.tolist()):
+            if times is not None:
+                self._clock.now = times[index]
+            self._serve(key_id, counts)
+        counts.rejected_admissions = self._admission.rejected - rejected
+        counts.l1_evictions = self._l1.evictions - l1_evictions
+        counts.l2_evictions = self._l2.evictions - l2_evictions
+        return counts
+
+    def _serve(self, key_id: int, counts: _ReplayCounts) -> None:
+        key = self._keys[key_id]
+        counts.head_requests += key_id in self._head
+        if self._l1.get(key) is not None:
+            counts.l1_hits += 1
+        elif self._l2.get(key):
+            counts.l2_hits += 1
+            self._l1.put(key, 0.0)
+        else:
+            counts.misses += 1
+            if self._admits and self._admission.admit(key):
+                counts.admissions += 1
+                self._l1.put(key, 0.0)
+                self._l2.put(key, self._policy.l2_ttl_s)
+
+
+def _make_store(policy: ServerPolicy, seed: int) -> _Store:
+    if policy.l2_capacity is None:
+        return _UnboundedStore()
+    return RedisEvictionCache(policy.l2_capacity, policy.l2_eviction, samples=policy.l2_samples, seed=seed)
+
+
+def _server_result(
+    policy: ServerPolicy, train_fraction: float, counts: _ReplayCounts, oracle_head: float
+) -> ServerPolicyResult:
+    total = counts.requests
+    return ServerPolicyResult(
+        policy=policy,
+        train_fraction=train_fraction,
+        requests=total,
+        l1_hits=counts.l1_hits,
+        l2_hits=counts.l2_hits,
+        misses=counts.misses,
+        head_requests=counts.head_requests,
+        admissions=counts.admissions,
+        rejected_admissions=counts.rejected_admissions,
+        l1_evictions=counts.l1_evictions,
+        l2_evictions=counts.l2_evictions,
+        l1_hit_ratio=counts.l1_hits / total,
+        l2_hit_ratio=counts.l2_hits / total,
+        miss_ratio=counts.misses / total,
+        head_request_ratio=counts.head_requests / total,
+        oracle_head_request_ratio=oracle_head,
+    )
