@@ -1,0 +1,273 @@
+"""Locust load test of the hybridserve prediction API.
+
+Web UI (options editable in the start form)::
+
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000
+
+Headless::
+
+    locust -f loadtests/locustfile.py --host http://127.0.0.1:8000 --headless -u 50 -r 10 -t 2m \\
+        --key-dist zipf:1.1 --segments 200 --batch-size 1 --rate 500 --seed 7 --csv results/run
+
+Options (each falls back to the environment variable in brackets, then to the default):
+
+- ``--key-dist`` [HYBRIDSERVE_LOAD_KEY_DIST]: key distribution spec, see ``loadtests.keys``
+  (``zipf:1.1``, ``uniform``, ``drift:hot=500,p=0.9,period=30``, ``trace:PATH``).
+- ``--segments`` [HYBRIDSERVE_LOAD_SEGMENTS]: segment count; must match the server's key space.
+- ``--batch-size`` [HYBRIDSERVE_LOAD_BATCH_SIZE]: 1 sends ``GET /v1/predict/{key}``; more sends
+  ``POST /v1/predict`` with that many keys.
+- ``--rate`` [HYBRIDSERVE_LOAD_RATE]: target requests per second over all users of this Locust
+  process (per worker in a distributed run); 0 runs closed-loop, as fast as responses come back.
+- ``--seed`` [HYBRIDSERVE_LOAD_SEED]: fixes which keys are popular and the request sequence.
+
+Pacing. Locust users are closed loops: a user waits for its response before its next request.
+With ``--rate`` each user follows a fixed schedule, one request every ``users / rate`` seconds
+measured from the schedule rather than from its last response, so the offered load stays at
+``rate`` whatever the latency, as long as a user's response time stays under its interval. A
+late request is sent at once and the schedule catches up back to back, but never more than
+``MAX_CATCH_UP_S`` behind: older slots are dropped rather than sent as a burst after a stall.
+(Locust's ``constant_throughput`` instead restarts the interval after every slow request, which
+silently lowers the offered load exactly when the server is slowest.) Once users saturate the
+achieved RPS falls below ``--rate`` and latency percentiles, measured from each send, miss the
+time requests waited for a free user; compare achieved RPS with ``--rate`` and raise ``-u``
+(users >= rate x p99 latency) until they match.
+
+All users of one process share one key stream, so the process sends exactly the stream's
+sequence (a trace is replayed in order); in a distributed run each worker uses its own stream
+of the same seed. A single-pass trace ends the test when it runs out.
+
+This is the only module that imports locust: locust monkey-patches the standard library with
+gevent at import, which must not happen inside the server or the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import gevent
+from locust import FastHttpUser, events, task
+from locust.argument_parser import LocustArgumentParser
+from locust.env import Environment
+from locust.exception import StopUser
+from locust.runners import MasterRunner
+
+from loadtests.keys import KeysExhausted, KeyStream, key_stream, parse_spec
+
+PREDICT_ONE_PATH = "/v1/predict/{key}"
+PREDICT_BATCH_PATH = "/v1/predict"
+# Stats group by endpoint, not by key: one row for all single-key requests.
+PREDICT_ONE_NAME = "/v1/predict/[key]"
+PREDICT_BATCH_NAME = "/v1/predict"
+# How far a user's schedule may fall behind before missed slots are dropped (see module doc).
+MAX_CATCH_UP_S = 1.0
+# When a trace runs out, how long other users may take to finish their requests in flight
+# before the test ends anyway, and how often to look.
+END_TEST_GRACE_S = 10.0
+END_TEST_POLL_S = 0.05
+# Longest slice of a non-JSON error body quoted in a failure message.
+FAILURE_BODY_CHARS = 200
+
+DEFAULT_KEY_DIST = "zipf:1.1"
+DEFAULT_SEGMENTS = 200
+DEFAULT_BATCH_SIZE = 1
+DEFAULT_RATE = 0.0
+DEFAULT_SEED = 0
+
+logger = logging.getLogger(__name__)
+
+
+@events.init_command_line_parser.add_listener
+def add_arguments(parser: LocustArgumentParser) -> None:
+    """Register the hybridserve options (shown in the web UI's start form too)."""
+    group = parser.add_argument_group("hybridserve", "Key distribution, batching and pacing of predict requests")
+    group.add_argument(
+        "--key-dist",
+        default=DEFAULT_KEY_DIST,
+        env_var="HYBRIDSERVE_LOAD_KEY_DIST",
+        help="Key distribution: zipf:S, uniform, drift:hot=H,p=P,period=T|every=N, trace:[loop:]PATH",
+    )
+    group.add_argument(
+        "--segments",
+        type=int,
+        default=DEFAULT_SEGMENTS,
+        env_var="HYBRIDSERVE_LOAD_SEGMENTS",
+        help="Segment count of the server's key space (keys = segments x 168)",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULT_BATCH_SIZE,
+        env_var="HYBRIDSERVE_LOAD_BATCH_SIZE",
+        help="Keys per request: 1 uses GET /v1/predict/{key}, more use POST /v1/predict",
+    )
+    group.add_argument(
+        "--rate",
+        type=float,
+        default=DEFAULT_RATE,
+        env_var="HYBRIDSERVE_LOAD_RATE",
+        help="Target requests/s over all users of this process (open-loop schedule); 0: closed loop",
+    )
+    group.add_argument(
+        "--seed",
+        type=int,
+        default=DEFAULT_SEED,
+        env_var="HYBRIDSERVE_LOAD_SEED",
+        help="Seed of the key distribution (which keys are popular, and the request sequence)",
+    )
+
+
+@dataclass(frozen=True)
+class LoadOptions:
+    """The hybridserve options of one test run, validated."""
+
+    key_dist: str
+    segments: int
+    batch_size: int
+    rate: float
+    seed: int
+
+    @classmethod
+    def from_parsed(cls, parsed: Any) -> LoadOptions:
+        """Read and check the options from Locust's parsed options; ``ValueError`` if invalid."""
+        options = cls(
+            key_dist=str(parsed.key_dist),
+            segments=int(parsed.segments),
+            batch_size=int(parsed.batch_size),
+            rate=float(parsed.rate),
+            seed=int(parsed.seed),
+        )
+        parse_spec(options.key_dist)
+        if options.segments < 1:
+            raise ValueError(f"--segments must be >= 1, got {options.segments}")
+        if options.batch_size < 1:
+            raise ValueError(f"--batch-size must be >= 1, got {options.batch_size}")
+        if not options.rate >= 0:
+            raise ValueError(f"--rate must be >= 0, got {options.rate}")
+        return options
+
+
+@dataclass
+class LoadPlan:
+    """What every user of this process shares during one test run: options and the key stream."""
+
+    options: LoadOptions
+    keys: KeyStream
+
+    @classmethod
+    def build(cls, environment: Environment) -> LoadPlan:
+        """Options from the command line (or web UI form) and a fresh stream for this process."""
+        options = LoadOptions.from_parsed(environment.parsed_options)
+        # Workers share the seed (the same popular keys) but draw independent sequences.
+        stream = getattr(environment.runner, "worker_index", 0)
+        keys = key_stream(options.key_dist, options.segments, seed=options.seed, stream=stream)
+        return cls(options, keys)
+
+
+@events.init.add_listener
+def check_options(environment: Environment, **_kwargs: Any) -> None:
+    """Fail fast on bad options given on the command line, before any user starts."""
+    if environment.parsed_options is None or isinstance(environment.runner, MasterRunner):
+        return
+    try:
+        LoadPlan.build(environment)
+    except (ValueError, OSError) as exc:
+        # SystemExit passes through Locust's event error handling and ends the process.
+        raise SystemExit(f"hybridserve locustfile: {exc}") from None
+
+
+@events.test_start.add_listener
+def reset_plan(environment: Environment, **_kwargs: Any) -> None:
+    """Every test run (each start in the web UI) begins a fresh stream with current options."""
+    PredictUser.plan = None
+    PredictUser.ending = False
+
+
+def failure_message(status: int, body: bytes | None, error: Exception | None) -> str:
+    """A failure reason for Locust's failure table: status, the server's error code and detail."""
+    if status == 0:
+        return f"connection error: {error}"
+    text = (body or b"").decode("utf-8", "replace")
+    try:
+        payload = json.loads(text)
+        return f"HTTP {status} {payload['error']}: {payload['detail']}"
+    except (ValueError, TypeError, KeyError):
+        return f"HTTP {status}: {text[:FAILURE_BODY_CHARS]}"
+
+
+def end_test(environment: Environment, reason: str) -> NoReturn:
+    """Stop this user and end the whole test once the other users have stopped too.
+
+    Locust swallows ``StopTest`` raised by a user, so the runner is asked directly: quit when
+    headless, stop (keeping the web UI) otherwise. That happens in a separate greenlet, after
+    the other users have finished their requests in flight (they stop at their next key).
+    """
+    if not PredictUser.ending:
+        PredictUser.ending = True
+        logger.warning("hybridserve locustfile: %s; ending the test", reason)
+        gevent.spawn(_end_when_users_stopped, environment)
+    raise StopUser()
+
+
+def _end_when_users_stopped(environment: Environment) -> None:
+    runner = environment.runner
+    if runner is None:
+        return
+    deadline = time.monotonic() + END_TEST_GRACE_S
+    while runner.user_count > 0 and time.monotonic() < deadline:
+        gevent.sleep(END_TEST_POLL_S)
+    headless = bool(getattr(environment.parsed_options, "headless", False))
+    runner.quit() if headless else runner.stop()
+
+
+class PredictUser(FastHttpUser):
+    """Sends predict requests with keys from the shared stream, on an open-loop schedule."""
+
+    # One plan per process and test run, built by the first user to start (see reset_plan).
+    plan: LoadPlan | None = None
+    # Set once a user has begun ending the test (see end_test).
+    ending: bool = False
+
+    def on_start(self) -> None:
+        """Join the run's plan (building it if first) and start this user's schedule now."""
+        if PredictUser.plan is None:
+            try:
+                PredictUser.plan = LoadPlan.build(self.environment)
+            except (ValueError, OSError) as exc:
+                end_test(self.environment, str(exc))
+        self._due = time.monotonic()
+
+    def wait_time(self) -> float:
+        """Seconds to the next slot of this user's schedule (0 when running closed-loop)."""
+        rate = self._plan.options.rate
+        if rate <= 0:
+            return 0.0
+        interval = max(self.environment.runner.user_count, 1) / rate
+        now = time.monotonic()
+        self._due = max(self._due + interval, now - MAX_CATCH_UP_S)
+        return max(0.0, self._due - now)
+
+    @property
+    def _plan(self) -> LoadPlan:
+        assert PredictUser.plan is not None, "on_start builds the plan before any task runs"
+        return PredictUser.plan
+
+    @task
+    def predict(self) -> None:
+        """One request: GET for a single key, POST for a batch."""
+        try:
+            keys = self._plan.keys.take(self._plan.options.batch_size)
+        except KeysExhausted:
+            end_test(self.environment, "the trace replay has finished")
+        if self._plan.options.batch_size == 1:
+            request = self.client.get(PREDICT_ONE_PATH.format(key=keys[0]), name=PREDICT_ONE_NAME, catch_response=True)
+        else:
+            request = self.client.post(PREDICT_BATCH_PATH, json={"keys": keys}, name=PREDICT_BATCH_NAME, catch_response=True)
+        # Success bodies are not parsed: the load generator shares the machine with the server,
+        # and decoding every response would take CPU from the thing being measured.
+        with request as response:
+            if not 200 <= response.status_code < 300:
+                response.failure(failure_message(response.status_code, response.content, response.error))

@@ -1,0 +1,180 @@
+"""The model registry: ``<registry>/<model-name>/<version>/`` with ``model.onnx``, ``card.json``
+and ``features.npy`` (the feature row of every key), plus a ``latest`` pointer per model name.
+
+The version is a hash of the model and feature bytes, so the same training run always gives the
+same version and a changed model always gives a new one. A version directory is written under a
+temporary name and renamed into place, so a reader never sees half a version.
+
+Example::
+
+    artifact = build_and_publish("light", Path("registry"))
+    same = resolve(Path("registry"), "traffic-light", "latest")
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from models import data, export
+from models.train import Profile, TrainResult, ambiguous_rows, model_name, train_profile
+
+MODEL_FILE = "model.onnx"
+CARD_FILE = "card.json"
+FEATURES_FILE = "features.npy"
+LATEST_FILE = "latest"
+VERSION_HEX_CHARS = 12
+
+
+class RegistryError(LookupError):
+    """A model or version is missing or unreadable in the registry."""
+
+
+@dataclass(frozen=True)
+class ModelArtifact:
+    """One published model version on disk."""
+
+    name: str
+    version: str
+    path: Path
+
+    @property
+    def model_path(self) -> Path:
+        """The ONNX file."""
+        return self.path / MODEL_FILE
+
+    @property
+    def features_path(self) -> Path:
+        """The float32 feature table, one row per key."""
+        return self.path / FEATURES_FILE
+
+    def card(self) -> dict[str, Any]:
+        """The parsed model card."""
+        return json.loads((self.path / CARD_FILE).read_text())
+
+
+def content_version(onnx_bytes: bytes, features: np.ndarray) -> str:
+    """Version id derived from the model and the feature table."""
+    digest = hashlib.sha256(onnx_bytes)
+    digest.update(np.ascontiguousarray(features).tobytes())
+    return digest.hexdigest()[:VERSION_HEX_CHARS]
+
+
+def _feature_summary(X: np.ndarray) -> dict[str, dict[str, float]]:
+    return {
+        name: {
+            "mean": float(X[:, i].mean()),
+            "std": float(X[:, i].std()),
+            "min": float(X[:, i].min()),
+            "max": float(X[:, i].max()),
+        }
+        for i, name in enumerate(data.FEATURE_NAMES)
+    }
+
+
+def _holdout_metrics(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    err = predicted.astype(np.float64) - actual
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
+
+
+def _card(result: TrainResult, onnx_bytes: bytes, sess: Any, parity: export.ParityReport) -> dict[str, Any]:
+    timing = export.measure(sess, result.X_holdout)
+    return {
+        "name": model_name(result.profile),
+        "profile": result.profile,
+        "estimator": type(result.model).__name__ if not hasattr(result.model, "steps") else "Pipeline("
+        + ", ".join(type(s[1]).__name__ for s in result.model.steps)
+        + ")",
+        "features": list(data.FEATURE_NAMES),
+        "target": "traffic volume, vehicles per hour",
+        "key_format": "<segment>:<hour_of_week>",
+        "segments": result.segments.count,
+        "hours_per_week": data.HOURS_PER_WEEK,
+        "key_count": result.segments.key_count,
+        "seed": result.seed,
+        "training_data": {"rows": int(len(result.X_train)), "features": _feature_summary(result.X_train)},
+        "holdout_metrics": {"rows": int(len(result.X_holdout)), **_holdout_metrics(export.run(sess, result.X_holdout), result.y_holdout)},
+        "parity": asdict(parity),
+        "inference_time": asdict(timing),
+        "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def publish(result: TrainResult, registry: Path) -> ModelArtifact:
+    """Export, parity-check, time and write one version; point ``latest`` at it."""
+    onnx_bytes = export.to_onnx_bytes(result.model, result.X_train)
+    sess = export.session(onnx_bytes)
+    ambiguous = ambiguous_rows(result.model, result.X_holdout)
+    parity = export.check_parity(result.model, sess, result.X_holdout, result.y_holdout, ambiguous)
+    features = data.feature_table(result.segments)
+    name = model_name(result.profile)
+    version = content_version(onnx_bytes, features)
+    target = registry / name / version
+    if not (target / CARD_FILE).exists():
+        _write_version(target, onnx_bytes, features, _card(result, onnx_bytes, sess, parity))
+    set_latest(registry, name, version)
+    return ModelArtifact(name, version, target)
+
+
+def _write_version(target: Path, onnx_bytes: bytes, features: np.ndarray, card: dict[str, Any]) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        (staging / MODEL_FILE).write_bytes(onnx_bytes)
+        np.save(staging / FEATURES_FILE, features)
+        card["files"] = {f: (staging / f).stat().st_size for f in (MODEL_FILE, FEATURES_FILE)}
+        (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
+        if target.exists():  # a half-written leftover without card.json
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def set_latest(registry: Path, name: str, version: str) -> None:
+    """Atomically point ``<registry>/<name>/latest`` at ``version``."""
+    pointer = registry / name / LATEST_FILE
+    tmp = pointer.with_suffix(".tmp")
+    tmp.write_text(version + "\n")
+    os.replace(tmp, pointer)
+
+
+def resolve(registry: Path, name: str, version: str = "latest") -> ModelArtifact:
+    """Find a published version (``latest`` follows the pointer); :class:`RegistryError` if absent."""
+    if version == "latest":
+        pointer = registry / name / LATEST_FILE
+        if not pointer.is_file():
+            raise RegistryError(
+                f"no model {name!r} in registry {registry} (missing {pointer}); "
+                f"run `hybridserve train --profile ...` first"
+            )
+        version = pointer.read_text().strip()
+    path = registry / name / version
+    if not (path / CARD_FILE).is_file() or not (path / MODEL_FILE).is_file():
+        raise RegistryError(f"model {name!r} version {version!r} not found under {registry}")
+    return ModelArtifact(name, version, path)
+
+
+def versions(registry: Path, name: str) -> list[str]:
+    """Published versions of ``name``, oldest first by card creation time."""
+    root = registry / name
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and (p / CARD_FILE).is_file()]
+    return [p.name for p in sorted(found, key=lambda p: (p / CARD_FILE).stat().st_mtime)]
+
+
+def build_and_publish(profile: Profile, registry: Path, segments: int = 200, seed: int = 7) -> ModelArtifact:
+    """Train a profile and publish it: the whole ``hybridserve train`` job."""
+    return publish(train_profile(profile, segments, seed), registry)

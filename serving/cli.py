@@ -1,0 +1,240 @@
+"""The ``hybridserve`` command line.
+
+Example::
+
+    hybridserve train --profile light
+    hybridserve serve --mode hybrid          # embedded Redis, head precomputed, port 8000
+    hybridserve predict 17:42 3:8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from serving.settings import MODES, Settings
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+
+
+def _settings(args: argparse.Namespace, **fields: object) -> Settings:
+    """Settings from the environment, overridden by the options the user gave."""
+    given = {k: v for k, v in fields.items() if v is not None}
+    return Settings(**given)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a profile, export it to ONNX, check parity and publish it to the registry."""
+    from models.registry import build_and_publish
+
+    artifact = build_and_publish(args.profile, Path(args.registry), segments=args.segments, seed=args.seed)
+    card = artifact.card()
+    timing = card["inference_time"]
+    print(f"{artifact.name} version {artifact.version}")
+    print(f"  path: {artifact.path}")
+    print(f"  parity max |onnx - sklearn|: {card['parity']['max_abs_diff']:.3g} (tolerance {card['parity']['tolerance']:.3g})")
+    print(f"  inference: {timing['single_row_us']:.1f} us single row, {timing['batch_row_us']:.1f} us/row in batches of {timing['batch_size']}")
+    return 0
+
+
+def cmd_redis(args: argparse.Namespace) -> int:
+    """Run an embedded Redis in the foreground until interrupted."""
+    import time
+
+    from serving.redis_server import EmbeddedRedis
+
+    with EmbeddedRedis(port=args.port) as server:
+        print(server.url, flush=True)
+        try:
+            while server.pid is not None:
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
+def _keys_for(args: argparse.Namespace, settings: Settings, head: bool) -> list[str] | None:
+    from serving import precompute as job
+    from serving.model import LoadedModel
+
+    if not head and args.keys_file is None and args.top_k is None:
+        return None
+    top_k = args.top_k if args.top_k is not None else settings.head_size
+    if args.keys_file is not None:
+        return job.top_keys_from_file(Path(args.keys_file), top_k)
+    return job.popularity_prior(LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version), top_k)
+
+
+def cmd_precompute(args: argparse.Namespace) -> int:
+    """Precompute every key (static table) or the top-K keys (hybrid head) into Redis."""
+    from serving.precompute import precompute
+
+    settings = _settings(args, redis_url=args.redis_url, model_name=args.model, registry=args.registry)
+    report = precompute(settings, _keys_for(args, settings, args.head), progress=not args.quiet)
+    print(json.dumps(report.as_dict(), indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve over HTTP; with no Redis URL, start an embedded Redis and precompute what the mode needs."""
+    import uvicorn
+
+    from serving.precompute import precompute
+    from serving.redis_server import EmbeddedRedis
+
+    settings = _settings(args, mode=args.mode, host=args.host, port=args.port, workers=args.workers,
+                         model_name=args.model, registry=args.registry, redis_url=args.redis_url)
+    embedded = None
+    if settings.redis_url is None and settings.mode != "dynamic":
+        embedded = EmbeddedRedis().start()
+        settings = settings.model_copy(update={"redis_url": embedded.url})
+        print(f"embedded Redis at {embedded.url}", flush=True)
+    try:
+        if embedded is not None and not args.no_precompute:
+            head = settings.mode == "hybrid"
+            report = precompute(settings, _keys_for(args, settings, head) if head else None, progress=False)
+            print(f"precomputed {report.keys} keys of {report.model_name}@{report.model_version} "
+                  f"in {report.seconds:.2f}s ({report.keys_per_s:,.0f} keys/s)", flush=True)
+        _export_env(settings)
+        print(f"serving {settings.mode} on http://{settings.host}:{settings.port}", flush=True)
+        uvicorn.run("serving.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+                    workers=settings.workers, loop="uvloop", http="httptools", access_log=False, log_level="warning")
+    finally:
+        if embedded is not None:
+            embedded.close()
+    return 0
+
+
+def _export_env(settings: Settings) -> None:
+    """Hand the final settings to uvicorn's worker processes through the environment."""
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        os.environ[f"HYBRIDSERVE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Ask a running server for predictions of the given keys."""
+    import httpx
+
+    url = args.url.rstrip("/")
+    with httpx.Client(timeout=10.0) as client:
+        if len(args.keys) == 1:
+            response = client.get(f"{url}/v1/predict/{args.keys[0]}")
+        else:
+            response = client.post(f"{url}/v1/predict", json={"keys": args.keys})
+    print(json.dumps(response.json(), indent=2))
+    return 0 if response.status_code == 200 else 1
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train both profiles (if missing), then compare the three modes end to end."""
+    from models.registry import RegistryError, build_and_publish, resolve
+
+    for profile in ("light", "heavy"):
+        try:
+            resolve(Path(args.registry), f"traffic-{profile}")
+        except RegistryError:
+            print(f"training the {profile} profile ...", flush=True)
+            build_and_publish(profile, Path(args.registry))  # type: ignore[arg-type]
+    return _demo_predictions(Path(args.registry))
+
+
+def _demo_predictions(registry: Path) -> int:
+    """Serve a few predictions in each mode on an embedded Redis, over real HTTP."""
+    import subprocess
+    import time
+
+    import httpx
+
+    from serving.redis_server import free_port
+
+    for mode in MODES:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--mode", mode, "--port", str(port),
+                                 "--registry", str(registry)])
+        try:
+            url = f"http://127.0.0.1:{port}"
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            for key in ("17:42", "17:42", "3:8"):
+                print(f"  {mode:8s} {httpx.get(f'{url}/v1/predict/{key}', timeout=5).json()}")
+        finally:
+            proc.terminate()
+            proc.wait(10)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hybridserve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train, export and publish a model profile")
+    train.add_argument("--profile", choices=("light", "heavy"), required=True)
+    train.add_argument("--registry", default="registry")
+    train.add_argument("--segments", type=int, default=200, help="road segments (key space = segments x 168)")
+    train.add_argument("--seed", type=int, default=7)
+    train.set_defaults(func=cmd_train)
+
+    red = sub.add_parser("redis", help="run an embedded redis-server in the foreground")
+    red.add_argument("--port", type=int, default=None)
+    red.set_defaults(func=cmd_redis)
+
+    pre = sub.add_parser("precompute", help="precompute predictions into Redis")
+    pre.add_argument("--redis-url", default=None)
+    pre.add_argument("--model", default=None, help="model name, e.g. traffic-light")
+    pre.add_argument("--registry", default=None)
+    pre.add_argument("--head", action="store_true", help="only the top-K keys (hybrid head), no pointer switch")
+    pre.add_argument("--top-k", type=int, default=None, help="how many keys (default: head_size)")
+    pre.add_argument("--keys-file", default=None, help="rank keys by frequency in this file (one key per line)")
+    pre.add_argument("--quiet", action="store_true")
+    pre.set_defaults(func=cmd_precompute)
+
+    serve = sub.add_parser("serve", help="serve predictions over HTTP")
+    serve.add_argument("--mode", choices=MODES, default=None)
+    serve.add_argument("--host", default=None)
+    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--workers", type=int, default=None)
+    serve.add_argument("--model", default=None)
+    serve.add_argument("--registry", default=None)
+    serve.add_argument("--redis-url", default=None)
+    serve.add_argument("--no-precompute", action="store_true", help="with the embedded Redis: start empty")
+    serve.add_argument("--top-k", type=int, default=None, help="hybrid head size to precompute")
+    serve.add_argument("--keys-file", default=None, help="choose the hybrid head from this trace")
+    serve.set_defaults(func=cmd_serve)
+
+    pred = sub.add_parser("predict", help="query a running server")
+    pred.add_argument("keys", nargs="+")
+    pred.add_argument("--url", default=DEFAULT_URL)
+    pred.set_defaults(func=cmd_predict)
+    demo = sub.add_parser("demo", help="train both profiles and compare the modes (make demo)")
+    demo.add_argument("--registry", default="registry")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``hybridserve`` console script."""
+    args = _parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ValidationError as exc:
+        print(f"hybridserve: invalid settings:\n{exc}", file=sys.stderr)
+    except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
+        print(f"hybridserve: {exc}", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

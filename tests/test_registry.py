@@ -1,0 +1,70 @@
+"""models/registry.py, train.py and export.py: layout, card, parity, version stability, latest."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from models import export
+from models.registry import RegistryError, build_and_publish, resolve, versions
+from models.train import train_profile
+
+CARD_FIELDS = {"features", "training_data", "holdout_metrics", "parity", "inference_time", "files", "onnx_sha256", "created_at"}
+
+
+@pytest.mark.parametrize("profile", ["light", "heavy"])
+def test_layout_and_card(registry: Path, profile: str) -> None:
+    artifact = resolve(registry, f"traffic-{profile}")
+    assert {p.name for p in artifact.path.iterdir()} == {"model.onnx", "card.json", "features.npy"}
+    card = json.loads((artifact.path / "card.json").read_text())
+    assert CARD_FIELDS <= card.keys()
+    assert card["parity"]["max_abs_diff"] <= card["parity"]["tolerance"]
+    assert card["training_data"]["rows"] > 0 and set(card["training_data"]["features"]) == set(card["features"])
+    assert card["holdout_metrics"]["mae"] > 0
+    assert card["files"]["model.onnx"] == artifact.model_path.stat().st_size
+    features = np.load(artifact.features_path)
+    assert features.shape == (card["key_count"], len(card["features"]))
+    ort.InferenceSession(str(artifact.model_path))  # loads as a real ONNX model
+
+
+def test_heavy_is_much_slower_than_light(registry: Path) -> None:
+    light = resolve(registry, "traffic-light").card()["inference_time"]["single_row_us"]
+    heavy = resolve(registry, "traffic-heavy").card()["inference_time"]["single_row_us"]
+    # Ratio, not absolute time: the heavy profile exists to be the regime where caching pays.
+    assert heavy >= 20 * light
+
+
+def test_same_training_same_version(tmp_path: Path, registry: Path) -> None:
+    again = build_and_publish("light", tmp_path, segments=20)
+    assert again.version == resolve(registry, "traffic-light").version
+
+
+def test_new_training_new_version_and_latest(tmp_path: Path) -> None:
+    first = build_and_publish("light", tmp_path, segments=20, seed=1)
+    second = build_and_publish("light", tmp_path, segments=20, seed=2)
+    assert first.version != second.version
+    assert resolve(tmp_path, "traffic-light").version == second.version
+    assert resolve(tmp_path, "traffic-light", first.version).version == first.version
+    assert versions(tmp_path, "traffic-light") == [first.version, second.version]
+
+
+def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(RegistryError, match="hybridserve train"):
+        resolve(tmp_path, "traffic-light")
+    with pytest.raises(RegistryError, match="not found"):
+        resolve(tmp_path, "traffic-light", "deadbeef")
+
+
+def test_parity_check_fails_on_a_wrong_model() -> None:
+    result = train_profile("light", segments=10)
+    other = train_profile("light", segments=10, seed=99)
+    sess = export.session(export.to_onnx_bytes(other.model, other.X_train))
+    with pytest.raises(export.ParityError, match="differs from scikit-learn"):
+        export.check_parity(result.model, sess, result.X_holdout, result.y_holdout)
+
+
+def test_unknown_profile() -> None:
+    with pytest.raises(ValueError, match="unknown profile"):
+        train_profile("medium")  # type: ignore[arg-type]
