@@ -1,0 +1,109 @@
+"""docker-compose.yml and Dockerfile, checked without a Docker engine.
+
+Every command a container runs must parse with the real ``hybridserve`` argument parser (or be a
+Locust command on ``loadtests/locustfile.py``), and every ``HYBRIDSERVE_*`` variable must name a
+real :class:`serving.settings.Settings` field (``HYBRIDSERVE_LOAD_*`` are the locustfile's options),
+so the compose file cannot drift from the code it deploys.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from serving.cli import _parser
+from serving.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE = ROOT / "docker-compose.yml"
+LOCUSTFILE = "loadtests/locustfile.py"
+_DEFAULTED = re.compile(r"^\$\{[A-Z0-9_]+:-(.*)\}$")
+
+
+def _compose() -> dict[str, Any]:
+    return yaml.safe_load(COMPOSE.read_text())  # type: ignore[no-any-return]
+
+
+def _services() -> dict[str, dict[str, Any]]:
+    return _compose()["services"]  # type: ignore[no-any-return]
+
+
+def _resolve(value: str) -> str:
+    """``${VAR:-default}`` as compose resolves it with VAR unset."""
+    match = _DEFAULTED.match(value)
+    return match.group(1) if match else value
+
+
+def _environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: _resolve(str(v)) for k, v in env.items()}
+
+
+def _locust_env_vars() -> set[str]:
+    return set(re.findall(r'env_var="(HYBRIDSERVE_LOAD_[A-Z_]+)"', (ROOT / LOCUSTFILE).read_text()))
+
+
+def test_services_present() -> None:
+    services = _services()
+    assert {"redis", "api", "locust-master", "locust-worker"} <= set(services)
+    assert str(services["redis"]["image"]).startswith("redis:")
+    assert "replicas" in services["api"]["deploy"] and "replicas" in services["locust-worker"]["deploy"]
+
+
+def test_redis_memory_limits_come_from_env_with_defaults() -> None:
+    command = _services()["redis"]["command"]
+    memory = command[command.index("--maxmemory") + 1]
+    policy = command[command.index("--maxmemory-policy") + 1]
+    assert memory.startswith("${REDIS_MAXMEMORY:-") and _resolve(memory) == "256mb"
+    assert policy.startswith("${REDIS_MAXMEMORY_POLICY:-") and _resolve(policy) == "allkeys-lru"
+
+
+@pytest.mark.parametrize("name", sorted(_services()))
+def test_commands_are_real(name: str) -> None:
+    service = _services()[name]
+    command = service.get("command")
+    if name == "redis":
+        assert command[0] == "redis-server"
+        return
+    assert isinstance(command, list), f"{name}: use the exec (list) form so no shell reinterprets it"
+    argv = [_resolve(str(part)) for part in command]
+    if argv[0] == "hybridserve":
+        args = _parser().parse_args(argv[1:])  # SystemExit (a test failure) on an unknown option
+        assert callable(args.func)
+        if args.command == "serve":
+            assert args.host == "0.0.0.0", "inside a container the API must listen beyond loopback"
+    else:
+        assert argv[:3] == ["locust", "-f", LOCUSTFILE], argv
+        assert ("--master" in argv) != ("--worker" in argv)
+        assert (ROOT / LOCUSTFILE).is_file()
+
+
+@pytest.mark.parametrize("name", sorted(_services()))
+def test_env_vars_are_settings_fields(name: str) -> None:
+    fields = set(Settings.model_fields)
+    locust_vars = _locust_env_vars()
+    for var, value in _environment(_services()[name]).items():
+        if not var.startswith("HYBRIDSERVE_"):
+            continue
+        if var.startswith("HYBRIDSERVE_LOAD_"):
+            assert var in locust_vars, f"{name}: {var} is not a locustfile option"
+            continue
+        field = var.removeprefix("HYBRIDSERVE_").lower()
+        assert field in fields, f"{name}: {var} is not a Settings field"
+        if value:  # the default value must also validate (blank admin token means "disabled")
+            Settings.model_validate({field: value})
+
+
+def test_dockerfile_builds_what_compose_runs() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "pip install ." in dockerfile and "hybridserve train" in dockerfile
+    for env in re.findall(r"\bENV (HYBRIDSERVE_[A-Z_]+)=", dockerfile):
+        assert env.removeprefix("HYBRIDSERVE_").lower() in Settings.model_fields
+    built = [n for n, s in _services().items() if s.get("build")]
+    assert set(built) >= {"api", "locust-master", "locust-worker"}
