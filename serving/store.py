@@ -57,6 +57,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._opened_at: float | None = None
         self._probing = False
+        self._probe_started = 0.0
         self.opened_count = 0
 
     @property
@@ -70,9 +71,15 @@ class CircuitBreaker:
         """Whether a call may go to Redis now."""
         if self._opened_at is None:
             return True
-        if self._probing or time.monotonic() - self._opened_at < self.reset_s:
+        now = time.monotonic()
+        if now - self._opened_at < self.reset_s:
+            return False
+        # A probe that never reported back (its request was cancelled, e.g. the client hung up)
+        # must not keep the breaker open forever: after another reset_s a new probe may go.
+        if self._probing and now - self._probe_started < self.reset_s:
             return False
         self._probing = True
+        self._probe_started = now
         return True
 
     def success(self) -> None:

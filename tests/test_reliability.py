@@ -1,0 +1,148 @@
+"""Redis outages under load: hybrid fails open with zero failed requests, static answers 503.
+
+Each test owns a dedicated :class:`EmbeddedRedis` (never the shared one: it is killed here) and a
+real server over real HTTP. Load comes from a few threads, bounded in request count and time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from serving.precompute import precompute
+from serving.redis_server import EmbeddedRedis
+from serving.store import CircuitBreaker
+from tests.conftest import running
+
+LOAD_THREADS = 4
+MAX_REQUESTS_PER_THREAD = 4000
+MAX_LOAD_S = 60.0
+OUTAGE_S = 2.0
+RECOVERY_BOUND_S = 15.0  # generous: breaker reset (0.5 s here) + reconnect, on a loaded 2-core box
+KEYS = [f"{s}:{h}" for s in range(3) for h in range(10)]
+
+
+@pytest.fixture
+def own_redis() -> Iterator[EmbeddedRedis]:
+    """A Redis this test may kill and restart on the same port."""
+    with EmbeddedRedis() as server:
+        yield server
+
+
+@dataclass
+class Load:
+    """Threads sending GET /v1/predict/{key} until stopped (or their count/time bound)."""
+
+    url: str
+    failures: list[str] = field(default_factory=list)
+    sources: list[tuple[float, str]] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _worker(self, offset: int) -> None:
+        deadline = time.monotonic() + MAX_LOAD_S
+        with httpx.Client(base_url=self.url, timeout=10.0) as client:
+            for i in range(MAX_REQUESTS_PER_THREAD):
+                if self.stop.is_set() or time.monotonic() > deadline:
+                    return
+                key = KEYS[(i + offset) % len(KEYS)]
+                try:
+                    response = client.get(f"/v1/predict/{key}")
+                    source = response.json()["source"] if response.status_code == 200 else None
+                    failure = None if source else f"{response.status_code} {response.text}"
+                except (httpx.HTTPError, ValueError) as exc:
+                    source, failure = None, repr(exc)
+                with self.lock:
+                    if source:
+                        self.sources.append((time.monotonic(), source))
+                    else:
+                        self.failures.append(str(failure))
+
+    def __enter__(self) -> Load:
+        self.threads = [threading.Thread(target=self._worker, args=(i * 7,), daemon=True) for i in range(LOAD_THREADS)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(15)
+
+    def first_source_after(self, source: str, since: float) -> float | None:
+        with self.lock:
+            return next((t for t, s in self.sources if t >= since and s == source), None)
+
+
+def test_hybrid_fails_open_through_redis_kill_and_recovers(make_settings, own_redis: EmbeddedRedis) -> None:  # type: ignore[no-untyped-def]
+    # L1 off: every request reaches Redis, so the outage is felt by every request, not hidden by L1.
+    settings = make_settings(mode="hybrid", redis_url=own_redis.url, l1_size=0, redis_timeout_s=0.2, breaker_reset_s=0.5)
+    with running(settings) as (_, client), Load(str(client.base_url).rstrip("/")) as load:
+        time.sleep(0.5)
+        assert load.first_source_after("redis", 0.0) is not None, "Redis serves before the fault"
+        own_redis.kill()
+        killed = time.monotonic()
+        time.sleep(OUTAGE_S)
+        ready = client.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["degraded"] is True and ready.json()["redis"] == "unreachable"
+        metrics = client.get("/metrics").text
+        fallbacks = _metric(metrics, "hybridserve_redis_fallbacks")
+        assert fallbacks > 0
+        during = Counter(s for t, s in load.sources if t > killed + 0.5)
+        assert during and set(during) == {"model"}, during
+        own_redis.start()  # same port, empty (no persistence)
+        restarted = time.monotonic()
+        while time.monotonic() - restarted < RECOVERY_BOUND_S and load.first_source_after("redis", restarted) is None:
+            time.sleep(0.05)
+        resumed = load.first_source_after("redis", restarted)
+    assert load.failures == [], load.failures[:5]
+    assert resumed is not None, f"no Redis hit within {RECOVERY_BOUND_S}s of the restart"
+    recovery_s = resumed - restarted
+    served = len(load.sources)
+    print(f"\nredis kill: {served} requests, 0 failed, {fallbacks:.0f} fallbacks; redis hits resumed {recovery_s:.2f}s after restart")
+    assert served > 0
+
+
+def _metric(text: str, name: str) -> float:
+    """Sum of one Prometheus metric's samples (all label sets)."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and not line.startswith("#"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_static_answers_503_json_within_timeout_when_redis_dies(make_settings, own_redis: EmbeddedRedis) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(mode="static", redis_url=own_redis.url, redis_timeout_s=0.2)
+    precompute(settings, progress=False)
+    with running(settings) as (_, client):
+        assert client.get("/v1/predict/1:1").status_code == 200
+        own_redis.kill()
+        for key in ("1:1", "2:2", "3:3", "4:4", "5:5"):
+            start = time.monotonic()
+            response = client.get(f"/v1/predict/{key}")
+            assert time.monotonic() - start < 5, "bounded by the Redis timeout, never a hang"
+            assert response.status_code == 503, response.text
+            assert response.json()["error"] == "redis_unavailable" and response.json()["detail"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["redis"] == "unreachable"
+        assert client.get("/v1/cache/stats").json()["redis"]["breaker"] in {"open", "half_open"}
+
+
+def test_breaker_lost_probe_does_not_stick_open() -> None:
+    breaker = CircuitBreaker(failures=1, reset_s=0.05)
+    breaker.failure()
+    assert not breaker.allow()
+    time.sleep(0.06)
+    assert breaker.allow()  # the probe goes ...
+    assert not breaker.allow()  # ... alone
+    time.sleep(0.06)  # ... and never reports back (cancelled request)
+    assert breaker.allow(), "a lost probe must not keep the breaker open forever"
+    breaker.success()
+    assert breaker.state == "closed" and breaker.allow()
