@@ -195,7 +195,7 @@ class DriftingHotSetKeys(KeyStream):
         super().__init__(key_count)
         self.hot, self.p, self.period_s, self.every = hot, p, period_s, every
         self._clock = clock
-        self._order = _permutation(key_count, seed).tolist()
+        self._order = _permutation(key_count, seed)
         self._rng = _stream_rng(seed, stream)
         self._served = 0
 
@@ -217,13 +217,13 @@ class DriftingHotSetKeys(KeyStream):
     def hot_keys(self, epoch: int | None = None) -> list[int]:
         """Key indices of the hot set in ``epoch`` (default: the current one)."""
         start = (self.epoch() if epoch is None else epoch) * self.hot
-        return [self._order[(start + offset) % self.key_count] for offset in range(self.hot)]
+        return self._order[(start + np.arange(self.hot)) % self.key_count].tolist()
 
     def next_index(self) -> int:
         """The next key index, drawn against the hot set of the current epoch."""
         start = self.epoch() * self.hot
         self._served += 1
-        return self._order[(start + self._next_raw()) % self.key_count]
+        return int(self._order[(start + self._next_raw()) % self.key_count])
 
 
 def _check_drift(hot: int, p: float, period_s: float | None, every: int | None) -> None:
@@ -245,6 +245,8 @@ def map_trace(trace_keys: list[str], key_count: int, seed: int = 0) -> np.ndarra
     ``perm`` is the seeded permutation of the key space, so distinct trace keys get distinct
     model keys and the mapping depends only on the trace and the seed.
     """
+    if not trace_keys:
+        raise ValueError("the trace has no keys")
     codes: dict[str, int] = {}
     positions = [codes.setdefault(key, len(codes)) for key in trace_keys]
     if len(codes) > key_count:

@@ -80,44 +80,35 @@ DEFAULT_SEED = 0
 logger = logging.getLogger(__name__)
 
 
+# Each option falls back to HYBRIDSERVE_LOAD_<NAME> in the environment (e.g. --batch-size:
+# HYBRIDSERVE_LOAD_BATCH_SIZE); a prefix of its own, so the server's Settings never read them.
+ENV_PREFIX = "HYBRIDSERVE_LOAD_"
+# (flag, type, default, help) of every option this locustfile adds.
+OPTIONS: tuple[tuple[str, type, object, str], ...] = (
+    (
+        "--key-dist",
+        str,
+        DEFAULT_KEY_DIST,
+        "Key distribution: zipf:S, uniform, drift:hot=H,p=P,period=T|every=N, trace:[loop:]PATH",
+    ),
+    ("--segments", int, DEFAULT_SEGMENTS, "Segment count of the server's key space (keys = segments x 168)"),
+    ("--batch-size", int, DEFAULT_BATCH_SIZE, "Keys per request: 1 uses GET /v1/predict/{key}, more POST /v1/predict"),
+    ("--rate", float, DEFAULT_RATE, "Target requests/s over all users of this process (open loop); 0: closed loop"),
+    ("--seed", int, DEFAULT_SEED, "Seed of the key distribution (which keys are popular, and the request sequence)"),
+)
+
+
+def env_var(flag: str) -> str:
+    """The environment variable an option falls back to: ``--batch-size`` -> ``HYBRIDSERVE_LOAD_BATCH_SIZE``."""
+    return ENV_PREFIX + flag.removeprefix("--").replace("-", "_").upper()
+
+
 @events.init_command_line_parser.add_listener
 def add_arguments(parser: LocustArgumentParser) -> None:
     """Register the hybridserve options (shown in the web UI's start form too)."""
     group = parser.add_argument_group("hybridserve", "Key distribution, batching and pacing of predict requests")
-    group.add_argument(
-        "--key-dist",
-        default=DEFAULT_KEY_DIST,
-        env_var="HYBRIDSERVE_LOAD_KEY_DIST",
-        help="Key distribution: zipf:S, uniform, drift:hot=H,p=P,period=T|every=N, trace:[loop:]PATH",
-    )
-    group.add_argument(
-        "--segments",
-        type=int,
-        default=DEFAULT_SEGMENTS,
-        env_var="HYBRIDSERVE_LOAD_SEGMENTS",
-        help="Segment count of the server's key space (keys = segments x 168)",
-    )
-    group.add_argument(
-        "--batch-size",
-        type=int,
-        default=DEFAULT_BATCH_SIZE,
-        env_var="HYBRIDSERVE_LOAD_BATCH_SIZE",
-        help="Keys per request: 1 uses GET /v1/predict/{key}, more use POST /v1/predict",
-    )
-    group.add_argument(
-        "--rate",
-        type=float,
-        default=DEFAULT_RATE,
-        env_var="HYBRIDSERVE_LOAD_RATE",
-        help="Target requests/s over all users of this process (open-loop schedule); 0: closed loop",
-    )
-    group.add_argument(
-        "--seed",
-        type=int,
-        default=DEFAULT_SEED,
-        env_var="HYBRIDSERVE_LOAD_SEED",
-        help="Seed of the key distribution (which keys are popular, and the request sequence)",
-    )
+    for flag, kind, default, help_text in OPTIONS:
+        group.add_argument(flag, type=kind, default=default, env_var=env_var(flag), help=help_text)
 
 
 @dataclass(frozen=True)
