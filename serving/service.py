@@ -32,12 +32,20 @@ from serving.metrics import Metrics
 from serving.model import Batcher, LoadedModel
 from serving.settings import Settings
 from serving.store import RedisStore, decode, encode, prediction_key, static_pointer_key
+from tuning.traces import TraceRecorder
 
 # The static server re-reads the table pointer this often, so a finished precompute of a new
 # version is picked up without a restart (and without a round trip per request).
 STATIC_POINTER_REFRESH_S = 1.0
 MAX_KEYS_IN_DETAIL = 5
 _SOURCE_RANK = {"l1": 0, "redis": 1, "model": 2}
+
+
+def _recorder_for(settings: Settings) -> TraceRecorder | None:
+    """The access-trace recorder ``settings`` asks for (``trace_path``), or ``None``."""
+    if settings.trace_path is None:
+        return None
+    return TraceRecorder(settings.trace_path, sample_rate=settings.trace_sample_rate, max_bytes=settings.trace_max_bytes)
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,7 @@ class PredictionService:
         self._state: ServedState | None = None
         self._pointer_checked = 0.0
         self._reload_lock = asyncio.Lock()
+        self._recorder = _recorder_for(settings)
 
     # ----- lifecycle -------------------------------------------------------------------------
 
@@ -94,6 +103,8 @@ class PredictionService:
             await self._state.batcher.close()
         if self.store:
             await self.store.close()
+        if self._recorder is not None:
+            self._recorder.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def load_model(self, version: str) -> str:
@@ -167,6 +178,10 @@ class PredictionService:
             self.counts.errors += 1
             raise
         self.counts.keys += len(keys)
+        if self._recorder is not None:
+            # Every requested key, duplicates included: the trace is the traffic, not the lookups.
+            for key in keys:
+                self._recorder.record(key)
         source = max((found[k][1] for k in keys), key=_SOURCE_RANK.__getitem__)
         self.metrics.observe_request(source, time.perf_counter() - start)
         return [Prediction(k, found[k][0], found[k][1], state.version) for k in keys]
