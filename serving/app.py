@@ -103,7 +103,9 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise BodyTooLarge(f"request body over {self.limit} bytes")
+                # An HTTPException, not BodyTooLarge: FastAPI turns any other exception raised while
+                # it reads the body into a generic 400, and a chunked body has no content-length.
+                raise StarletteHTTPException(413, f"request body over {self.limit} bytes")
             return message
 
         return counted
@@ -172,7 +174,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        code = {404: "not_found", 405: "method_not_allowed", 413: BodyTooLarge.code}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
 
 
