@@ -176,6 +176,24 @@ def _demo_predictions(registry: Path) -> int:
     return 0
 
 
+def cmd_trace_synth(args: argparse.Namespace) -> int:
+    """Write a synthetic trace (one model key per line) drawn from a load-test key distribution."""
+    from tuning.synth import write_synthetic_trace
+
+    path = write_synthetic_trace(args.dist, requests=args.requests, segments=args.segments, seed=args.seed, out=args.out)
+    print(f"wrote {args.requests} requests of {args.dist} to {path}")
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Recommend a cache configuration for a trace under a p99 SLO; optionally verify it live."""
+    from tuning.tune import run_tune
+
+    settings = _settings(args, model_name=f"traffic-{args.profile}", registry=args.registry)
+    return run_tune(Path(args.trace), settings, slo_p99_ms=args.slo_p99_ms, qps=args.qps, out=Path(args.out),
+                    verify_live=args.verify, verify_requests=args.verify_requests)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hybridserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -221,6 +239,25 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="train both profiles and compare the modes (make demo)")
     demo.add_argument("--registry", default="registry")
     demo.set_defaults(func=cmd_demo)
+    trace = sub.add_parser("trace", help="access traces").add_subparsers(dest="trace_command", required=True)
+    synth = trace.add_parser("synth", help="write a synthetic trace from a key distribution")
+    synth.add_argument("--dist", default="zipf:1.1", help="zipf:S, uniform, drift:... (see loadtests.keys)")
+    synth.add_argument("--requests", type=int, default=100_000)
+    synth.add_argument("--segments", type=int, default=200, help="key space = segments x 168")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--out", required=True)
+    synth.set_defaults(func=cmd_trace_synth)
+
+    tune = sub.add_parser("tune", help="recommend a cache configuration for a trace under a p99 SLO")
+    tune.add_argument("--trace", required=True, help="trace file (.txt/.keys one key per line, .csv, .oracleGeneral)")
+    tune.add_argument("--slo-p99-ms", type=float, default=50.0)
+    tune.add_argument("--qps", type=float, default=1000.0, help="predictions per second to price")
+    tune.add_argument("--out", default="out/tune", help="where tuning.json and the plots go")
+    tune.add_argument("--verify", action="store_true", help="replay the trace on a live server running the result")
+    tune.add_argument("--verify-requests", type=int, default=20_000, help="requests replayed by --verify")
+    tune.add_argument("--profile", choices=("light", "heavy"), default="light")
+    tune.add_argument("--registry", default=None)
+    tune.set_defaults(func=cmd_tune)
     return parser
 
 
