@@ -133,47 +133,50 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if response.status_code == 200 else 1
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """Train both profiles (if missing), then compare the three modes end to end."""
+def _ensure_models(registry: Path) -> None:
+    """Train the profiles the registry lacks (the demo must work on a fresh clone)."""
     from models.registry import RegistryError, build_and_publish, resolve
 
     for profile in ("light", "heavy"):
         try:
-            resolve(Path(args.registry), f"traffic-{profile}")
+            resolve(registry, f"traffic-{profile}")
         except RegistryError:
             print(f"training the {profile} profile ...", flush=True)
-            build_and_publish(profile, Path(args.registry))  # type: ignore[arg-type]
-    return _demo_predictions(Path(args.registry))
+            artifact = build_and_publish(profile, registry)  # type: ignore[arg-type]
+            print(f"  {artifact.name} version {artifact.version}", flush=True)
 
 
-def _demo_predictions(registry: Path) -> int:
-    """Serve a few predictions in each mode on an embedded Redis, over real HTTP."""
-    import subprocess
-    import time
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run the comparison matrix and write results.json and report.html."""
+    import platform
+    from datetime import datetime, timezone
 
-    import httpx
+    from loadtests import cost, report, runner
 
-    from serving.redis_server import free_port
-
-    for mode in MODES:
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "serving.cli", "serve", "--mode", mode, "--port", str(port),
-                                 "--registry", str(registry)])
-        try:
-            url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            for key in ("17:42", "17:42", "3:8"):
-                print(f"  {mode:8s} {httpx.get(f'{url}/v1/predict/{key}', timeout=5).json()}")
-        finally:
-            proc.terminate()
-            proc.wait(10)
+    registry, out = Path(args.registry), Path(args.out)
+    _ensure_models(registry)
+    duration = args.duration or (runner.QUICK_DURATION_S if args.quick else runner.FULL_DURATION_S)
+    specs = runner.matrix(duration, args.rate, args.dist)
+    target = cost.Scenario(qps=args.target_qps, key_count=args.target_keys) if args.target_qps else None
+    prices = cost.Prices(serving_vcpu_hour=args.price_vcpu_hour, batch_vcpu_hour=args.price_batch_vcpu_hour,
+                         cache_gb_hour=args.price_gb_hour)
+    records = runner.compare(registry, specs, prices, target)
+    context = {"machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
+               "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": duration,
+               "prices": prices, "target": {"qps": args.target_qps, "key_count": args.target_keys} if target else "as measured"}
+    results, html_path = report.write_report(records, out, context)
+    print()
+    print(report.summary_table(records))
+    print()
+    for line in report.verdict(records):
+        print(f"- {line}")
+    print(f"\nwrote {results}\nwrote {html_path}  (open it in a browser; it needs no network)")
     return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Train both profiles if needed, then the comparison (``make demo``)."""
+    return cmd_compare(args)
 
 
 def cmd_trace_synth(args: argparse.Namespace) -> int:
@@ -236,9 +239,21 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("keys", nargs="+")
     pred.add_argument("--url", default=DEFAULT_URL)
     pred.set_defaults(func=cmd_predict)
-    demo = sub.add_parser("demo", help="train both profiles and compare the modes (make demo)")
-    demo.add_argument("--registry", default="registry")
-    demo.set_defaults(func=cmd_demo)
+    for name, func, text in (("compare", cmd_compare, "run the static/dynamic/hybrid comparison and write the report"),
+                             ("demo", cmd_demo, "train both profiles if needed and run the comparison (make demo)")):
+        cmp = sub.add_parser(name, help=text)
+        cmp.add_argument("--registry", default="registry")
+        cmp.add_argument("--out", default="out", help="where results.json and report.html go")
+        cmp.add_argument("--quick", action="store_true", help="short runs (about two minutes in all)")
+        cmp.add_argument("--duration", type=float, default=None, help="seconds per run (overrides --quick)")
+        cmp.add_argument("--rate", type=float, default=400.0, help="offered requests/s per run")
+        cmp.add_argument("--dist", default="zipf:1.1", help="key distribution of the main runs")
+        cmp.add_argument("--target-qps", type=float, default=None, help="project cost to this many predictions/s")
+        cmp.add_argument("--target-keys", type=int, default=1_680_000, help="... and this key space")
+        cmp.add_argument("--price-vcpu-hour", type=float, default=0.05)
+        cmp.add_argument("--price-batch-vcpu-hour", type=float, default=0.02)
+        cmp.add_argument("--price-gb-hour", type=float, default=0.02)
+        cmp.set_defaults(func=func)
     trace = sub.add_parser("trace", help="access traces").add_subparsers(dest="trace_command", required=True)
     synth = trace.add_parser("synth", help="write a synthetic trace from a key distribution")
     synth.add_argument("--dist", default="zipf:1.1", help="zipf:S, uniform, drift:... (see loadtests.keys)")

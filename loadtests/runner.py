@@ -1,0 +1,432 @@
+"""Runs one load test per (model profile, mode, distribution) and measures what it cost.
+
+For each run: a fresh embedded Redis and a fresh server process (``python -m serving.cli serve``,
+pinned to its own core with taskset when there are two or more), the mode prepared (static: every
+key precomputed; hybrid: the head precomputed from a sample of earlier traffic, L1 empty), a
+warm-up, then Locust in its own process for a fixed time at a fixed offered rate. Around the
+measured window it samples server CPU (psutil, the server process and its children), Redis CPU
+(``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and Redis memory.
+
+Latency comes from two places, both reported: Locust (client side, including the loopback hop; its
+percentiles are rounded to whole milliseconds below 100 ms) and the server's Prometheus histogram
+(server side, resolution = bucket bounds, 0.1 ms at the bottom).
+
+Example::
+
+    results = compare(Path("registry"), quick=True)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import redis
+
+from loadtests import cost
+from loadtests.keys import key_stream
+from models.registry import resolve
+from serving.precompute import precompute, top_keys_from_file
+from serving.redis_server import EmbeddedRedis, free_port
+from serving.settings import Settings
+
+LOCUSTFILE = Path(__file__).with_name("locustfile.py")
+SERVER_START_TIMEOUT_S = 60.0
+WARMUP_REQUESTS = 300
+HEAD_SAMPLE_REQUESTS = 100_000
+# Achieved below this share of the offered rate means the generator (or server) could not keep up.
+SATURATION_SHARE = 0.95
+LOCUST_CPU_SATURATED = 90.0
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One cell of the comparison matrix."""
+
+    profile: str
+    mode: str
+    distribution: str = "zipf:1.1"
+    rate: float = 400.0
+    users: int = 20
+    duration_s: float = 20.0
+    batch_size: int = 1
+    seed: int = 7
+    head_size: int = 5000
+    l1_size: int = 10_000
+
+    @property
+    def model_name(self) -> str:
+        """Registry name of the profile's model."""
+        return f"traffic-{self.profile}"
+
+    @property
+    def label(self) -> str:
+        """Short human label."""
+        return f"{self.profile}/{self.mode}/{self.distribution}"
+
+
+@dataclass
+class RunResult:
+    """Everything measured in one run (one record of results.json)."""
+
+    spec: RunSpec
+    model_version: str
+    key_count: int
+    requests: int
+    failures: int
+    failure_reasons: dict[str, int]
+    duration_s: float
+    offered_rps: float
+    achieved_rps: float
+    latency_ms: dict[str, float]
+    server_latency_ms: dict[str, float]
+    hit_ratio: dict[str, float]
+    tier_counts: dict[str, int]
+    server_cpu_us_per_request: float
+    redis_cpu_us_per_request: float
+    redis_bytes: int
+    l1_entries: int
+    precompute_s: float
+    precompute_cpu_s: float
+    load_generator_saturated: bool
+    load_generator_cpu_percent: float
+    cost: dict[str, Any] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, Any]:
+        """Flat JSON-ready record."""
+        record = asdict(self)
+        record.update(record.pop("spec"))
+        return record
+
+
+# ----- processes ---------------------------------------------------------------------------------
+
+def _cores() -> tuple[list[int], list[int]]:
+    """(server cores, load generator + Redis cores): split when there are at least two."""
+    available = sorted(os.sched_getaffinity(0))
+    if len(available) < 2:
+        return available, available
+    return available[-1:], available[:-1]
+
+
+def _pinned(argv: list[str], cores: list[int]) -> list[str]:
+    if len(os.sched_getaffinity(0)) < 2 or not os.path.exists("/usr/bin/taskset"):
+        return argv
+    return ["taskset", "-c", ",".join(map(str, cores)), *argv]
+
+
+def _start_server(spec: RunSpec, registry: Path, redis_url: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "HYBRIDSERVE_REDIS_URL": redis_url, "HYBRIDSERVE_L1_SIZE": str(spec.l1_size),
+           "HYBRIDSERVE_HEAD_SIZE": str(spec.head_size)}
+    argv = [sys.executable, "-m", "serving.cli", "serve", "--mode", spec.mode, "--port", str(port),
+            "--model", spec.model_name, "--registry", str(registry), "--no-precompute"]
+    return subprocess.Popen(_pinned(argv, _cores()[0]), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"server exited with {proc.returncode}: {err[-2000:]}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"server at {url} not ready within {SERVER_START_TIMEOUT_S}s")
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _process_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and its children (taskset execs in place; uvicorn may fork)."""
+    proc = psutil.Process(pid)
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+def _redis_cpu_s(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+# ----- preparation -------------------------------------------------------------------------------
+
+def _head_keys(spec: RunSpec, segments: int, workdir: Path) -> list[str]:
+    """The head: most frequent keys of a sample of earlier traffic (another stream, same seed)."""
+    sample = key_stream(spec.distribution, segments, seed=spec.seed, stream=99).take(HEAD_SAMPLE_REQUESTS)
+    path = workdir / "head-sample.keys"
+    path.write_text("\n".join(sample) + "\n")
+    return top_keys_from_file(path, spec.head_size)
+
+
+def _prepare(spec: RunSpec, settings: Settings, segments: int, workdir: Path) -> tuple[float, float]:
+    """Precompute what the mode needs; returns (wall seconds, CPU seconds)."""
+    if spec.mode == "dynamic":
+        return 0.0, 0.0
+    keys = None if spec.mode == "static" else _head_keys(spec, segments, workdir)
+    report = precompute(settings, keys, progress=False)
+    return report.seconds, report.cpu_seconds
+
+
+def _warm_up(url: str, spec: RunSpec, segments: int) -> None:
+    keys = key_stream(spec.distribution, segments, seed=spec.seed, stream=98).take(WARMUP_REQUESTS)
+    with httpx.Client(base_url=url, timeout=10.0) as client:
+        for key in keys:
+            client.get(f"/v1/predict/{key}")
+
+
+# ----- measurement -------------------------------------------------------------------------------
+
+def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[dict[str, Any], float]:
+    """Run Locust headless; returns its final statistics and its peak CPU percent."""
+    # --json prints the complete final statistics on stdout (the --csv files are rewritten only
+    # once a second and miss the last second of a run); failure reasons still go to stderr.
+    argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--json",
+            "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
+            "--key-dist", spec.distribution, "--segments", str(segments), "--batch-size", str(spec.batch_size),
+            "--rate", str(spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5"]
+    stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
+    with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+        proc = psutil.Popen(_pinned(argv, _cores()[1]), stdout=out, stderr=err)
+        samples = _watch_cpu(proc, spec.duration_s + 60)
+    if not stdout_path.read_text().strip():
+        raise RuntimeError(f"Locust printed no statistics: {stderr_path.read_text()[-2000:]}")
+    stats = locust_stats(json.loads(stdout_path.read_text()), stderr_path.read_text())
+    return stats, max(samples[1:-1] or samples or [0.0])
+
+
+def _watch_cpu(proc: psutil.Popen, timeout_s: float) -> list[float]:
+    """Sample a process's CPU percent once a second until it exits (killed after ``timeout_s``)."""
+    proc.cpu_percent(None)
+    samples: list[float] = []
+    deadline = time.monotonic() + timeout_s
+    while proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(1.0)
+        try:
+            samples.append(proc.cpu_percent(None))
+        except psutil.NoSuchProcess:
+            break
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    return samples
+
+
+def _percentile(histogram: Counter[float], q: float) -> float:
+    total = sum(histogram.values())
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= q * total:
+            return value
+    return 0.0
+
+
+def locust_stats(entries: list[dict[str, Any]], stderr: str = "") -> dict[str, Any]:
+    """Totals, rate and latency percentiles from ``locust --json`` output (all request names)."""
+    histogram: Counter[float] = Counter()
+    requests = failures = 0
+    total_ms, longest = 0.0, 0.0
+    start, end = float("inf"), 0.0
+    for entry in entries:
+        requests += entry["num_requests"]
+        failures += entry["num_failures"]
+        total_ms += entry["total_response_time"]
+        longest = max(longest, entry["max_response_time"] or 0.0)
+        start, end = min(start, entry["start_time"]), max(end, entry["last_request_timestamp"] or 0.0)
+        for value, count in entry["response_times"].items():
+            histogram[float(value)] += count
+    span = end - start if requests and end > start else 0.0
+    return {
+        "requests": requests,
+        "failures": failures,
+        "rps": requests / span if span else 0.0,
+        "latency_ms": {"p50": _percentile(histogram, 0.5), "p95": _percentile(histogram, 0.95),
+                       "p99": _percentile(histogram, 0.99), "max": longest,
+                       "mean": total_ms / requests if requests else 0.0},
+        "failure_reasons": _failure_reasons(stderr),
+    }
+
+
+def _failure_reasons(stderr: str) -> dict[str, int]:
+    """Locust's error report lines: '<count> <method> <name>: <reason>'."""
+    reasons: dict[str, int] = {}
+    for line in stderr.splitlines():
+        parts = line.strip().split(None, 1)
+        if len(parts) == 2 and parts[0].isdigit() and ("HTTP" in parts[1] or "error" in parts[1].lower()):
+            reasons[parts[1][:200]] = reasons.get(parts[1][:200], 0) + int(parts[0])
+    return reasons
+
+
+def _server_snapshot(url: str) -> dict[str, Any]:
+    with httpx.Client(base_url=url, timeout=10.0) as client:
+        stats = client.get("/v1/cache/stats").json()
+        metrics = client.get("/metrics").text
+    return {"stats": stats, "histogram": _latency_histogram(metrics)}
+
+
+def _latency_histogram(metrics: str) -> dict[float, float]:
+    """Cumulative counts of hybridserve_request_seconds by upper bound, summed over sources."""
+    buckets: dict[float, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("hybridserve_request_seconds_bucket{"):
+            labels, value = line.rsplit(" ", 1)
+            bound = labels.split('le="', 1)[1].split('"', 1)[0]
+            le = float("inf") if bound == "+Inf" else float(bound)
+            buckets[le] = buckets.get(le, 0.0) + float(value)
+    return buckets
+
+
+def _histogram_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """Upper-bound quantiles (ms) of the requests observed between two scrapes."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    total = counts[-1] if counts else 0.0
+    out = {}
+    for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99)):
+        bound = next((b for b, c in zip(bounds, counts) if total and c >= q * total), float("inf"))
+        out[name] = bound * 1000 if bound != float("inf") else float("inf")
+    return out
+
+
+def _delta_counts(before: dict[str, Any], after: dict[str, Any]) -> dict[str, int]:
+    b, a = before["stats"]["counts"], after["stats"]["counts"]
+    return {k: int(a[k] - b.get(k, 0)) for k in a}
+
+
+def _hit_ratio(counts: dict[str, int]) -> dict[str, float]:
+    served = counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"]
+    if not served:
+        return {"l1": 0.0, "redis": 0.0, "total": 0.0}
+    return {"l1": counts["l1_hits"] / served, "redis": counts["redis_hits"] / served,
+            "total": (counts["l1_hits"] + counts["redis_hits"]) / served}
+
+
+def _used_memory(client: redis.Redis) -> int:
+    return int(client.info("memory")["used_memory"])
+
+
+def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
+    """Run one cell of the matrix end to end and measure it."""
+    artifact = resolve(registry, spec.model_name)
+    card = artifact.card()
+    segments, key_count = int(card["segments"]), int(card["key_count"])
+    with tempfile.TemporaryDirectory(prefix="hybridserve-run-") as tmp, EmbeddedRedis() as redis_server:
+        workdir = Path(tmp)
+        client = redis.Redis.from_url(redis_server.url)
+        baseline = _used_memory(client)
+        settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode)
+        pre_s, pre_cpu = _prepare(spec, settings, segments, workdir)
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        server = _start_server(spec, registry, redis_server.url, port)
+        try:
+            _wait_ready(url, server)
+            _warm_up(url, spec, segments)
+            before, cpu0, rcpu0 = _server_snapshot(url), _process_cpu_s(server.pid), _redis_cpu_s(client)
+            started = time.monotonic()
+            locust, locust_cpu = _run_locust(spec, url, segments, workdir)
+            elapsed = time.monotonic() - started
+            after, cpu1, rcpu1 = _server_snapshot(url), _process_cpu_s(server.pid), _redis_cpu_s(client)
+        finally:
+            _stop(server)
+        redis_bytes = max(0, _used_memory(client) - baseline)
+        client.close()
+    return _result(spec, artifact.version, key_count, locust, locust_cpu, elapsed, before, after,
+                   (cpu1 - cpu0, rcpu1 - rcpu0), redis_bytes, (pre_s, pre_cpu), prices, target)
+
+
+def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float, elapsed: float,
+            before: dict[str, Any], after: dict[str, Any], cpu: tuple[float, float], redis_bytes: int,
+            pre: tuple[float, float], prices: cost.Prices, target: cost.Scenario | None) -> RunResult:
+    counts = _delta_counts(before, after)
+    requests = max(1, counts["requests"] + counts["errors"])
+    achieved = locust["rps"]
+    saturated = achieved < SATURATION_SHARE * spec.rate or locust_cpu >= LOCUST_CPU_SATURATED
+    result = RunResult(
+        spec=spec, model_version=version, key_count=key_count, requests=locust["requests"], failures=locust["failures"],
+        failure_reasons=locust["failure_reasons"], duration_s=elapsed, offered_rps=spec.rate, achieved_rps=achieved,
+        latency_ms=locust["latency_ms"], server_latency_ms=_histogram_quantiles(before["histogram"], after["histogram"]),
+        hit_ratio=_hit_ratio(counts), tier_counts=counts,
+        server_cpu_us_per_request=cpu[0] / requests * 1e6, redis_cpu_us_per_request=cpu[1] / requests * 1e6,
+        redis_bytes=redis_bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
+        precompute_cpu_s=pre[1], load_generator_saturated=saturated, load_generator_cpu_percent=locust_cpu,
+    )
+    result.cost = _cost(result, prices, target)
+    return result
+
+
+def _cost(result: RunResult, prices: cost.Prices, target: cost.Scenario | None) -> dict[str, Any]:
+    predictions = max(1, result.tier_counts["keys"])
+    duration = max(result.duration_s, 1e-3)
+    usage = cost.RunUsage(
+        mode=result.spec.mode, predictions=predictions, duration_s=duration,
+        server_cpu_s=result.server_cpu_us_per_request * max(1, result.tier_counts["requests"]) / 1e6,
+        redis_cpu_s=result.redis_cpu_us_per_request * max(1, result.tier_counts["requests"]) / 1e6,
+        cache_bytes=float(result.redis_bytes), key_count=result.key_count, precompute_cpu_s=result.precompute_cpu_s,
+    )
+    scenario = target or cost.measured_scenario(usage)
+    estimate = cost.estimate(usage, scenario, prices)
+    return json.loads(json.dumps(asdict(estimate)))
+
+
+# ----- the comparison matrix ---------------------------------------------------------------------
+
+QUICK_DURATION_S = 8.0
+FULL_DURATION_S = 25.0
+
+
+def matrix(duration_s: float, rate: float, distribution: str = "zipf:1.1") -> list[RunSpec]:
+    """Both profiles x three modes on Zipf traffic, plus hybrid on uniform traffic per profile."""
+    specs = [RunSpec(p, m, distribution, rate=rate, duration_s=duration_s)
+             for p in ("light", "heavy") for m in ("static", "dynamic", "hybrid")]
+    specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s) for p in ("light", "heavy")]
+    return specs
+
+
+def compare(
+    registry: Path,
+    specs: list[RunSpec],
+    prices: cost.Prices = cost.Prices(),
+    target: cost.Scenario | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Run every spec in turn; returns results.json records."""
+    records = []
+    for i, spec in enumerate(specs, 1):
+        if progress:
+            print(f"[{i}/{len(specs)}] {spec.label}: {spec.duration_s:.0f}s at {spec.rate:.0f} req/s ...", flush=True)
+        result = run_one(spec, registry, prices, target)
+        if progress:
+            print(f"        achieved {result.achieved_rps:.0f} req/s, p99 {result.latency_ms['p99']:.1f} ms, "
+                  f"hit ratio {result.hit_ratio['total']:.2f}, server CPU {result.server_cpu_us_per_request:.0f} µs/req, "
+                  f"failures {result.failures}", flush=True)
+        records.append(result.as_record())
+    return records
