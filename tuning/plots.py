@@ -56,8 +56,10 @@ def _server_curves() -> dict[str, Callable[[int], ServerPolicy]]:
 
 
 def _server_miss_ratio(trace: Trace, policy: ServerPolicy) -> float:
-    """Static: requests outside the head. L1 curves: requests L1 did not answer (cold start, so
-    the curve is comparable with the libCacheSim ones)."""
+    """Static: requests outside the head, which is chosen on the first half of the trace and
+    evaluated on the second (so it skips the first half's compulsory misses and can fall below
+    Belady at small sizes). L1 curves: requests L1 did not answer over the whole trace from cold,
+    on the same basis as the libCacheSim curves."""
     if policy.mode == "static":
         return simulate_server_policy(trace, policy).miss_ratio
     return 1.0 - simulate_server_policy(trace, policy, train_fraction=0.0).l1_hit_ratio
