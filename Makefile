@@ -20,5 +20,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# Hybrid under a fixed rate for SOAK_SECONDS (default 10 min): errors, latency percentiles per
+# window, server RSS at start and end. `make soak SOAK_SECONDS=60 SOAK_RATE=50`.
+SOAK_SECONDS ?= 600
+SOAK_RATE ?= 100
+SOAK_WINDOW ?= 30
+soak: $(STAMP)
+	$(BIN)/python benchmarks/soak.py --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --window $(SOAK_WINDOW)
+
 clean:
 	rm -rf $(VENV) registry out
