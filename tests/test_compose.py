@@ -46,7 +46,14 @@ def _environment(service: dict[str, Any]) -> dict[str, str]:
 
 
 def _locust_env_vars() -> set[str]:
-    return set(re.findall(r'env_var="(HYBRIDSERVE_LOAD_[A-Z_]+)"', (ROOT / LOCUSTFILE).read_text()))
+    """Environment variables the locustfile's options read. Found in its text, not by importing
+    it: importing locust monkey-patches the standard library with gevent."""
+    text = (ROOT / LOCUSTFILE).read_text()
+    literal = set(re.findall(r'env_var="(HYBRIDSERVE_LOAD_[A-Z_]+)"', text))
+    # Options declared as ("--flag", type, default, help) and mapped to HYBRIDSERVE_LOAD_<FLAG>.
+    flags = re.findall(r'\(\s*"(--[a-z][a-z-]*)",', text)
+    derived = {"HYBRIDSERVE_LOAD_" + f.removeprefix("--").replace("-", "_").upper() for f in flags}
+    return literal | derived
 
 
 def test_services_present() -> None:
