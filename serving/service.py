@@ -39,6 +39,9 @@ from tuning.traces import TraceRecorder
 STATIC_POINTER_REFRESH_S = 1.0
 MAX_KEYS_IN_DETAIL = 5
 _SOURCE_RANK = {"l1": 0, "redis": 1, "model": 2}
+# How long a batcher replaced by a reload keeps answering the requests that started on it; far
+# longer than a request takes (they are bounded by max_wait_ms plus one batched model call).
+RETIRED_BATCHER_GRACE_S = 10.0
 
 
 def _recorder_for(settings: Settings) -> TraceRecorder | None:
@@ -86,6 +89,7 @@ class PredictionService:
         self._state: ServedState | None = None
         self._pointer_checked = 0.0
         self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
         self._recorder = _recorder_for(settings)
 
     # ----- lifecycle -------------------------------------------------------------------------
@@ -99,6 +103,9 @@ class PredictionService:
 
     async def close(self) -> None:
         """Release the batcher, Redis connections and the inference thread."""
+        for task in list(self._retiring):
+            task.cancel()  # _retire closes its batcher on the way out
+        await asyncio.gather(*self._retiring, return_exceptions=True)
         if self._state and self._state.batcher:
             await self._state.batcher.close()
         if self.store:
@@ -123,8 +130,19 @@ class PredictionService:
             self._state = ServedState(model.version, model, self._batcher_for(model), L1Cache(l1_size if self.mode == "hybrid" else 0, l1_ttl))
             self.admission.reset()
             if old and old.batcher:
-                await old.batcher.close()
+                # Requests that took the old state before the swap are still waiting on its batcher:
+                # closing it now would cancel them (a 500 mid-request), so it retires after a grace.
+                task = asyncio.get_running_loop().create_task(self._retire(old.batcher))
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
             return model.version
+
+    async def _retire(self, batcher: Batcher) -> None:
+        """Close a replaced batcher once the requests that were using it have had time to finish."""
+        try:
+            await asyncio.sleep(RETIRED_BATCHER_GRACE_S)
+        finally:
+            await batcher.close()
 
     def _batcher_for(self, model: LoadedModel) -> Batcher:
         offload = model.single_row_us > self.settings.offload_above_us

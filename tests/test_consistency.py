@@ -98,11 +98,15 @@ def test_version_switch_under_load(make_settings, two_versions: TwoVersions) -> 
     settings = make_settings(mode="hybrid", registry=two_versions.registry)
     with running(settings) as (server, client):
         stop, workers, seen, errors = _load(server.url)
-        time.sleep(1.0)
+        deadline = time.monotonic() + 20.0
+        while time.monotonic() < deadline and len(seen) < 20:
+            time.sleep(0.1)
         reload = client.post("/v1/admin/reload", json={"version": two_versions.new}, headers=ADMIN)
         switched = time.monotonic()  # after the reload response: no old answer may be sent from here on
         assert reload.status_code == 200 and reload.json() == {"model_version": two_versions.new}
-        time.sleep(1.0)
+        deadline = time.monotonic() + 20.0  # enough answers after the switch, even on a slow machine
+        while time.monotonic() < deadline and sum(s.sent_at >= switched for s in list(seen)) < 20:
+            time.sleep(0.1)
         stop.set()
         for worker in workers:
             worker.join(15)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -84,8 +84,7 @@ def test_hybrid_fails_open_through_redis_kill_and_recovers(make_settings, own_re
     # L1 off: every request reaches Redis, so the outage is felt by every request, not hidden by L1.
     settings = make_settings(mode="hybrid", redis_url=own_redis.url, l1_size=0, redis_timeout_s=0.2, breaker_reset_s=0.5)
     with running(settings) as (_, client), Load(str(client.base_url).rstrip("/")) as load:
-        time.sleep(0.5)
-        assert load.first_source_after("redis", 0.0) is not None, "Redis serves before the fault"
+        _wait_for(lambda: load.first_source_after("redis", 0.0) is not None, "Redis serves before the fault")
         own_redis.kill()
         killed = time.monotonic()
         time.sleep(OUTAGE_S)
@@ -94,8 +93,11 @@ def test_hybrid_fails_open_through_redis_kill_and_recovers(make_settings, own_re
         metrics = client.get("/metrics").text
         fallbacks = _metric(metrics, "hybridserve_redis_fallbacks")
         assert fallbacks > 0
-        during = Counter(s for t, s in load.sources if t > killed + 0.5)
-        assert during and set(during) == {"model"}, during
+        # Responses recorded well after the kill came from the model (a request stalled across the
+        # kill on a slow machine may still carry a Redis value it read just before).
+        during = Counter(s for t, s in load.sources if t > killed + 1.0)
+        assert "redis" not in during and "l1" not in during, during
+        assert any(s == "model" for t, s in load.sources if t > killed), "load went on through the outage"
         own_redis.start()  # same port, empty (no persistence)
         restarted = time.monotonic()
         while time.monotonic() - restarted < RECOVERY_BOUND_S and load.first_source_after("redis", restarted) is None:
@@ -107,6 +109,13 @@ def test_hybrid_fails_open_through_redis_kill_and_recovers(make_settings, own_re
     served = len(load.sources)
     print(f"\nredis kill: {served} requests, 0 failed, {fallbacks:.0f} fallbacks; redis hits resumed {recovery_s:.2f}s after restart")
     assert served > 0
+
+
+def _wait_for(condition: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"not within {timeout_s}s: {what}"
+        time.sleep(0.05)
 
 
 def _metric(text: str, name: str) -> float:
