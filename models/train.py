@@ -34,16 +34,21 @@ DEFAULT_SEGMENTS = 200
 DEFAULT_SEED = 7
 TRAIN_WEEKS = 4
 HOLDOUT_FRACTION = 0.1
-# Historical observations the kNN model searches per prediction: sized so one row costs a few
-# milliseconds in ONNX Runtime on one core (about 3 ms measured on the dev machine).
-HEAVY_HISTORY_ROWS = 2000
+# Weeks of history the kNN model keeps and searches on every prediction: with 200 segments about
+# 240k observations, over 1 ms a row in ONNX Runtime on one core (dev machine).
+HEAVY_WEEKS = 8
+# Spread of the positions probe vehicles report along a segment around its nominal midpoint
+# (degrees, ~500 m; segments are about 1.5 km long).
+HEAVY_POSITION_JITTER_DEG = 0.005
 # 8 neighbours = 32 bytes a row: ONNX Runtime's ReduceMean then sees every row equally aligned,
 # so a key's prediction is the same float whatever batch it is computed in (with 10, rows at odd
 # batch positions came out one ulp off).
 HEAVY_NEIGHBOURS = 8
-# Neighbour distances closer than this (relative) are a tie: float32 (ONNX) and float64
-# (scikit-learn) may then pick different neighbours, and both answers are equally right.
-TIE_RELATIVE_GAP = 1e-4
+# ONNX Runtime's CDist computes |q|^2 + |x|^2 - 2 q.x in float32, so a squared distance carries an
+# error of a few float32 steps of |q|^2 + |x|^2, whatever the distance. Neighbours whose squared
+# distances are closer than this many steps are a tie: float32 and float64 (scikit-learn) may keep
+# different ones, and both answers are right.
+TIE_FLOAT32_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -68,7 +73,7 @@ def model_name(profile: Profile) -> str:
 def _estimator(profile: Profile, seed: int) -> RegressorMixin:
     if profile == "light":
         return HistGradientBoostingRegressor(max_iter=100, max_depth=8, random_state=seed)
-    return make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=HEAVY_NEIGHBOURS))
+    return make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=HEAVY_NEIGHBOURS, algorithm="brute"))
 
 
 def _split(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
@@ -78,16 +83,21 @@ def _split(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, ...]:
     return X[train], y[train], X[hold], y[hold]
 
 
-def _history_sample(X: np.ndarray, y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Per-key mean of the observed weeks, for a seeded sample of keys.
+def _history(X: np.ndarray, seed: int) -> np.ndarray:
+    """Historical observations as recorded: each carries the position its probe vehicle reported
+    somewhere along the segment, not the segment's nominal midpoint.
 
-    One row per distinct feature vector: duplicate rows (the same key in different weeks) would be
-    exact distance ties, and scikit-learn and ONNX Runtime break ties differently.
+    Besides realism, the jitter makes every stored observation distinct: the same key observed in
+    different weeks would otherwise be exact distance ties (and near-ties below float32 resolution),
+    which scikit-learn and ONNX Runtime break differently. Offsets sit on a 2^-14 degree grid, exact
+    in float32.
     """
-    unique, inverse = np.unique(X, axis=0, return_inverse=True)
-    means = np.bincount(inverse.ravel(), weights=y) / np.bincount(inverse.ravel())
-    pick = np.sort(np.random.default_rng(seed + 3).choice(len(unique), min(HEAVY_HISTORY_ROWS, len(unique)), replace=False))
-    return unique[pick], means[pick]
+    rng = np.random.default_rng(seed + 3)
+    jittered = X.copy()
+    for column in (data.FEATURE_NAMES.index("lat"), data.FEATURE_NAMES.index("lon")):
+        offsets = np.round(rng.normal(0.0, HEAVY_POSITION_JITTER_DEG, size=len(X)) * 2**14) / 2**14
+        jittered[:, column] = (X[:, column].astype(np.float64) + offsets).astype(np.float32)
+    return jittered
 
 
 def train_profile(profile: Profile, segments: int = DEFAULT_SEGMENTS, seed: int = DEFAULT_SEED) -> TrainResult:
@@ -95,10 +105,10 @@ def train_profile(profile: Profile, segments: int = DEFAULT_SEGMENTS, seed: int 
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     segs = data.make_segments(segments, seed)
-    X, y = data.observations(segs, TRAIN_WEEKS, seed)
+    X, y = data.observations(segs, HEAVY_WEEKS if profile == "heavy" else TRAIN_WEEKS, seed)
     X_train, y_train, X_hold, y_hold = _split(X, y, seed)
     if profile == "heavy":
-        X_train, y_train = _history_sample(X_train, y_train, seed)
+        X_train = _history(X_train, seed)
     # float32 inputs seen as float64: exactly what ONNX Runtime will see, so parity is fair.
     model = _estimator(profile, seed).fit(X_train.astype(np.float64), y_train)
     return TrainResult(profile, model, segs, seed, X_train, y_train, X_hold, y_hold)
@@ -118,6 +128,8 @@ def ambiguous_rows(model: RegressorMixin, X: np.ndarray) -> np.ndarray:
     scaled = X.astype(np.float64)
     for _, step in steps[:-1]:
         scaled = step.transform(scaled)
-    dist, _ = knn.kneighbors(scaled, knn.n_neighbors + 1)
-    kth, nxt = dist[:, -2], dist[:, -1]
-    return (nxt - kth) <= TIE_RELATIVE_GAP * np.maximum(kth, 1e-12)
+    dist, idx = knn.kneighbors(scaled, knn.n_neighbors + 1)
+    stored = knn._fit_X  # the scaled observations the model searches  # noqa: SLF001
+    norms = (scaled**2).sum(axis=1) + np.maximum((stored[idx[:, -2]] ** 2).sum(axis=1), (stored[idx[:, -1]] ** 2).sum(axis=1))
+    gap = dist[:, -1] ** 2 - dist[:, -2] ** 2
+    return gap <= TIE_FLOAT32_STEPS * np.finfo(np.float32).eps * norms

@@ -75,8 +75,7 @@ class LoadedModel:
         return self.pad_multiple is not None
 
     def _raw_run(self, rows: np.ndarray) -> np.ndarray:
-        out = self._session.run(None, {self._input: rows})[0]
-        return np.asarray(out, dtype=np.float32).reshape(-1)
+        return export.run(self._session, rows, self._input)
 
     def _padded_run(self, rows: np.ndarray, multiple: int) -> np.ndarray:
         short = -len(rows) % multiple
