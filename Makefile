@@ -20,6 +20,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench.py
+
 # Hybrid under a fixed rate for SOAK_SECONDS (default 10 min): errors, latency percentiles per
 # window, server RSS at start and end. `make soak SOAK_SECONDS=60 SOAK_RATE=50`.
 SOAK_SECONDS ?= 600
