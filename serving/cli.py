@@ -13,14 +13,18 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from serving.settings import MODES, Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+DEMO_TRACE_REQUESTS = 100_000
+DEMO_VERIFY_REQUESTS = 6_000
+DEMO_SLO_P99_MS = 50.0
 
 
 def _settings(args: argparse.Namespace, **fields: object) -> Settings:
@@ -146,25 +150,29 @@ def _ensure_models(registry: Path) -> None:
             print(f"  {artifact.name} version {artifact.version}", flush=True)
 
 
-def cmd_compare(args: argparse.Namespace) -> int:
-    """Run the comparison matrix and write results.json and report.html."""
-    import platform
-    from datetime import datetime, timezone
+def _prices_and_target(args: argparse.Namespace) -> tuple[Any, Any]:
+    from loadtests import cost
 
-    from loadtests import cost, report, runner
-
-    registry, out = Path(args.registry), Path(args.out)
-    _ensure_models(registry)
-    duration = args.duration or (runner.QUICK_DURATION_S if args.quick else runner.FULL_DURATION_S)
-    specs = runner.matrix(duration, args.rate, args.dist)
     target = cost.Scenario(qps=args.target_qps, key_count=args.target_keys) if args.target_qps else None
     prices = cost.Prices(serving_vcpu_hour=args.price_vcpu_hour, batch_vcpu_hour=args.price_batch_vcpu_hour,
                          cache_gb_hour=args.price_gb_hour)
-    records = runner.compare(registry, specs, prices, target)
+    return prices, target
+
+
+def _run_and_report(args: argparse.Namespace, specs: list[Any], extra_sections: Callable[[], list[str]] | None = None) -> int:
+    """Run load-test specs, then write results.json and report.html and print the summary."""
+    import platform
+    from datetime import datetime, timezone
+
+    from loadtests import report, runner
+
+    prices, target = _prices_and_target(args)
+    records = runner.compare(Path(args.registry), specs, prices, target)
     context = {"machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
-               "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": duration,
+               "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": specs[0].duration_s,
                "prices": prices, "target": {"qps": args.target_qps, "key_count": args.target_keys} if target else "as measured"}
-    results, html_path = report.write_report(records, out, context)
+    sections = extra_sections() if extra_sections else []
+    results, html_path = report.write_report(records, Path(args.out), context, sections)
     print()
     print(report.summary_table(records))
     print()
@@ -174,9 +182,52 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _matrix(args: argparse.Namespace) -> list[Any]:
+    from loadtests import runner
+
+    _ensure_models(Path(args.registry))
+    duration = args.duration or (runner.QUICK_DURATION_S if args.quick else runner.FULL_DURATION_S)
+    return runner.matrix(duration, args.rate, args.dist)
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    """Run the comparison matrix and write results.json and report.html."""
+    return _run_and_report(args, _matrix(args))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train both profiles if needed, then the comparison (``make demo``)."""
-    return cmd_compare(args)
+    """Train both profiles if needed, run the comparison and a tuning pass (``make demo``)."""
+    specs = _matrix(args)
+    return _run_and_report(args, specs, lambda: [_demo_tuning_section(args)])
+
+
+def _demo_tuning_section(args: argparse.Namespace) -> str:
+    """Tune the cache for a synthetic Zipf trace of the demo's traffic and render it for the report."""
+    from models.registry import resolve
+    from tuning.report_section import tuning_section
+    from tuning.synth import write_synthetic_trace
+    from tuning.tune import run_tune
+
+    out = Path(args.out) / "tune"
+    out.mkdir(parents=True, exist_ok=True)
+    registry = Path(args.registry)
+    segments = int(resolve(registry, "traffic-heavy").card()["segments"])
+    trace = write_synthetic_trace(args.dist, requests=DEMO_TRACE_REQUESTS, segments=segments, seed=11, out=out / "trace.keys")
+    print(f"\ntuning the heavy profile's cache for {DEMO_TRACE_REQUESTS:,} requests of {args.dist} ...", flush=True)
+    settings = Settings(registry=registry, model_name="traffic-heavy")
+    run_tune(Path(trace), settings, slo_p99_ms=DEMO_SLO_P99_MS, qps=args.target_qps or 1000.0, out=out,
+             verify_live=True, verify_requests=DEMO_VERIFY_REQUESTS)
+    return tuning_section(out)
+
+
+def cmd_loadtest(args: argparse.Namespace) -> int:
+    """One load test: one profile, one mode, one distribution."""
+    from loadtests.runner import RunSpec
+
+    _ensure_models(Path(args.registry))
+    spec = RunSpec(args.profile, args.mode, args.dist, rate=args.rate, users=args.users, duration_s=args.duration,
+                   batch_size=args.batch_size, seed=args.seed, head_size=args.head_size, l1_size=args.l1_size)
+    return _run_and_report(args, [spec])
 
 
 def cmd_trace_synth(args: argparse.Namespace) -> int:
@@ -240,19 +291,10 @@ def _parser() -> argparse.ArgumentParser:
     pred.add_argument("--url", default=DEFAULT_URL)
     pred.set_defaults(func=cmd_predict)
     for name, func, text in (("compare", cmd_compare, "run the static/dynamic/hybrid comparison and write the report"),
-                             ("demo", cmd_demo, "train both profiles if needed and run the comparison (make demo)")):
+                             ("demo", cmd_demo, "train both profiles if needed, compare and tune (make demo)"),
+                             ("loadtest", cmd_loadtest, "one load test of one mode, with the same report")):
         cmp = sub.add_parser(name, help=text)
-        cmp.add_argument("--registry", default="registry")
-        cmp.add_argument("--out", default="out", help="where results.json and report.html go")
-        cmp.add_argument("--quick", action="store_true", help="short runs (about two minutes in all)")
-        cmp.add_argument("--duration", type=float, default=None, help="seconds per run (overrides --quick)")
-        cmp.add_argument("--rate", type=float, default=400.0, help="offered requests/s per run")
-        cmp.add_argument("--dist", default="zipf:1.1", help="key distribution of the main runs")
-        cmp.add_argument("--target-qps", type=float, default=None, help="project cost to this many predictions/s")
-        cmp.add_argument("--target-keys", type=int, default=1_680_000, help="... and this key space")
-        cmp.add_argument("--price-vcpu-hour", type=float, default=0.05)
-        cmp.add_argument("--price-batch-vcpu-hour", type=float, default=0.02)
-        cmp.add_argument("--price-gb-hour", type=float, default=0.02)
+        _load_options(cmp, single=name == "loadtest")
         cmp.set_defaults(func=func)
     trace = sub.add_parser("trace", help="access traces").add_subparsers(dest="trace_command", required=True)
     synth = trace.add_parser("synth", help="write a synthetic trace from a key distribution")
@@ -274,6 +316,31 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--registry", default=None)
     tune.set_defaults(func=cmd_tune)
     return parser
+
+
+def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
+    """Options shared by compare, demo and loadtest."""
+    parser.add_argument("--registry", default="registry")
+    parser.add_argument("--out", default="out", help="where results.json and report.html go")
+    parser.add_argument("--rate", type=float, default=400.0, help="offered requests/s per run (open loop)")
+    parser.add_argument("--dist", default="zipf:1.1", help="key distribution: zipf:S, uniform, drift:..., trace:FILE")
+    parser.add_argument("--target-qps", type=float, default=None, help="project cost to this many predictions/s")
+    parser.add_argument("--target-keys", type=int, default=1_680_000, help="... and this key space")
+    parser.add_argument("--price-vcpu-hour", type=float, default=0.05, help="USD per serving vCPU-hour")
+    parser.add_argument("--price-batch-vcpu-hour", type=float, default=0.02, help="USD per batch vCPU-hour")
+    parser.add_argument("--price-gb-hour", type=float, default=0.02, help="USD per GB-hour of cache memory")
+    if not single:
+        parser.add_argument("--quick", action="store_true", help="short runs (about two minutes in all)")
+        parser.add_argument("--duration", type=float, default=None, help="seconds per run (overrides --quick)")
+        return
+    parser.add_argument("--profile", choices=("light", "heavy"), default="light")
+    parser.add_argument("--mode", choices=MODES, default="hybrid")
+    parser.add_argument("--duration", type=float, default=20.0, help="seconds of measured load")
+    parser.add_argument("--users", type=int, default=20, help="Locust users (>= rate x p99 seconds)")
+    parser.add_argument("--batch-size", type=int, default=1, help="keys per request (1: GET, more: POST)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--head-size", type=int, default=5000, help="hybrid: keys precomputed into Redis")
+    parser.add_argument("--l1-size", type=int, default=10_000, help="hybrid: in-process L1 entries")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

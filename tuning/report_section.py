@@ -1,0 +1,48 @@
+"""The tuning section of the demo report: the recommendation, the verification and the plots of a
+``hybridserve tune`` output folder, as self-contained HTML (images inlined)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+from typing import Any
+
+SHOWN_CANDIDATES = 10
+
+
+def _img(path: Path) -> str:
+    if not path.is_file():
+        return ""
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<img src="data:image/png;base64,{data}" style="max-width:49%">'
+
+
+def _rows(candidates: list[dict[str, Any]]) -> str:
+    rows = []
+    for c in candidates[:SHOWN_CANDIDATES]:
+        cells = [c["label"], f"{c['hit_ratio']:.1%}", f"{c['p99_ms']:.2f}", f"{c['monthly_usd']:.2f}",
+                 "yes" if c["meets_slo"] else "no"]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
+    return "".join(rows)
+
+
+def tuning_section(out: Path) -> str:
+    """HTML for the tuning results written to ``out`` (tuning.json, miss_ratio.png, cost.png)."""
+    report = json.loads((out / "tuning.json").read_text())
+    chosen = report.get("chosen")
+    verdict = (f"Recommended: <b>{html.escape(chosen['label'])}</b>, hit ratio {chosen['hit_ratio']:.1%}, "
+               f"p99 about {chosen['p99_ms']:.2f} ms, ${chosen['monthly_usd']:.2f} a month at {report['qps']:g} predictions/s."
+               if chosen else f"No configuration meets p99 ≤ {report['slo_p99_ms']:g} ms.")
+    env = "\n".join(f"{k}={v}" for k, v in (report.get("env") or {}).items())
+    verify = report.get("verify")
+    verify_html = (f"<p>Verified on a live server ({html.escape(verify['candidate'])}): measured hit ratio "
+                   f"{verify['measured_hit_ratio']:.2%} vs simulated {verify['simulated_hit_ratio']:.2%} "
+                   f"({verify['difference_pp']:.2f} percentage points).</p>") if verify else ""
+    return f"""<h2>Cache tuning (heavy profile, synthetic {html.escape(Path(report['trace']).name)})</h2>
+<p>{verdict} SLO: p99 ≤ {report['slo_p99_ms']:g} ms. Per-tier CPU and latency were calibrated against a live server;
+hit ratios come from replaying the trace through the server's own cache code and libCacheSim.</p>
+<pre>{html.escape(env)}</pre>{verify_html}
+<table><tr><th>configuration</th><th>hit ratio</th><th>p99 ms (est.)</th><th>$/month</th><th>meets SLO</th></tr>{_rows(report['candidates'])}</table>
+{_img(out / 'miss_ratio.png')}{_img(out / 'cost.png')}"""
