@@ -22,7 +22,7 @@ def _img(path: Path) -> str:
 def _rows(candidates: list[dict[str, Any]]) -> str:
     rows = []
     for c in candidates[:SHOWN_CANDIDATES]:
-        cells = [c["label"], f"{c['hit_ratio']:.1%}", f"{c['p99_ms']:.2f}", f"{c['monthly_usd']:.2f}",
+        cells = [c["label"], f"{c['hit_ratio']:.1%}", f"{c['p99_ms']:.2f}", f"{c['monthly']['total']:.2f}",
                  "yes" if c["meets_slo"] else "no"]
         rows.append("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in cells) + "</tr>")
     return "".join(rows)
@@ -33,7 +33,7 @@ def tuning_section(out: Path) -> str:
     report = json.loads((out / "tuning.json").read_text())
     chosen = report.get("chosen")
     verdict = (f"Recommended: <b>{html.escape(chosen['label'])}</b>, hit ratio {chosen['hit_ratio']:.1%}, "
-               f"p99 about {chosen['p99_ms']:.2f} ms, ${chosen['monthly_usd']:.2f} a month at {report['qps']:g} predictions/s."
+               f"p99 about {chosen['p99_ms']:.2f} ms, ${chosen['monthly']['total']:.2f} a month at {report['qps']:g} predictions/s."
                if chosen else f"No configuration meets p99 ≤ {report['slo_p99_ms']:g} ms.")
     env = "\n".join(f"{k}={v}" for k, v in (report.get("env") or {}).items())
     verify = report.get("verify")
