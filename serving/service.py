@@ -145,13 +145,16 @@ class PredictionService:
             await batcher.close()
 
     def _batcher_for(self, model: LoadedModel) -> Batcher:
+        # Batching pays for a model that runs in the worker thread: one call serves many waiting
+        # requests. A model cheap enough to run inline is called directly: waiting for company
+        # would add latency, and the future and wake-up per request cost more than they save.
         offload = model.single_row_us > self.settings.offload_above_us
         return Batcher(
             model.run,
             max_batch=self.settings.max_batch_size,
             max_wait_s=self.settings.max_wait_ms / 1000,
             executor=self._executor if offload else None,
-            enabled=self.settings.batching,
+            enabled=self.settings.batching and offload,
             observe=self.metrics.observe_batch,
         )
 
@@ -191,7 +194,7 @@ class PredictionService:
             if self.mode == "static":
                 await self._refresh_static_pointer()
             state = self.state
-            found = await self._resolve(state, self._validated(state, keys))
+            found = await self._resolve(state, keys)
         except Exception:
             self.counts.errors += 1
             raise
@@ -211,12 +214,16 @@ class PredictionService:
         table = state.model.features
         return {k: table.index(k) for k in keys}
 
-    async def _resolve(self, state: ServedState, wanted: dict[str, int]) -> dict[str, tuple[float, str]]:
+    async def _resolve(self, state: ServedState, keys: Sequence[str]) -> dict[str, tuple[float, str]]:
         found: dict[str, tuple[float, str]] = {}
-        todo = list(wanted)
+        todo = list(dict.fromkeys(keys))  # unique, in request order
         if self.mode == "hybrid":
+            # L1 holds only keys validated on their way in, so its hits skip validation.
             todo = self._from_l1(state, todo, found)
-        if todo and self.mode != "dynamic":
+            if not todo:
+                return found
+        wanted = self._validated(state, todo)
+        if self.mode != "dynamic":
             todo = await self._from_redis(state, todo, found)
         if todo:
             await self._from_model(state, todo, wanted, found)

@@ -48,7 +48,8 @@ class Settings(BaseSettings):
     head_size: int = Field(1000, ge=0)
     """Top-K keys precomputed into Redis for hybrid by ``hybridserve precompute --head``."""
     batching: bool = True
-    """Dynamic batching of concurrent model calls."""
+    """Dynamic batching of concurrent model calls (for models run in the worker thread, see
+    ``offload_above_us``; cheaper models are called directly)."""
     max_batch_size: int = Field(32, ge=1, le=4096)
     """Most rows in one batched model call."""
     max_wait_ms: float = Field(2.0, ge=0, le=1000)
