@@ -70,4 +70,7 @@ class FeatureTable:
 
     def rows(self, indices: list[int] | np.ndarray) -> np.ndarray:
         """Feature rows for the given indices, as one contiguous float32 block."""
+        if len(indices) == 1:
+            start = int(indices[0])
+            return self._rows[start : start + 1]  # a view: no gather for the common single key
         return self._rows[np.asarray(indices, dtype=np.intp)]

@@ -1,18 +1,20 @@
 """Prometheus metrics of one server: request latency by mode and source, per-tier hits and misses,
 model inference time and batch sizes, Redis errors and fallbacks.
 
-Hot-path counters are plain integers on :class:`Counts` (an increment costs nanoseconds); a custom
-collector turns them into Prometheus counters when ``/metrics`` is scraped. Each app has its own
+Hot-path counters and histograms are plain integers (:class:`Counts`, :class:`Buckets`; an update
+costs well under a microsecond); a custom collector turns them into Prometheus counters and
+histograms when ``/metrics`` is scraped. Each app has its own
 registry, so several apps can live in one process (tests).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -42,12 +44,27 @@ class Counts:
 
 
 class _CountsCollector(Collector):
-    def __init__(self, mode: str, counts: Counts, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, mode: str, counts: Counts, gauges: Callable[[], dict[str, float]], metrics: Metrics) -> None:
         self._mode = mode
         self._counts = counts
         self._gauges = gauges
+        self._metrics = metrics
 
-    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    def _histograms(self) -> Iterator[HistogramMetricFamily]:
+        m, mode = self._metrics, self._mode
+        latency = HistogramMetricFamily("hybridserve_request_seconds",
+                                        "Server-side request latency by mode and slowest source used", labels=["mode", "source"])
+        for source, buckets in m.latency.items():
+            latency.add_metric([mode, source], buckets.cumulative(), buckets.sum)
+        yield latency
+        for name, doc, buckets in (("hybridserve_inference_seconds", "Model call time", m.inference),
+                                   ("hybridserve_batch_rows", "Rows per model call", m.batch_rows)):
+            family = HistogramMetricFamily(name, doc, labels=["mode"])
+            family.add_metric([mode], buckets.cumulative(), buckets.sum)
+            yield family
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily | HistogramMetricFamily]:
+        yield from self._histograms()
         c = self._counts
         tiers = CounterMetricFamily("hybridserve_cache_lookups", "Cache lookups by tier and result", labels=["mode", "tier", "result"])
         for tier, hits, misses in (("l1", c.l1_hits, c.l1_misses), ("redis", c.redis_hits, c.redis_misses)):
@@ -71,6 +88,33 @@ class _CountsCollector(Collector):
             yield gauge
 
 
+class Buckets:
+    """A histogram kept as plain counts: one bisect and two additions per observation.
+
+    prometheus_client's Histogram takes a lock and bumps one locked value per bucket; on a request
+    that costs tens of microseconds in all, that showed in the profile. The server is one event
+    loop, so nothing here needs a lock; :class:`_CountsCollector` exposes these at scrape time.
+    """
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Record one value."""
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        """Prometheus buckets: (upper bound, count of values <= bound)."""
+        out, running = [], 0
+        for bound, count in zip([*(str(float(b)) for b in self.bounds), "+Inf"], self.counts):
+            running += count
+            out.append((bound, float(running)))
+        return out
+
+
 class Metrics:
     """The metrics of one app."""
 
@@ -78,32 +122,20 @@ class Metrics:
         self.mode = mode
         self.counts = Counts()
         self.registry = CollectorRegistry()
-        self._latency = Histogram(
-            "hybridserve_request_seconds",
-            "Server-side request latency by mode and slowest source used",
-            ["mode", "source"],
-            buckets=LATENCY_BUCKETS,
-            registry=self.registry,
-        )
-        # Bound children: a labels() lookup per request would cost more than the observation.
-        self._by_source = {s: self._latency.labels(mode, s) for s in SOURCES}
-        self._inference = Histogram(
-            "hybridserve_inference_seconds", "Model call time", ["mode"], buckets=LATENCY_BUCKETS, registry=self.registry
-        ).labels(mode)
-        self._batch = Histogram(
-            "hybridserve_batch_rows", "Rows per model call", ["mode"], buckets=BATCH_BUCKETS, registry=self.registry
-        ).labels(mode)
-        self.registry.register(_CountsCollector(mode, self.counts, gauges))
+        self.latency = {s: Buckets(LATENCY_BUCKETS) for s in SOURCES}
+        self.inference = Buckets(LATENCY_BUCKETS)
+        self.batch_rows = Buckets(BATCH_BUCKETS)
+        self.registry.register(_CountsCollector(mode, self.counts, gauges, self))
 
     def observe_request(self, source: str, seconds: float) -> None:
         """One answered request, labelled by the slowest tier it needed."""
         self.counts.requests += 1
-        self._by_source[source].observe(seconds)
+        self.latency[source].observe(seconds)
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         """One model call."""
-        self._batch.observe(rows)
-        self._inference.observe(seconds)
+        self.batch_rows.observe(rows)
+        self.inference.observe(seconds)
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""

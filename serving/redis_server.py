@@ -135,7 +135,8 @@ class EmbeddedRedis:
         try:
             with socket.create_connection((LOOPBACK, self.port), timeout=0.5) as sock:
                 if self.password:
-                    sock.sendall(f"AUTH {self.password}\r\n".encode())
+                    secret = self.password.encode()
+                    sock.sendall(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
                     sock.recv(64)
                 sock.sendall(b"PING\r\n")
                 return sock.recv(64).startswith(b"+PONG")

@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from serving.errors import StoreUnavailable
+from serving.resp import RespClient
 
 _FLOAT = struct.Struct("<f")
 
@@ -99,12 +100,17 @@ class CircuitBreaker:
 
 
 class RedisStore:
-    """Async Redis access with a bounded timeout on every call, behind a circuit breaker."""
+    """Async Redis access with a bounded timeout on every call, behind a circuit breaker.
+
+    Prediction reads and writes (the hot path) go through the pipelined :class:`RespClient`;
+    PING, SCAN and UNLINK, which are rare, through redis-py.
+    """
 
     def __init__(self, url: str, timeout_s: float, breaker: CircuitBreaker) -> None:
         self.url = url
         self.breaker = breaker
         self.errors = 0
+        self._fast = RespClient(url, timeout_s)
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -130,25 +136,21 @@ class RedisStore:
     async def get_many(self, redis_keys: Sequence[str]) -> list[bytes | None]:
         """Raw values of ``redis_keys`` in one round trip (GET for one, MGET for more)."""
         self._check()
+        command = ("GET", redis_keys[0]) if len(redis_keys) == 1 else ("MGET", *redis_keys)
         try:
-            if len(redis_keys) == 1:
-                values = [await self._client.get(redis_keys[0])]
-            else:
-                values = await self._client.mget(redis_keys)
-        except (RedisError, OSError) as exc:
+            [reply] = await self._fast.execute([command])
+        except OSError as exc:  # RespError, timeouts and socket errors are all OSErrors
             raise self._failed(exc) from exc
         self.breaker.success()
-        return values
+        return [reply] if len(redis_keys) == 1 else reply
 
     async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
         """Write values in one pipelined round trip; ``ttl_s`` 0 means no expiry."""
         self._check()
+        expiry = ("EX", ttl_s) if ttl_s else ()
         try:
-            async with self._client.pipeline(transaction=False) as pipe:
-                for redis_key, raw in items:
-                    pipe.set(redis_key, raw, ex=ttl_s or None)
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
+            await self._fast.execute([("SET", redis_key, raw, *expiry) for redis_key, raw in items])
+        except OSError as exc:
             raise self._failed(exc) from exc
         self.breaker.success()
 
@@ -175,7 +177,8 @@ class RedisStore:
         return deleted
 
     async def close(self) -> None:
-        """Close the connection pool."""
+        """Close the connections."""
+        await self._fast.close()
         await self._client.aclose()
 
 
