@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any, NoReturn
@@ -95,6 +96,7 @@ OPTIONS: tuple[tuple[str, type, object, str], ...] = (
     ("--batch-size", int, DEFAULT_BATCH_SIZE, "Keys per request: 1 uses GET /v1/predict/{key}, more POST /v1/predict"),
     ("--rate", float, DEFAULT_RATE, "Target requests/s over all users of this process (open loop); 0: closed loop"),
     ("--seed", int, DEFAULT_SEED, "Seed of the key distribution (which keys are popular, and the request sequence)"),
+    ("--latency-file", str, "", "Write a 2%-resolution latency histogram (JSON) here when the test stops"),
 )
 
 
@@ -175,6 +177,53 @@ def reset_plan(environment: Environment, **_kwargs: Any) -> None:
     """Every test run (each start in the web UI) begins a fresh stream with current options."""
     PredictUser.plan = None
     PredictUser.ending = False
+    LATENCY.clear()
+
+
+class LatencyHistogram:
+    """Response times at 2% resolution (log buckets), from Locust's unrounded request events.
+
+    Locust's own statistics round response times to whole milliseconds below 100 ms, too coarse for
+    a cache hit that takes one; this keeps bucket counts (constant memory at any request count).
+    """
+
+    FLOOR_MS = 0.01
+    GROWTH = 1.02
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+        self._log_growth = math.log(self.GROWTH)
+
+    def clear(self) -> None:
+        """Forget everything (a new test run)."""
+        self.counts.clear()
+
+    def add(self, ms: float) -> None:
+        """Count one response time in milliseconds."""
+        index = max(0, int(math.log(max(ms, self.FLOOR_MS) / self.FLOOR_MS) / self._log_growth))
+        self.counts[index] = self.counts.get(index, 0) + 1
+
+    def buckets(self) -> list[tuple[float, int]]:
+        """(upper bound in ms, count), ascending."""
+        return [(self.FLOOR_MS * self.GROWTH ** (i + 1), n) for i, n in sorted(self.counts.items())]
+
+
+LATENCY = LatencyHistogram()
+
+
+@events.request.add_listener
+def record_latency(response_time: float, **_kwargs: Any) -> None:
+    """Every request, failed ones included (their time is part of what users wait)."""
+    LATENCY.add(response_time)
+
+
+@events.test_stop.add_listener
+def write_latency(environment: Environment, **_kwargs: Any) -> None:
+    """Dump the histogram where ``--latency-file`` says (the runner reads it)."""
+    path = getattr(environment.parsed_options, "latency_file", "") if environment.parsed_options else ""
+    if path:
+        with open(path, "w", encoding="utf-8") as handle:
+            json.dump(LATENCY.buckets(), handle)
 
 
 def failure_message(status: int, body: bytes | None, error: Exception | None) -> str:

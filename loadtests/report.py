@@ -58,7 +58,7 @@ def _latency_chart(records: Sequence[dict[str, Any]]) -> str:
         ax.bar([x + (i - 1) * width for x in xs], [max(r["latency_ms"][q], 0.05) for r in records], width, label=q)
     ax.set_xticks(list(xs), [_label(r) for r in records], rotation=30)
     ax.set_yscale("log")
-    ax.set_ylabel("ms (Locust, client side)")
+    ax.set_ylabel("ms (client side)")
     ax.set_title("Latency percentiles per run")
     ax.legend()
     return _png(fig)
@@ -90,6 +90,10 @@ def verdict(records: Sequence[dict[str, Any]]) -> list[str]:
             if h < 0.8 * d:
                 lines.append(f"{profile}: caching pays — hybrid serves {hybrid['hit_ratio']['total']:.0%} from cache and "
                              f"costs {h:.0f} µs CPU a request against dynamic's {d:.0f} µs.")
+            elif h < d:
+                lines.append(f"{profile}: caching saves little — hybrid serves {hybrid['hit_ratio']['total']:.0%} from "
+                             f"cache yet costs {h:.0f} µs CPU a request against dynamic's {d:.0f} µs ({1 - h / d:.0%} less): "
+                             "a cache lookup costs nearly what this model's inference does, and a Redis hit more.")
             else:
                 lines.append(f"{profile}: caching does not pay here — hybrid costs {h:.0f} µs CPU a request against "
                              f"dynamic's {d:.0f} µs: the cache lookups (an L1 miss goes to Redis, a Redis miss adds a "
@@ -154,7 +158,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#
 Each run: a fresh server process and Redis, a fixed offered rate from Locust in its own process, {html.escape(str(context.get('duration_s', '')))} s.</p>
 <h2>Verdict</h2><ul>{verdict_html}</ul>
 <h2>Results</h2>{_html_table(records)}
-<p>Latency percentiles are Locust's (client side, loopback included, rounded to whole ms below 100 ms);
+<p>Latency percentiles are client side (Locust's unrounded response times at 2% resolution, loopback included);
 "server p99 ≤" is the upper bound of the server's own Prometheus histogram bucket. CPU per request is process CPU time
 (psutil) of the server and Redis (<code>INFO cpu</code>) over the measured window divided by requests; it stays valid when the
 load generator is the bottleneck. A Redis hit is not free: it costs a network round trip and Redis CPU, which for a cheap model

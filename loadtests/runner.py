@@ -7,9 +7,10 @@ warm-up, then Locust in its own process for a fixed time at a fixed offered rate
 measured window it samples server CPU (psutil, the server process and its children), Redis CPU
 (``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and Redis memory.
 
-Latency comes from two places, both reported: Locust (client side, including the loopback hop; its
-percentiles are rounded to whole milliseconds below 100 ms) and the server's Prometheus histogram
-(server side, resolution = bucket bounds, 0.1 ms at the bottom).
+Latency comes from two places, both reported: the client side (Locust's unrounded response times,
+loopback included, kept by the locustfile at 2% resolution; Locust's own statistics round to whole
+milliseconds below 100 ms) and the server's histogram (server side, resolution = bucket bounds,
+0.1 ms at the bottom).
 
 Example::
 
@@ -211,7 +212,8 @@ def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--json",
             "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
             "--key-dist", spec.distribution, "--segments", str(segments), "--batch-size", str(spec.batch_size),
-            "--rate", str(spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5"]
+            "--rate", str(spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
+            "--latency-file", str(workdir / "latency.json")]
     stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         proc = psutil.Popen(_pinned(argv, _cores()[1]), stdout=out, stderr=err)
@@ -219,7 +221,16 @@ def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[
     if not stdout_path.read_text().strip():
         raise RuntimeError(f"Locust printed no statistics: {stderr_path.read_text()[-2000:]}")
     stats = locust_stats(json.loads(stdout_path.read_text()), stderr_path.read_text())
+    latency_path = workdir / "latency.json"
+    if latency_path.exists():
+        stats["latency_ms"].update(precise_percentiles(json.loads(latency_path.read_text())))
     return stats, max(samples[1:-1] or samples or [0.0])
+
+
+def precise_percentiles(buckets: list[list[float]]) -> dict[str, float]:
+    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histogram."""
+    histogram: Counter[float] = Counter({float(bound): int(count) for bound, count in buckets})
+    return {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
 
 
 def _watch_cpu(proc: psutil.Popen, timeout_s: float) -> list[float]:
