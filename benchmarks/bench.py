@@ -215,7 +215,6 @@ def agg(c: Contender, key: str) -> float:
 
 
 def main() -> int:
-    import httpx  # noqa: F401
     import numpy as np
     import onnxruntime
     import redis
@@ -225,7 +224,7 @@ def main() -> int:
 
     from models.registry import RegistryError, build_and_publish, resolve
     from serving.precompute import precompute
-    from serving.redis_server import EmbeddedRedis, find_redis_server, free_port
+    from serving.redis_server import EmbeddedRedis, free_port
     from serving.settings import Settings
 
     began = time.perf_counter()

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,11 +37,11 @@ from loadtests import cost
 from loadtests.keys import key_stream
 from models.registry import resolve
 from serving.precompute import precompute, top_keys_from_file
-from serving.redis_server import EmbeddedRedis, free_port
+from serving.redis_server import EmbeddedRedis
+from serving.server_process import ServerProcess, pinned
 from serving.settings import Settings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
-SERVER_START_TIMEOUT_S = 60.0
 WARMUP_REQUESTS = 300
 HEAD_SAMPLE_REQUESTS = 100_000
 # Achieved below this share of the offered rate means the generator (or server) could not keep up.
@@ -112,64 +111,12 @@ class RunResult:
 
 # ----- processes ---------------------------------------------------------------------------------
 
-def _cores() -> tuple[list[int], list[int]]:
+def _cores() -> tuple[list[int] | None, list[int]]:
     """(server cores, load generator + Redis cores): split when there are at least two."""
     available = sorted(os.sched_getaffinity(0))
     if len(available) < 2:
-        return available, available
+        return None, available
     return available[-1:], available[:-1]
-
-
-def _pinned(argv: list[str], cores: list[int]) -> list[str]:
-    if len(os.sched_getaffinity(0)) < 2 or not os.path.exists("/usr/bin/taskset"):
-        return argv
-    return ["taskset", "-c", ",".join(map(str, cores)), *argv]
-
-
-def _start_server(spec: RunSpec, registry: Path, redis_url: str, port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HYBRIDSERVE_REDIS_URL": redis_url, "HYBRIDSERVE_L1_SIZE": str(spec.l1_size),
-           "HYBRIDSERVE_HEAD_SIZE": str(spec.head_size)}
-    argv = [sys.executable, "-m", "serving.cli", "serve", "--mode", spec.mode, "--port", str(port),
-            "--model", spec.model_name, "--registry", str(registry), "--no-precompute"]
-    return subprocess.Popen(_pinned(argv, _cores()[0]), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"server exited with {proc.returncode}: {err[-2000:]}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"server at {url} not ready within {SERVER_START_TIMEOUT_S}s")
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _process_cpu_s(pid: int) -> float:
-    """CPU seconds of a process and its children (taskset execs in place; uvicorn may fork)."""
-    proc = psutil.Process(pid)
-    total = 0.0
-    for p in [proc, *proc.children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
 
 
 def _redis_cpu_s(client: redis.Redis) -> float:
@@ -216,7 +163,7 @@ def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[
             "--latency-file", str(workdir / "latency.json")]
     stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        proc = psutil.Popen(_pinned(argv, _cores()[1]), stdout=out, stderr=err)
+        proc = psutil.Popen(pinned(argv, _cores()[1]), stdout=out, stderr=err)
         samples = _watch_cpu(proc, spec.duration_s + 60)
     if not stdout_path.read_text().strip():
         raise RuntimeError(f"Locust printed no statistics: {stderr_path.read_text()[-2000:]}")
@@ -349,25 +296,22 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
     artifact = resolve(registry, spec.model_name)
     card = artifact.card()
     segments, key_count = int(card["segments"]), int(card["key_count"])
+    server_cores, load_cores = _cores()
     with tempfile.TemporaryDirectory(prefix="hybridserve-run-") as tmp, EmbeddedRedis() as redis_server:
+        os.sched_setaffinity(redis_server.pid or 0, load_cores)  # Redis shares the generator's core
         workdir = Path(tmp)
         client = redis.Redis.from_url(redis_server.url)
         baseline = _used_memory(client)
-        settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode)
+        settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
+                            l1_size=spec.l1_size, head_size=spec.head_size)
         pre_s, pre_cpu = _prepare(spec, settings, segments, workdir)
-        port = free_port()
-        url = f"http://127.0.0.1:{port}"
-        server = _start_server(spec, registry, redis_server.url, port)
-        try:
-            _wait_ready(url, server)
-            _warm_up(url, spec, segments)
-            before, cpu0, rcpu0 = _server_snapshot(url), _process_cpu_s(server.pid), _redis_cpu_s(client)
+        with ServerProcess(settings, server_cores) as server:
+            _warm_up(server.url, spec, segments)
+            before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
             started = time.monotonic()
-            locust, locust_cpu = _run_locust(spec, url, segments, workdir)
+            locust, locust_cpu = _run_locust(spec, server.url, segments, workdir)
             elapsed = time.monotonic() - started
-            after, cpu1, rcpu1 = _server_snapshot(url), _process_cpu_s(server.pid), _redis_cpu_s(client)
-        finally:
-            _stop(server)
+            after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
         redis_bytes = max(0, _used_memory(client) - baseline)
         client.close()
     return _result(spec, artifact.version, key_count, locust, locust_cpu, elapsed, before, after,

@@ -91,6 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from serving.precompute import precompute
     from serving.redis_server import EmbeddedRedis
+    from serving.server_process import settings_env
 
     settings = _settings(args, mode=args.mode, host=args.host, port=args.port, workers=args.workers,
                          model_name=args.model, registry=args.registry, redis_url=args.redis_url)
@@ -105,7 +106,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             report = precompute(settings, _keys_for(args, settings, head) if head else None, progress=False)
             print(f"precomputed {report.keys} keys of {report.model_name}@{report.model_version} "
                   f"in {report.seconds:.2f}s ({report.keys_per_s:,.0f} keys/s)", flush=True)
-        _export_env(settings)
+        # Hand the final settings to uvicorn's worker processes through the environment.
+        os.environ.update(settings_env(settings))
         print(f"serving {settings.mode} on http://{settings.host}:{settings.port}", flush=True)
         uvicorn.run("serving.app:app_from_env", factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, loop="uvloop", http="httptools", access_log=False, log_level="warning")
@@ -113,14 +115,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.close()
     return 0
-
-
-def _export_env(settings: Settings) -> None:
-    """Hand the final settings to uvicorn's worker processes through the environment."""
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        os.environ[f"HYBRIDSERVE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -7,10 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_recommend import COSTS, KEY_COUNT, trace  # noqa: F401  (trace: the shared fixture)
+from loadtests.keys import key_stream
+from tests.test_recommend import COSTS, KEY_COUNT
 from tuning.recommend import recommend
 from tuning.report_section import tuning_section
 from tuning.traces import Trace
+
+
+@pytest.fixture(scope="module")
+def trace() -> Trace:
+    return Trace.from_keys(key_stream("zipf:1.1", segment_count=20, seed=3).take(6000))
 
 
 @pytest.mark.parametrize("slo", [40.0, 0.1])

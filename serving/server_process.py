@@ -1,0 +1,131 @@
+"""A hybridserve server in a process of its own, for load tests, calibration and verification.
+
+Its own process, so that its CPU time can be read from its pid without counting the client that
+drives it, and so that Locust's gevent patching or a test's event loop never share its interpreter.
+Settings travel as ``HYBRIDSERVE_*`` environment variables, the way a deployment would pass them.
+
+Example::
+
+    with ServerProcess(settings, cores=[1]) as server:
+        httpx.get(f"{server.url}/v1/predict/17:42")
+        server.cpu_s()
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import psutil
+
+from serving.redis_server import free_port
+from serving.settings import Settings
+
+START_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 10.0
+_REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """``HYBRIDSERVE_*`` variables that reproduce ``settings`` in another process."""
+    env: dict[str, str] = {}
+    for name, value in settings.model_dump(exclude_none=True).items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"HYBRIDSERVE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and its children (uvicorn workers are children)."""
+    process = psutil.Process(pid)
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def pinned(argv: list[str], cores: list[int] | None) -> list[str]:
+    """``argv`` run under ``taskset`` on ``cores`` (unchanged when there is nothing to pin)."""
+    if not cores or not os.path.exists("/usr/bin/taskset"):
+        return argv
+    return ["taskset", "-c", ",".join(map(str, cores)), *argv]
+
+
+class ServerProcess:
+    """``python -m serving.cli serve --no-precompute`` with ``settings``, on a free loopback port."""
+
+    def __init__(self, settings: Settings, cores: list[int] | None = None) -> None:
+        self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": free_port()})
+        self.cores = cores
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the server."""
+        return f"http://127.0.0.1:{self.settings.port}"
+
+    @property
+    def pid(self) -> int:
+        """Process id of the server."""
+        assert self.process is not None, "server not started"
+        return self.process.pid
+
+    def start(self) -> ServerProcess:
+        """Start the server and wait until ``/readyz`` answers 200."""
+        argv = pinned([sys.executable, "-m", "serving.cli", "serve", "--no-precompute"], self.cores)
+        self.process = subprocess.Popen(argv, cwd=_REPO_ROOT, env={**os.environ, **settings_env(self.settings)},
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self._wait_ready()
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self.process is not None
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                detail = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise RuntimeError(f"server exited with status {self.process.returncode}: {detail[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server at {self.url} not ready within {START_TIMEOUT_S:.0f}s")
+
+    def cpu_s(self) -> float:
+        """CPU seconds the server has used so far."""
+        return process_cpu_s(self.pid)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT_S)
+
+    def __enter__(self) -> ServerProcess:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
