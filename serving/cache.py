@@ -41,6 +41,7 @@ class L1Cache:
         self._capacity = capacity
         self._ttl_s = ttl_s
         self._clock = clock
+        # key -> (value, expiry on the clock; 0.0: none, so entries put before a TTL was set stay)
         self._entries: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self.evictions = 0
 
@@ -63,7 +64,7 @@ class L1Cache:
     def peek(self, key: str) -> float | None:
         """The cached value without touching recency; ``None`` if absent or expired."""
         entry = self._entries.get(key)
-        if entry is None or (self._ttl_s and entry[1] <= self._clock()):
+        if entry is None or (entry[1] and entry[1] <= self._clock()):
             return None
         return entry[0]
 
@@ -72,7 +73,7 @@ class L1Cache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        if self._ttl_s and entry[1] <= self._clock():
+        if entry[1] and entry[1] <= self._clock():
             del self._entries[key]
             return None
         self._entries.move_to_end(key)

@@ -17,7 +17,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from httpx import HTTPError
 from pydantic import ValidationError
+from redis.exceptions import RedisError
 
 from serving.settings import MODES, Settings
 
@@ -95,6 +97,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, mode=args.mode, host=args.host, port=args.port, workers=args.workers,
                          model_name=args.model, registry=args.registry, redis_url=args.redis_url)
+    if settings.mode != "static":
+        from models.registry import resolve
+
+        resolve(settings.registry, settings.model_name, settings.model_version)  # fail here, not in a worker
     embedded = None
     if settings.redis_url is None and settings.mode != "dynamic":
         embedded = EmbeddedRedis().start()
@@ -346,6 +352,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybridserve: invalid settings:\n{exc}", file=sys.stderr)
     except (ValueError, LookupError, FileNotFoundError, RuntimeError) as exc:
         print(f"hybridserve: {exc}", file=sys.stderr)
+    except RedisError as exc:
+        print(f"hybridserve: Redis: {exc}", file=sys.stderr)
+    except HTTPError as exc:
+        print(f"hybridserve: cannot reach the server: {exc}", file=sys.stderr)
     return 2
 
 

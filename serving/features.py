@@ -42,6 +42,8 @@ class FeatureTable:
             raise ValueError(f"feature table must have segments x {HOURS_PER_WEEK} rows, got shape {rows.shape}")
         self._rows = np.ascontiguousarray(rows, dtype=np.float32)
         self.segments = rows.shape[0] // HOURS_PER_WEEK
+        # Keys already validated, with their rows: at most one entry per key of the key space.
+        self._known: dict[str, int] = {}
 
     @classmethod
     def load(cls, path: Path) -> FeatureTable:
@@ -60,13 +62,17 @@ class FeatureTable:
 
     def index(self, key: str) -> int:
         """Row of ``key``; :class:`MalformedKey` or :class:`UnknownKey` if it has none."""
+        row = self._known.get(key)
+        if row is not None:
+            return row
         segment, hour = parse_key(key)
         if segment >= self.segments or hour >= HOURS_PER_WEEK:
             raise UnknownKey(
                 f"key {key!r} is outside the model's key space "
                 f"(segments 0..{self.segments - 1}, hours 0..{HOURS_PER_WEEK - 1})"
             )
-        return segment * HOURS_PER_WEEK + hour
+        row = self._known[key] = segment * HOURS_PER_WEEK + hour
+        return row
 
     def rows(self, indices: list[int] | np.ndarray) -> np.ndarray:
         """Feature rows for the given indices, as one contiguous float32 block."""

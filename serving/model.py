@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -54,6 +55,7 @@ class LoadedModel:
         self.features = FeatureTable.load(artifact.features_path)
         self._session = export.session(artifact.model_path.read_bytes())
         self._input = self._session.get_inputs()[0].name
+        self._outputs = [self._session.get_outputs()[0].name]
         self.pad_multiple = self._invariant_multiple()
         if self.pad_multiple is None:
             _log.warning("model %s@%s is not batch-invariant: a key's value may differ in its last "
@@ -106,6 +108,9 @@ class LoadedModel:
 
     def run(self, rows: np.ndarray) -> np.ndarray:
         """Predictions (float32) for float32 feature rows, padded for batch invariance. Blocking."""
+        if self.pad_multiple == 1 and len(rows) <= export.MAX_ROWS_PER_CALL:
+            # The common case in one call: rows from the feature table are float32 and contiguous.
+            return self._session.run(self._outputs, {self._input: rows})[0].reshape(-1)
         return self._padded_run(rows, self.pad_multiple or 1)
 
     def predict_indices(self, indices: list[int] | np.ndarray) -> np.ndarray:
@@ -152,7 +157,7 @@ class Batcher:
     async def infer(self, rows: np.ndarray) -> np.ndarray:
         """Predictions for ``rows`` (float32), computed in some batch."""
         if not self.enabled:
-            return await self._call(rows)
+            return self._run_inline(rows) if self._executor is None else await self._call(rows)
         loop = asyncio.get_running_loop()
         if self._worker is None:
             self._wakeup = asyncio.Event()
@@ -166,6 +171,12 @@ class Batcher:
         elif self._timer is None:
             self._timer = loop.call_later(self.max_wait_s, self._wakeup.set)
         return await future
+
+    def _run_inline(self, rows: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        out = self._run(rows)
+        self._record(len(rows), time.perf_counter() - start)
+        return out
 
     async def _call(self, rows: np.ndarray) -> np.ndarray:
         start = asyncio.get_running_loop().time()

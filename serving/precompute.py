@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from models.data import all_keys
 from models.registry import versions
+from serving.errors import MalformedKey
 from serving.features import parse_key
 from serving.model import LoadedModel
 from serving.settings import Settings
@@ -61,7 +62,10 @@ def top_keys_from_file(path: Path, top_k: int) -> list[str]:
         raise FileNotFoundError(f"keys file {path} does not exist")
     counts = Counter(line.strip() for line in path.read_text().splitlines() if line.strip())
     for key in counts:
-        parse_key(key)
+        try:
+            parse_key(key)
+        except MalformedKey as exc:
+            raise ValueError(f"keys file {path}: {exc.detail}") from None
     return [k for k, _ in counts.most_common(top_k)]
 
 

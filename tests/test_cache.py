@@ -1,0 +1,86 @@
+"""serving/cache.py: the L1 LRU with TTL, and the admission rule."""
+
+from __future__ import annotations
+
+import pytest
+
+from serving.cache import Admission, AdmissionRule, L1Cache
+
+
+class FakeClock:
+    """A clock the test moves by hand (TTL without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_lru_evicts_least_recently_used() -> None:
+    l1 = L1Cache(capacity=2)
+    l1.put("a", 1.0)
+    l1.put("b", 2.0)
+    assert l1.get("a") == 1.0  # a is now the most recent
+    l1.put("c", 3.0)
+    assert l1.get("b") is None and l1.get("a") == 1.0 and l1.get("c") == 3.0
+    assert l1.evictions == 1 and len(l1) == 2
+
+
+def test_miss_is_none_and_zero_capacity_disables() -> None:
+    l1 = L1Cache(capacity=0)
+    l1.put("a", 0.0)
+    assert l1.get("a") is None and len(l1) == 0
+    assert L1Cache(capacity=3).get("nope") is None
+
+
+def test_zero_prediction_is_a_hit_not_a_miss() -> None:
+    l1 = L1Cache(capacity=3)
+    l1.put("a", 0.0)
+    assert l1.get("a") == 0.0 and "a" in l1
+
+
+def test_ttl_expires_entries() -> None:
+    clock = FakeClock()
+    l1 = L1Cache(capacity=10, ttl_s=5.0, clock=clock)
+    l1.put("a", 1.0)
+    clock.now = 4.9
+    assert l1.get("a") == 1.0
+    clock.now = 5.0
+    assert l1.get("a") is None and len(l1) == 0
+
+
+def test_reconfigure_shrinks_and_changes_ttl() -> None:
+    l1 = L1Cache(capacity=5)
+    for i in range(5):
+        l1.put(str(i), float(i))
+    l1.reconfigure(capacity=2, ttl_s=1.0)
+    assert len(l1) == 2 and l1.peek("4") == 4.0 and l1.peek("0") is None
+    assert l1.capacity == 2 and l1.ttl_s == 1.0
+    with pytest.raises(ValueError, match=">= 0"):
+        l1.reconfigure(capacity=-1)
+
+
+@pytest.mark.parametrize(("text", "needed"), [("always", 1), ("after:1", 1), ("after:3", 3), (" AFTER:2 ", 2)])
+def test_admission_rule_parses(text: str, needed: int) -> None:
+    assert AdmissionRule.parse(text).min_requests == needed
+
+
+@pytest.mark.parametrize("text", ["", "never", "after:0", "after:-1", "after:x", "after"])
+def test_admission_rule_rejects(text: str) -> None:
+    with pytest.raises(ValueError, match="'always' or 'after:N'"):
+        AdmissionRule.parse(text)
+
+
+def test_admission_after_n_misses() -> None:
+    admission = Admission(AdmissionRule(3))
+    assert [admission.admit("k") for _ in range(3)] == [False, False, True]
+    assert admission.rejected == 2
+    assert Admission(AdmissionRule(1)).admit("k") is True
+
+
+def test_admission_memory_is_bounded() -> None:
+    admission = Admission(AdmissionRule(2), max_tracked=10)
+    for i in range(100):
+        admission.admit(str(i))
+    assert len(admission._counts) <= 10  # noqa: SLF001
