@@ -127,17 +127,30 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
 
 def _html_table(records: Sequence[dict[str, Any]]) -> str:
     cols = ["run", "offered rps", "achieved rps", "p50 ms", "p95 ms", "p99 ms", "max ms", "server p99 ms ≤",
-            "failures", "hit ratio", "server CPU µs/req", "Redis CPU µs/req", "Redis bytes", "$/M (target)",
-            "$/month (target)", "generator saturated"]
+            "failures", "hit ratio", "server CPU µs/req", "Redis CPU µs/req", "Redis bytes", "precompute s",
+            "$/M (target)", "$/month (target)", "generator saturated"]
     body = []
     for r in records:
         cells = [_label(r), f"{r['offered_rps']:.0f}", f"{r['achieved_rps']:.0f}", *(f"{r['latency_ms'][q]:.1f}" for q in ("p50", "p95", "p99", "max")),
                  f"{r['server_latency_ms']['p99']:.2f}", str(r["failures"]), f"{r['hit_ratio']['total']:.3f}",
                  f"{r['server_cpu_us_per_request']:.0f}", f"{r['redis_cpu_us_per_request']:.1f}", f"{r['redis_bytes']:,}",
+                 f"{r['precompute_s']:.2f}",
                  f"{r['cost']['per_million_target']['total']:.4f}", f"{r['cost']['monthly_target']['total']:.2f}",
                  "yes" if r["load_generator_saturated"] else "no"]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>" + "".join(body) + "</table>"
+
+
+def _setup(records: Sequence[dict[str, Any]]) -> str:
+    """One line on what was served: key space, users, and the hybrid cache configuration."""
+    if not records:
+        return ""
+    r = records[0]
+    hybrid = next((x for x in records if x["mode"] == "hybrid"), None)
+    cache = (f" Hybrid: head of {hybrid['head_size']:,} keys precomputed (most frequent in a sample of earlier traffic), "
+             f"L1 of {hybrid['l1_size']:,} entries, starting empty." if hybrid else "")
+    return (f"<p>Key space: {r['key_count']:,} keys; {r['users']} Locust users, {r['batch_size']} key(s) per request, "
+            f"seed {r['seed']}.{html.escape(cache)}</p>")
 
 
 def render_html(records: Sequence[dict[str, Any]], context: dict[str, Any], extra_sections: Sequence[str] = ()) -> str:
@@ -156,6 +169,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#
 <h1>hybridserve: static vs dynamic vs hybrid</h1>
 <p>Measured on this machine ({html.escape(str(context.get('machine', '')))}), {html.escape(str(context.get('when', '')))}.
 Each run: a fresh server process and Redis, a fixed offered rate from Locust in its own process, {html.escape(str(context.get('duration_s', '')))} s.</p>
+{_setup(records)}
 <h2>Verdict</h2><ul>{verdict_html}</ul>
 <h2>Results</h2>{_html_table(records)}
 <p>Latency percentiles are client side (Locust's unrounded response times at 2% resolution, loopback included);
