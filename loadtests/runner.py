@@ -4,7 +4,7 @@ For each run: a fresh embedded Redis and a fresh server process (``python -m ser
 pinned to its own core with taskset when there are two or more), the mode prepared (static: every
 key precomputed; hybrid: the head precomputed from a sample of earlier traffic, L1 empty), a
 warm-up, then Locust in its own process for a fixed time at a fixed offered rate. Around the
-measured window it samples server CPU (psutil, the server process and its children), Redis CPU
+measured window it samples server CPU (per-thread schedstat, the server process and its children), Redis CPU
 (``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and Redis memory.
 
 Latency comes from two places, both reported: the client side (Locust's unrounded response times,

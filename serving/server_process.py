@@ -42,16 +42,35 @@ def settings_env(settings: Settings) -> dict[str, str]:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process and its children (uvicorn workers are children)."""
+    """CPU seconds of a process and its children (uvicorn workers are children).
+
+    Linux counts per-process CPU in clock ticks (10 ms) in /proc/PID/stat, too coarse for a
+    calibration of a few hundred requests; each thread's /proc/PID/task/TID/schedstat counts
+    nanoseconds, so that is read where it exists, and psutil's tick counts elsewhere.
+    """
     process = psutil.Process(pid)
     total = 0.0
     for p in [process, *process.children(recursive=True)]:
         try:
-            times = p.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
+            total += _schedstat_s(p.pid)
+        except (OSError, ValueError):
+            try:
+                times = p.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            total += times.user + times.system
     return total
+
+
+def _schedstat_s(pid: int) -> float:
+    """Nanosecond-resolution CPU time of every live thread of ``pid`` (Linux schedstat)."""
+    total_ns = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total_ns += int((task / "schedstat").read_text().split()[0])
+        except FileNotFoundError:
+            continue  # the thread ended between the listing and the read
+    return total_ns / 1e9
 
 
 def pinned(argv: list[str], cores: list[int] | None) -> list[str]:

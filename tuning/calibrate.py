@@ -8,7 +8,7 @@ One hybrid server answers three phases of sequential GETs, each served entirely 
 - model misses: a cycle over keys outside the head, with admission ``after:N`` for an ``N`` no
   phase reaches, so nothing is ever cached.
 
-Per phase: server-process CPU (psutil) and Redis CPU per request, and the p50/p99 of the
+Per phase: server-process CPU (per-thread schedstat, ns resolution) and Redis CPU per request, and the p50/p99 of the
 client-measured request latency (HTTP included: that is what a user's SLO is about). Memory per
 cached entry is the ``used_memory`` delta of precomputing the head, divided by its keys.
 
