@@ -25,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from serving.server_process import process_cpu_s, wait_until_ready  # noqa: E402  (after the path)
 
 DURATION_S = float(os.environ.get("BENCH_DURATION_S", "4"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -99,23 +100,6 @@ def _cores() -> tuple[str | None, str | None]:
 GEN_CORE, SERVER_CORE = _cores()
 
 
-def _cpu_s(pid: int) -> float:
-    import psutil
-    total = 0.0
-    try:
-        proc = psutil.Process(pid)
-        procs = [proc, *proc.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
-
-
 @dataclass
 class Server:
     name: str
@@ -133,19 +117,10 @@ class Server:
                                      stdout=subprocess.DEVNULL, stderr=self.log)
 
     def wait_ready(self, path: str = "/healthz", timeout: float = 120.0) -> None:
-        import httpx
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                self.log.seek(0)
-                raise RuntimeError(f"{self.name} exited: {self.log.read().decode(errors='replace')[-2000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise RuntimeError(f"{self.name} not ready in {timeout}s")
+        try:
+            wait_until_ready(f"http://127.0.0.1:{self.port}{path}", self.proc, self.log, timeout)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{self.name}: {exc}") from None
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
@@ -170,7 +145,7 @@ class Contender:
 def measure(c: Contender, duration: float, seed: int) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--loadgen"]
     per = max(1, c.conns // GEN_PROCS)
-    cpu0 = _cpu_s(c.server.proc.pid)
+    cpu0 = process_cpu_s(c.server.proc.pid)
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="hybridserve-bench-"))
     files = [workdir / f"gen{i}.json" for i in range(GEN_PROCS)]
@@ -184,7 +159,7 @@ def measure(c: Contender, duration: float, seed: int) -> dict:
     wall = time.perf_counter() - t0
     outs = [json.loads(f.read_text()) for f in files]
     shutil.rmtree(workdir, ignore_errors=True)
-    server_cpu = _cpu_s(c.server.proc.pid) - cpu0
+    server_cpu = process_cpu_s(c.server.proc.pid) - cpu0
     lat = sorted(x for o in outs for x in o["lat"])
     n = len(lat)
     gen_wall = max(o["wall"] for o in outs)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 import httpx
 import psutil
@@ -80,6 +82,23 @@ def pinned(argv: list[str], cores: list[int] | None) -> list[str]:
     return ["taskset", "-c", ",".join(map(str, cores)), *argv]
 
 
+def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: IO[bytes], timeout_s: float = START_TIMEOUT_S) -> None:
+    """Poll ``url`` until it answers 200; a clear error with the log's tail if the process exits."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            log.seek(0)
+            detail = log.read().decode(errors="replace")[-2000:]
+            raise RuntimeError(f"server exited with status {process.returncode}: {detail}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready within {timeout_s:.0f}s")
+
+
 class ServerProcess:
     """``python -m serving.cli serve --no-precompute`` with ``settings``, on a free loopback port."""
 
@@ -87,6 +106,8 @@ class ServerProcess:
         self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": free_port()})
         self.cores = cores
         self.process: subprocess.Popen[bytes] | None = None
+        # stderr to a file, never a pipe nobody reads: a chatty server would block on a full pipe.
+        self._log: IO[bytes] = tempfile.TemporaryFile()
 
     @property
     def url(self) -> str:
@@ -103,25 +124,13 @@ class ServerProcess:
         """Start the server and wait until ``/readyz`` answers 200."""
         argv = pinned([sys.executable, "-m", "serving.cli", "serve", "--no-precompute"], self.cores)
         self.process = subprocess.Popen(argv, cwd=_REPO_ROOT, env={**os.environ, **settings_env(self.settings)},
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        self._wait_ready()
+                                        stdout=subprocess.DEVNULL, stderr=self._log)
+        try:
+            wait_until_ready(f"{self.url}/readyz", self.process, self._log)
+        except RuntimeError:
+            self.stop()
+            raise
         return self
-
-    def _wait_ready(self) -> None:
-        assert self.process is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                detail = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
-                raise RuntimeError(f"server exited with status {self.process.returncode}: {detail[-2000:]}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"server at {self.url} not ready within {START_TIMEOUT_S:.0f}s")
 
     def cpu_s(self) -> float:
         """CPU seconds the server has used so far."""
