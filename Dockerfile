@@ -10,6 +10,7 @@ COPY models ./models
 COPY serving ./serving
 COPY loadtests ./loadtests
 COPY tuning ./tuning
+COPY hybridserve ./hybridserve
 RUN pip install . \
     && hybridserve train --profile light --registry /app/registry
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from serving.server_process import process_cpu_s, wait_until_ready  # noqa: E402  (after the path)
+from loadtests.harness.server_process import process_cpu_s, wait_until_ready  # noqa: E402  (after the path)
 
 DURATION_S = float(os.environ.get("BENCH_DURATION_S", "4"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -197,9 +197,10 @@ def main() -> int:
     import sklearn
     import uvicorn
 
-    from models.registry import RegistryError, build_and_publish, resolve
+    from models.registry import RegistryError, resolve
+    from models.publish import build_and_publish
     from serving.precompute import precompute
-    from serving.redis_server import EmbeddedRedis, free_port
+    from loadtests.harness.redis_server import EmbeddedRedis, free_port
     from serving.settings import Settings
 
     began = time.perf_counter()
@@ -228,7 +229,7 @@ def main() -> int:
         redis_bench = _redis_benchmark(redis_srv)
 
         py = sys.executable
-        cli = [py, "-m", "serving.cli", "serve", "--registry", str(REGISTRY), "--no-precompute"]
+        cli = [py, "-m", "hybridserve.cli", "serve", "--registry", str(REGISTRY), "--no-precompute"]
 
         def ours(name: str, mode: str, model: str, cores: str | None, **env: str) -> Server:
             port = free_port()
@@ -296,14 +297,14 @@ def main() -> int:
 
 
 def _redis_version() -> str:
-    from serving.redis_server import find_redis_server
+    from loadtests.harness.redis_server import find_redis_server
     out = subprocess.run([find_redis_server(), "--version"], capture_output=True, text=True).stdout
     return out.strip().split(" v=")[1].split()[0] if " v=" in out else out.strip()
 
 
 def _redis_benchmark(redis_srv) -> dict:
     """redis-benchmark SET -P 64 on the same Redis if a binary exists; else a labelled redis-py stand-in."""
-    from serving.redis_server import find_redis_server
+    from loadtests.harness.redis_server import find_redis_server
     binary = shutil.which("redis-benchmark")
     sibling = Path(find_redis_server()).parent / "redis-benchmark"
     if binary is None and sibling.exists():
@@ -367,7 +368,7 @@ def _write(cs: dict[str, Contender], report, redis_bench: dict, generator: str, 
          f"- Load generator: **{generator}**: {GEN_PROCS} processes, each an asyncio (uvloop) closed loop over raw HTTP/1.1 "
          f"keep-alive connections ({CONNS} connections in all, {HEAVY_CONNS} for the heavy model), pinned to core {GEN_CORE} with taskset; "
          "Redis (embedded redis-server) is pinned to the same core. Traffic to 127.0.0.1 only.",
-         f"- Servers: `python -m serving.cli serve --no-precompute` with HYBRIDSERVE_REDIS_URL (one shared Redis), "
+         f"- Servers: `python -m hybridserve.cli serve --no-precompute` with HYBRIDSERVE_REDIS_URL (one shared Redis), "
          f"each pinned to core {SERVER_CORE} with taskset, all started before the first measurement (idle ones cost nothing). "
          "Same server settings everywhere except the knob under test.",
          "- floor: GET /healthz on the hybrid server (constant body = the framework floor). L1 hit: 64 keys warmed into L1 "

@@ -1,6 +1,6 @@
 """Soak test: a hybrid server under a fixed request rate for a long time, watched per time window.
 
-Starts ``python -m serving.cli serve --mode hybrid`` as a subprocess on loopback (embedded Redis,
+Starts ``python -m hybridserve.cli serve --mode hybrid`` as a subprocess on loopback (embedded Redis,
 head precomputed), sends ``GET /v1/predict/{key}`` with Zipf keys at a fixed rate (open loop: each
 request leaves at its scheduled time, whatever the latency), and prints per window the requests,
 errors, achieved rate and latency percentiles, plus the server's RSS at start and end. Exits 1 on
@@ -33,8 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from loadtests.keys import ZipfKeys  # noqa: E402
 from models.data import HOURS_PER_WEEK  # noqa: E402
-from models.registry import RegistryError, build_and_publish, resolve  # noqa: E402
-from serving.redis_server import free_port  # noqa: E402
+from models.registry import RegistryError, resolve  # noqa: E402
+from models.publish import build_and_publish  # noqa: E402
+from loadtests.harness.redis_server import free_port  # noqa: E402
 
 MODEL = "traffic-light"
 STARTUP_TIMEOUT_S = 120.0
@@ -73,7 +74,7 @@ def _segments(registry: Path) -> int:
 def _start_server(registry: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDSERVE_")}
     return subprocess.Popen(
-        [sys.executable, "-m", "serving.cli", "serve", "--mode", "hybrid", "--host", "127.0.0.1",
+        [sys.executable, "-m", "hybridserve.cli", "serve", "--mode", "hybrid", "--host", "127.0.0.1",
          "--port", str(port), "--registry", str(registry)],
         cwd=ROOT, env=env,
     )

@@ -1,6 +1,6 @@
 """Runs one load test per (model profile, mode, distribution) and measures what it cost.
 
-For each run: a fresh embedded Redis and a fresh server process (``python -m serving.cli serve``,
+For each run: a fresh embedded Redis and a fresh server process (``python -m hybridserve.cli serve``,
 pinned to its own core with taskset when there are two or more), the mode prepared (static: every
 key precomputed; hybrid: the head precomputed from a sample of earlier traffic, L1 empty), a
 warm-up, then Locust in its own process for a fixed time at a fixed offered rate. Around the
@@ -37,8 +37,8 @@ from loadtests import cost
 from loadtests.keys import key_stream
 from models.registry import resolve
 from serving.precompute import precompute, top_keys_from_file
-from serving.redis_server import EmbeddedRedis
-from serving.server_process import ServerProcess, pinned
+from loadtests.harness.redis_server import EmbeddedRedis
+from loadtests.harness.server_process import ServerProcess, pinned
 from serving.settings import Settings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")

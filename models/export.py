@@ -23,12 +23,11 @@ from skl2onnx import to_onnx
 from sklearn.base import RegressorMixin
 from sklearn.neighbors import KNeighborsRegressor
 
+from models.runtime import run, session
+
 TARGET_OPSET = 17
 PARITY_RELATIVE_TOLERANCE = 1e-4
 TIMING_BATCH = 64
-# Largest batch handed to ONNX Runtime at once: the heavy (kNN) graph holds a float32 distance per
-# row and stored observation, 64 x 240k x 4 B = 62 MB; larger batches only add memory.
-MAX_ROWS_PER_CALL = 64
 TIMING_MIN_SECONDS = 0.3
 
 
@@ -58,7 +57,7 @@ class Timing:
 def to_onnx_bytes(model: RegressorMixin, sample: np.ndarray) -> bytes:
     """Convert a fitted regressor to a serialized ONNX model with one float32 input ``X``."""
     onx = to_onnx(model, sample[:1].astype(np.float32), target_opset=TARGET_OPSET, options=_options(model))
-    _canonicalize(onx.graph)
+    _canonicalize(onx)
     return onx.SerializeToString()
 
 
@@ -73,13 +72,20 @@ def _options(model: RegressorMixin) -> dict[int, dict[str, str]]:
     return {id(step): {"optim": "cdist"} for _, step in steps if isinstance(step, KNeighborsRegressor)}
 
 
-def _canonicalize(graph: onnx.GraphProto) -> None:
-    """Rename nodes and intermediate tensors in traversal order (subgraphs included).
+def _canonicalize(model: onnx.ModelProto) -> None:
+    """Make the serialized bytes a function of the model alone, so its content version is too.
 
-    skl2onnx numbers some names with a process-wide counter, so a second export in the same
-    process would differ byte-wise and get a new content version. Internal names carry no meaning;
-    the model's own input and output names are kept.
+    skl2onnx numbers some names with a process-wide counter, and writes ``opset_import`` entries in
+    an order that changes from process to process (``ai.onnx.ml`` before or after the default
+    domain), so the same model exported twice would differ byte-wise and get a new version (and a
+    cold cache). Opset entries are sorted by domain, and nodes and intermediate tensors renamed in
+    traversal order (subgraphs included). Internal names carry no meaning; the model's own input
+    and output names are kept.
     """
+    opsets = sorted(model.opset_import, key=lambda entry: (entry.domain, entry.version))
+    del model.opset_import[:]
+    model.opset_import.extend(opsets)
+    graph = model.graph
     keep = {v.name for v in graph.input} | {v.name for v in graph.output}
     names: dict[str, str] = {}
 
@@ -105,26 +111,6 @@ def _rename_graph(graph: onnx.GraphProto, rename: Callable[[str], str], counter:
                 _rename_graph(attribute.g, rename, counter)
             for sub in attribute.graphs:
                 _rename_graph(sub, rename, counter)
-
-
-def session(onnx_bytes: bytes) -> ort.InferenceSession:
-    """A single-threaded CPU session: one core per server process, and identical sums per row
-    whatever the batch size (multi-threaded tree ensembles split and re-add partial sums)."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(onnx_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def run(sess: ort.InferenceSession, X: np.ndarray, input_name: str | None = None) -> np.ndarray:
-    """Predictions for float32 rows as a flat float32 array, in calls of at most
-    :data:`MAX_ROWS_PER_CALL` rows (the kNN graph allocates rows x observations distances)."""
-    name = input_name or sess.get_inputs()[0].name
-    rows = np.ascontiguousarray(X, dtype=np.float32)
-    if len(rows) <= MAX_ROWS_PER_CALL:
-        return np.asarray(sess.run(None, {name: rows})[0], dtype=np.float32).reshape(-1)
-    parts = [sess.run(None, {name: rows[i : i + MAX_ROWS_PER_CALL]})[0] for i in range(0, len(rows), MAX_ROWS_PER_CALL)]
-    return np.concatenate([np.asarray(p, dtype=np.float32).reshape(-1) for p in parts])
 
 
 def check_parity(

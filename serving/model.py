@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from models import export
+from models import runtime
 from models.registry import ModelArtifact, resolve
 from serving.features import FeatureTable
 
@@ -53,7 +53,7 @@ class LoadedModel:
         self.version = artifact.version
         self.card: dict[str, Any] = artifact.card()
         self.features = FeatureTable.load(artifact.features_path)
-        self._session = export.session(artifact.model_path.read_bytes())
+        self._session = runtime.session(artifact.model_path.read_bytes())
         self._input = self._session.get_inputs()[0].name
         self._outputs = [self._session.get_outputs()[0].name]
         self.pad_multiple = self._invariant_multiple()
@@ -77,7 +77,7 @@ class LoadedModel:
         return self.pad_multiple is not None
 
     def _raw_run(self, rows: np.ndarray) -> np.ndarray:
-        return export.run(self._session, rows, self._input)
+        return runtime.run(self._session, rows, self._input)
 
     def _padded_run(self, rows: np.ndarray, multiple: int) -> np.ndarray:
         short = -len(rows) % multiple
@@ -108,7 +108,7 @@ class LoadedModel:
 
     def run(self, rows: np.ndarray) -> np.ndarray:
         """Predictions (float32) for float32 feature rows, padded for batch invariance. Blocking."""
-        if self.pad_multiple == 1 and len(rows) <= export.MAX_ROWS_PER_CALL:
+        if self.pad_multiple == 1 and len(rows) <= runtime.MAX_ROWS_PER_CALL:
             # The common case in one call: rows from the feature table are float32 and contiguous.
             return self._session.run(self._outputs, {self._input: rows})[0].reshape(-1)
         return self._padded_run(rows, self.pad_multiple or 1)

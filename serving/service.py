@@ -32,7 +32,7 @@ from serving.metrics import Metrics
 from serving.model import Batcher, LoadedModel
 from serving.settings import Settings
 from serving.store import RedisStore, decode, encode, prediction_key, static_pointer_key
-from tuning.traces import TraceRecorder
+from serving.trace_recorder import TraceRecorder
 
 # The static server re-reads the table pointer this often, so a finished precompute of a new
 # version is picked up without a restart (and without a round trip per request).

@@ -16,9 +16,10 @@ import httpx
 import pytest
 import uvicorn
 
-from models.registry import ModelArtifact, build_and_publish
+from models.registry import ModelArtifact
+from models.publish import build_and_publish
 from serving.app import create_app
-from serving.redis_server import EmbeddedRedis
+from loadtests.harness.redis_server import EmbeddedRedis
 from serving.settings import Settings
 
 TEST_SEGMENTS = 20  # 3,360 keys: big enough for real distributions, quick to train

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from models.data import all_keys
-from models.registry import build_and_publish, set_latest
+from models.registry import set_latest
+from models.publish import build_and_publish
 from serving.precompute import precompute
 from tests.conftest import ADMIN, TEST_SEGMENTS, running
 
@@ -159,7 +160,7 @@ def test_prometheus_counters_move(make_settings) -> None:  # type: ignore[no-unt
 
 
 def test_static_redis_unreachable_is_503_within_timeout(make_settings, redis_server) -> None:  # type: ignore[no-untyped-def]
-    from serving.redis_server import free_port
+    from loadtests.harness.redis_server import free_port
 
     settings = make_settings(mode="static", redis_url=f"redis://127.0.0.1:{free_port()}/0", redis_timeout_s=0.2)
     with running(settings) as (_, client):

@@ -17,7 +17,7 @@ import hypothesis.errors
 import pytest
 import schemathesis
 
-from serving.redis_server import EmbeddedRedis
+from loadtests.harness.redis_server import EmbeddedRedis
 from serving.settings import Settings
 from tests.conftest import ADMIN, running
 

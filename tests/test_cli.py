@@ -1,4 +1,4 @@
-"""serving/cli.py: commands fail with one clear line and exit status 2, never a traceback."""
+"""hybridserve/cli.py: commands fail with one clear line and exit status 2, never a traceback."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import main
-from serving.redis_server import free_port
+from hybridserve.cli import main
+from loadtests.harness.redis_server import free_port
 
 
 @pytest.mark.parametrize(

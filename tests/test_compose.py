@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from serving.cli import _parser
+from hybridserve.cli import _parser
 from serving.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

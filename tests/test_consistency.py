@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from models.data import all_keys
-from models.registry import build_and_publish, resolve, set_latest
+from models.registry import resolve, set_latest
+from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import precompute
 from serving.store import static_pointer_key

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from models.registry import build_and_publish
+from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import popularity_prior, precompute, top_keys_from_file
 from serving.store import decode, prediction_key, static_pointer_key

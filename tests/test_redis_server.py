@@ -1,4 +1,4 @@
-"""serving/redis_server.py: a real redis-server starts, answers, restarts and is cleaned up."""
+"""loadtests/harness/redis_server.py: a real redis-server starts, answers, restarts and is cleaned up."""
 
 import os
 import subprocess
@@ -7,7 +7,7 @@ import time
 
 import redis
 
-from serving.redis_server import EmbeddedRedis, find_redis_server
+from loadtests.harness.redis_server import EmbeddedRedis, find_redis_server
 
 
 def test_binary_found() -> None:
@@ -52,7 +52,7 @@ def test_password() -> None:
 
 
 def test_dies_with_parent() -> None:
-    code = "from serving.redis_server import EmbeddedRedis; s = EmbeddedRedis().start(); print(s.pid, flush=True); import os; os._exit(0)"
+    code = "from loadtests.harness.redis_server import EmbeddedRedis; s = EmbeddedRedis().start(); print(s.pid, flush=True); import os; os._exit(0)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True)
     pid = int(out.stdout.split()[0])
     deadline = time.monotonic() + 5

@@ -8,7 +8,8 @@ import onnxruntime as ort
 import pytest
 
 from models import export
-from models.registry import RegistryError, build_and_publish, resolve, versions
+from models.registry import RegistryError, resolve, versions
+from models.publish import build_and_publish
 from models.train import train_profile
 
 CARD_FIELDS = {"features", "training_data", "holdout_metrics", "parity", "inference_time", "files", "onnx_sha256", "created_at"}

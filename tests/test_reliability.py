@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from serving.precompute import precompute
-from serving.redis_server import EmbeddedRedis
+from loadtests.harness.redis_server import EmbeddedRedis
 from serving.store import CircuitBreaker
 from tests.conftest import running
 

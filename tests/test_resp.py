@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from serving.redis_server import EmbeddedRedis
+from loadtests.harness.redis_server import EmbeddedRedis
 from serving.resp import RespClient, RespError
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from serving.cli import _parser
-from serving.redis_server import EmbeddedRedis, free_port
+from hybridserve.cli import _parser
+from loadtests.harness.redis_server import EmbeddedRedis, free_port
 from serving.settings import Settings
 from tests.conftest import ADMIN, running
 

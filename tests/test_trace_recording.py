@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
-from serving.cli import main
+from hybridserve.cli import main
 from tests.conftest import running
 from tuning.traces import read_trace
 

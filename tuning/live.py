@@ -1,6 +1,6 @@
 """A real hybridserve server for calibration and verification: embedded Redis + uvicorn subprocess.
 
-The server runs in its own process (``python -m serving.cli serve``) so its CPU time can be read
+The server runs in its own process (``python -m hybridserve.cli serve``) so its CPU time can be read
 from its pid without counting the client that drives it. The head is precomputed here, before the
 server starts, so the caller chooses exactly which keys it holds (the ones the simulation chose).
 
@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 
 from serving.precompute import precompute
-from serving.redis_server import EmbeddedRedis
-from serving.server_process import ServerProcess, process_cpu_s
+from loadtests.harness.redis_server import EmbeddedRedis
+from loadtests.harness.server_process import ServerProcess, process_cpu_s
 from serving.settings import Settings
 
 REQUEST_TIMEOUT_S = 10.0

@@ -25,7 +25,7 @@ from typing import IO
 import httpx
 import psutil
 
-from serving.redis_server import free_port
+from loadtests.harness.redis_server import free_port
 from serving.settings import Settings
 
 START_TIMEOUT_S = 60.0
@@ -100,7 +100,7 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: IO[bytes],
 
 
 class ServerProcess:
-    """``python -m serving.cli serve --no-precompute`` with ``settings``, on a free loopback port."""
+    """``python -m hybridserve.cli serve --no-precompute`` with ``settings``, on a free loopback port."""
 
     def __init__(self, settings: Settings, cores: list[int] | None = None) -> None:
         self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": free_port()})
@@ -122,7 +122,7 @@ class ServerProcess:
 
     def start(self) -> ServerProcess:
         """Start the server and wait until ``/readyz`` answers 200."""
-        argv = pinned([sys.executable, "-m", "serving.cli", "serve", "--no-precompute"], self.cores)
+        argv = pinned([sys.executable, "-m", "hybridserve.cli", "serve", "--no-precompute"], self.cores)
         self.process = subprocess.Popen(argv, cwd=_REPO_ROOT, env={**os.environ, **settings_env(self.settings)},
                                         stdout=subprocess.DEVNULL, stderr=self._log)
         try:

@@ -37,7 +37,7 @@ def _settings(args: argparse.Namespace, **fields: object) -> Settings:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a profile, export it to ONNX, check parity and publish it to the registry."""
-    from models.registry import build_and_publish
+    from models.publish import build_and_publish
 
     artifact = build_and_publish(args.profile, Path(args.registry), segments=args.segments, seed=args.seed)
     card = artifact.card()
@@ -53,7 +53,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
     """Run an embedded Redis in the foreground until interrupted."""
     import time
 
-    from serving.redis_server import EmbeddedRedis
+    from loadtests.harness.redis_server import EmbeddedRedis
 
     with EmbeddedRedis(port=args.port) as server:
         print(server.url, flush=True)
@@ -92,8 +92,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from serving.precompute import precompute
-    from serving.redis_server import EmbeddedRedis
-    from serving.server_process import settings_env
+    from loadtests.harness.redis_server import EmbeddedRedis
+    from loadtests.harness.server_process import settings_env
 
     settings = _settings(args, mode=args.mode, host=args.host, port=args.port, workers=args.workers,
                          model_name=args.model, registry=args.registry, redis_url=args.redis_url)
@@ -139,7 +139,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _ensure_models(registry: Path) -> None:
     """Train the profiles the registry lacks (the demo must work on a fresh clone)."""
-    from models.registry import RegistryError, build_and_publish, resolve
+    from models.registry import RegistryError, resolve
+    from models.publish import build_and_publish
 
     for profile in ("light", "heavy"):
         try:
