@@ -21,6 +21,7 @@ from httpx import HTTPError
 from pydantic import ValidationError
 from redis.exceptions import RedisError
 
+from serving.errors import StoreError
 from serving.settings import MODES, Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -93,7 +94,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from serving.precompute import precompute
     from loadtests.harness.redis_server import EmbeddedRedis
-    from loadtests.harness.server_process import settings_env
 
     settings = _settings(args, mode=args.mode, host=args.host, port=args.port, workers=args.workers,
                          model_name=args.model, registry=args.registry, redis_url=args.redis_url)
@@ -113,7 +113,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print(f"precomputed {report.keys} keys of {report.model_name}@{report.model_version} "
                   f"in {report.seconds:.2f}s ({report.keys_per_s:,.0f} keys/s)", flush=True)
         # Hand the final settings to uvicorn's worker processes through the environment.
-        os.environ.update(settings_env(settings))
+        os.environ.update(settings.as_env())
         print(f"serving {settings.mode} on http://{settings.host}:{settings.port}", flush=True)
         uvicorn.run("serving.app:app_from_env", factory=True, host=settings.host, port=settings.port,
                     workers=settings.workers, loop="uvloop", http="httptools", access_log=False, log_level="warning")
@@ -139,12 +139,12 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def _ensure_models(registry: Path) -> None:
     """Train the profiles the registry lacks (the demo must work on a fresh clone)."""
-    from models.registry import RegistryError, resolve
+    from models.registry import RegistryError, model_name, resolve
     from models.publish import build_and_publish
 
     for profile in ("light", "heavy"):
         try:
-            resolve(registry, f"traffic-{profile}")
+            resolve(registry, model_name(profile))
         except RegistryError:
             print(f"training the {profile} profile ...", flush=True)
             artifact = build_and_publish(profile, registry)  # type: ignore[arg-type]
@@ -244,7 +244,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Recommend a cache configuration for a trace under a p99 SLO; optionally verify it live."""
     from tuning.tune import run_tune
 
-    settings = _settings(args, model_name=f"traffic-{args.profile}", registry=args.registry)
+    from models.registry import model_name
+
+    settings = _settings(args, model_name=model_name(args.profile), registry=args.registry)
     return run_tune(Path(args.trace), settings, slo_p99_ms=args.slo_p99_ms, qps=args.qps, out=Path(args.out),
                     verify_live=args.verify, verify_requests=args.verify_requests)
 
@@ -355,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"hybridserve: {exc}", file=sys.stderr)
     except RedisError as exc:
         print(f"hybridserve: Redis: {exc}", file=sys.stderr)
+    except StoreError as exc:
+        print(f"hybridserve: Redis: {exc.detail}", file=sys.stderr)
     except HTTPError as exc:
         print(f"hybridserve: cannot reach the server: {exc}", file=sys.stderr)
     return 2

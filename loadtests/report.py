@@ -3,7 +3,8 @@ and the terminal summary of a comparison.
 
 Example::
 
-    write_report(results, Path("out"), prices=Prices(), target=Scenario(qps=2000, key_count=1_680_000))
+    records = compare(Path("registry"), specs)          # loadtests.runner
+    write_report(records, Path("out"), context={"machine": "2 cores", "when": "2026-12-02", "duration_s": 20})
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def _setup(records: Sequence[dict[str, Any]]) -> str:
     r = records[0]
     hybrid = next((x for x in records if x["mode"] == "hybrid"), None)
     cache = (f" Hybrid: head of {hybrid['head_size']:,} keys precomputed (most frequent in a sample of earlier traffic), "
-             f"L1 of {hybrid['l1_size']:,} entries, starting empty." if hybrid else "")
+             f"L1 of {hybrid['l1_size']:,} entries, filled by a warm-up before the measured window." if hybrid else "")
     return (f"<p>Key space: {r['key_count']:,} keys; {r['users']} Locust users, {r['batch_size']} key(s) per request, "
             f"seed {r['seed']}.{html.escape(cache)}</p>")
 

@@ -14,7 +14,8 @@ milliseconds below 100 ms) and the server's histogram (server side, resolution =
 
 Example::
 
-    results = compare(Path("registry"), quick=True)
+    specs = [RunSpec(profile="light", mode=mode) for mode in ("static", "dynamic", "hybrid")]
+    records = compare(Path("registry"), specs, prices=cost.Prices())   # results.json records
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ import redis
 
 from loadtests import cost
 from loadtests.keys import key_stream
-from models.registry import resolve
+from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
 from loadtests.harness.redis_server import EmbeddedRedis
 from loadtests.harness.server_process import ServerProcess, pinned
@@ -67,7 +68,7 @@ class RunSpec:
     @property
     def model_name(self) -> str:
         """Registry name of the profile's model."""
-        return f"traffic-{self.profile}"
+        return model_name(self.profile)
 
     @property
     def label(self) -> str:

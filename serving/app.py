@@ -12,7 +12,7 @@ Example::
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -20,15 +20,16 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, ServingError, TooManyKeys, Unauthorized
+from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, InvalidRequest, ServingError, TooManyKeys, Unauthorized
 from serving.service import PredictionService
 from serving.settings import Settings
-from serving.store import CircuitBreaker, RedisStore
+from serving.store import build_store
+from serving.tiers import MODE_TIERS
 
 PREDICTION_EXAMPLE = {"key": "17:42", "prediction": 812.5, "source": "l1", "model_version": "a16b398c84f1"}
 
@@ -62,14 +63,14 @@ class FlushRequest(BaseModel):
 
 
 class PolicyRequest(BaseModel):
-    """Body of ``PUT /v1/admin/policy``: fields left out keep their value."""
+    """Body of ``PUT /v1/admin/policy``: fields left out keep their value. Values are checked by
+    the same rules as the ``HYBRIDSERVE_*`` settings of the same names (one source of truth)."""
 
     model_config = ConfigDict(extra="forbid")
-    l1_size: StrictInt | None = Field(None, ge=0, le=100_000_000)
-    l1_ttl_s: float | None = Field(None, ge=0, le=10_000_000)
-    redis_ttl_s: StrictInt | None = Field(None, ge=0, le=100_000_000)
-    admission: StrictStr | None = Field(None, pattern=r"^(always|after:[1-9][0-9]{0,5})$")
-    head_size: StrictInt | None = Field(None, ge=0, le=100_000_000)
+    l1_size: StrictInt | None = None
+    l1_ttl_s: float | None = None
+    redis_ttl_s: StrictInt | None = None
+    admission: StrictStr | None = Field(None, description="'always' or 'after:N'")
 
 
 class ReloadRequest(BaseModel):
@@ -128,12 +129,7 @@ def _require_admin(request: Request) -> None:
 
 
 def _build_service(settings: Settings) -> PredictionService:
-    store = None
-    if settings.mode != "dynamic":
-        if not settings.redis_url:
-            raise ValueError(f"mode {settings.mode!r} needs a Redis: set HYBRIDSERVE_REDIS_URL (the CLI starts an embedded one)")
-        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
-        store = RedisStore(settings.redis_url, settings.redis_timeout_s, breaker)
+    store = build_store(settings) if "store" in MODE_TIERS[settings.mode] else None
     return PredictionService(settings, store)
 
 
@@ -168,15 +164,18 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:5]
-        )
-        return _error(422, "invalid_request", problems or "invalid request")
+        return _error(InvalidRequest.status, InvalidRequest.code, _validation_detail(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
         code = {404: "not_found", 405: "method_not_allowed", 413: BodyTooLarge.code}.get(exc.status_code, "http_error")
         return _error(exc.status_code, code, str(exc.detail))
+
+
+def _validation_detail(errors: Sequence[Any]) -> str:
+    """pydantic's errors as one line: ``location: message; ...`` (at most five)."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5])
+    return problems or "invalid request"
 
 
 async def _predict_one(request: Request, key: str) -> Response:
@@ -244,17 +243,16 @@ def _add_admin_routes(app: FastAPI) -> None:
 
     @app.put("/v1/admin/policy", dependencies=admin)
     async def policy(body: PolicyRequest, request: Request) -> Response:
-        """Change L1 size, TTLs, admission rule or head size at run time."""
-        return JSONBody({"policy": _service(request).configure(**body.model_dump(exclude_none=True))})
+        """Change L1 size, TTLs or the admission rule at run time (the head is set at precompute)."""
+        try:
+            return JSONBody({"policy": _service(request).configure(**body.model_dump(exclude_none=True))})
+        except ValidationError as exc:
+            raise InvalidRequest(_validation_detail(exc.errors())) from None
 
     @app.post("/v1/admin/reload", dependencies=admin)
     async def reload(body: ReloadRequest, request: Request) -> Response:
         """Load another model version (``latest`` re-reads the registry pointer)."""
-        service = _service(request)
-        if service.mode == "static":
-            await service.start()
-            return JSONBody({"model_version": service.state.version})
-        return JSONBody({"model_version": await service.load_model(body.version)})
+        return JSONBody({"model_version": await _service(request).reload(body.version)})
 
 
 def app_from_env() -> FastAPI:

@@ -58,7 +58,7 @@ def test_static_unknown_key_is_404_never_computed(make_settings) -> None:  # typ
     precompute(settings, ["1:1"], progress=False)  # a head only: no complete table yet
     with running(settings) as (_, client):
         missing = client.get("/v1/predict/1:1")
-        assert missing.status_code == 503 and missing.json()["error"] == "not_ready"
+        assert missing.status_code == 503 and missing.json()["error"] == "table_unavailable"
     _static_ready(settings)
     with running(settings) as (_, client):
         outside = client.get(f"/v1/predict/{TEST_SEGMENTS + 5}:1")

@@ -20,7 +20,7 @@ from models.registry import resolve, set_latest
 from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import precompute
-from serving.store import static_pointer_key
+from serving.store import KeyLayout
 from tests.conftest import ADMIN, TEST_SEGMENTS, running
 
 KEYS = all_keys(TEST_SEGMENTS)
@@ -138,7 +138,7 @@ def test_interrupted_precompute_keeps_the_old_table(make_settings, two_versions:
     with pytest.raises(RuntimeError, match="part-way"):
         precompute(new_settings, progress=False, on_batch=fail_part_way)
     client = redis.Redis.from_url(redis_server.url)
-    pointer = client.get(static_pointer_key(settings.redis_namespace, "traffic-light"))
+    pointer = client.get(KeyLayout(settings.redis_namespace).pointer("traffic-light"))
     assert pointer is not None and pointer.decode() == two_versions.old
     written_new = sum(1 for _ in client.scan_iter(match=f"{settings.redis_namespace}:traffic-light:{two_versions.new}:*", count=1000))
     assert 0 < written_new < len(KEYS), "the interrupted run did write part of the new table"

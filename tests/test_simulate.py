@@ -215,7 +215,8 @@ def test_head_keys_never_expire() -> None:
         (lambda t: ServerPolicy(l2_eviction="volatile-ttl"), "allkeys-lru"),
         (lambda t: ServerPolicy(l2_capacity=0), "l2_capacity"),
         (lambda t: ServerPolicy(mode="static", l1_capacity=5), "static mode has no L1"),
-        (lambda t: ServerPolicy(mode="dynamic"), "mode must be one of"),
+        (lambda t: ServerPolicy(mode="batch"), "mode must be one of"),
+        (lambda t: ServerPolicy(mode="dynamic", l1_capacity=5), "dynamic mode has no caches"),
         (lambda t: ServerPolicy(l1_capacity=-1), "l1_capacity must be >= 0"),
     ],
 )
