@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from redis.exceptions import RedisError
 
 from serving.errors import StoreError
-from serving.settings import MODES, Settings
+from serving.modes import MODES, computes, precomputes, uses_store
+from serving.settings import Settings
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEMO_TRACE_REQUESTS = 100_000
@@ -97,18 +98,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     settings = _settings(args, mode=args.mode, host=args.host, port=args.port, workers=args.workers,
                          model_name=args.model, registry=args.registry, redis_url=args.redis_url)
-    if settings.mode != "static":
+    if computes(settings.mode):
         from models.registry import resolve
 
         resolve(settings.registry, settings.model_name, settings.model_version)  # fail here, not in a worker
     embedded = None
-    if settings.redis_url is None and settings.mode != "dynamic":
+    if settings.redis_url is None and uses_store(settings.mode):
         embedded = EmbeddedRedis().start()
         settings = settings.model_copy(update={"redis_url": embedded.url})
         print(f"embedded Redis at {embedded.url}", flush=True)
     try:
         if embedded is not None and not args.no_precompute:
-            head = settings.mode == "hybrid"
+            head = precomputes(settings.mode) == "head"
             report = precompute(settings, _keys_for(args, settings, head) if head else None, progress=False)
             print(f"precomputed {report.keys} keys of {report.model_name}@{report.model_version} "
                   f"in {report.seconds:.2f}s ({report.keys_per_s:,.0f} keys/s)", flush=True)

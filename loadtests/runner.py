@@ -40,6 +40,7 @@ from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
 from loadtests.harness.redis_server import EmbeddedRedis
 from loadtests.harness.server_process import ServerProcess, pinned
+from serving.modes import precomputes
 from serving.settings import Settings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -137,9 +138,10 @@ def _head_keys(spec: RunSpec, segments: int, workdir: Path) -> list[str]:
 
 def _prepare(spec: RunSpec, settings: Settings, segments: int, workdir: Path) -> tuple[float, float]:
     """Precompute what the mode needs; returns (wall seconds, CPU seconds)."""
-    if spec.mode == "dynamic":
+    needed = precomputes(spec.mode)
+    if needed is None:
         return 0.0, 0.0
-    keys = None if spec.mode == "static" else _head_keys(spec, segments, workdir)
+    keys = None if needed == "table" else _head_keys(spec, segments, workdir)
     report = precompute(settings, keys, progress=False)
     return report.seconds, report.cpu_seconds
 

@@ -29,7 +29,7 @@ from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, InvalidReques
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import build_store
-from serving.tiers import MODE_TIERS
+from serving.modes import uses_store
 
 PREDICTION_EXAMPLE = {"key": "17:42", "prediction": 812.5, "source": "l1", "model_version": "a16b398c84f1"}
 
@@ -129,7 +129,7 @@ def _require_admin(request: Request) -> None:
 
 
 def _build_service(settings: Settings) -> PredictionService:
-    store = build_store(settings) if "store" in MODE_TIERS[settings.mode] else None
+    store = build_store(settings) if uses_store(settings.mode) else None
     return PredictionService(settings, store)
 
 

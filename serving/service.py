@@ -1,6 +1,6 @@
 """PredictionService: the serving modes behind one ``predict(keys)``.
 
-A mode is an ordered list of tiers (:data:`serving.tiers.MODE_TIERS`), walked by the one decision
+A mode is an ordered list of tiers (:data:`serving.modes.MODE_TIERS`), walked by the one decision
 core, :class:`serving.tiers.TierWalk`:
 
 - static:  store (the complete precomputed table of the version the static pointer names)
@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -36,7 +36,8 @@ from serving.metrics import Metrics
 from serving.model import Batcher, LoadedModel
 from serving.settings import Settings
 from serving.store import PredictionStore
-from serving.tiers import MODE_TIERS, L1Tier, ModelTier, StoreTier, Tier, TierWalk
+from serving.modes import MODE_TIERS
+from serving.tiers import L1Tier, ModelTier, StoreTier, Tier, TierWalk
 from serving.trace_recorder import TraceRecorder
 
 # A server without a model tier re-reads the table pointer this often, so a finished precompute of
@@ -182,20 +183,16 @@ class PredictionService:
         """Build the configured mode's tiers for one version (the only place tiers are made)."""
         batcher = self._batcher_for(model) if model is not None else None
         l1 = L1Cache(self.settings.l1_size, self.settings.l1_ttl_s) if "l1" in self.tier_names else None
-        tiers: list[Tier] = []
-        for name in self.tier_names:
-            if name == "l1":
-                assert l1 is not None
-                tiers.append(L1Tier(l1))
-            elif name == "store":
-                assert self.store is not None
-                tiers.append(StoreTier(self.store, self.settings.model_name, version, lambda: self.settings.redis_ttl_s))
-            else:
-                assert model is not None and batcher is not None
-                tiers.append(ModelTier(model, batcher))
+        # One factory per tier name of serving.modes; a mode only calls those it lists, so each
+        # factory finds what its tier needs (the L1, the store, the model) in place.
+        factories: dict[str, Callable[[], Tier]] = {
+            "l1": lambda: L1Tier(l1),  # type: ignore[arg-type]
+            "store": lambda: StoreTier(self.store, self.settings.model_name, version, lambda: self.settings.redis_ttl_s),  # type: ignore[arg-type]
+            "model": lambda: ModelTier(model, batcher),  # type: ignore[arg-type]
+        }
         validate = model.features.index if model is not None else validate_key
-        walk = TierWalk(tiers, admission=self.admission, observer=self.counts, validate=validate,
-                        describe_unknown=lambda keys: self._describe_unknown(version, keys))
+        walk = TierWalk([factories[name]() for name in self.tier_names], admission=self.admission, observer=self.counts,
+                        validate=validate, describe_unknown=lambda keys: self._describe_unknown(version, keys))
         return ServedState(version, model, batcher, l1, walk)
 
     def _describe_unknown(self, version: str, keys: list[str]) -> str:

@@ -7,15 +7,12 @@ Build it once (``Settings()`` or ``Settings(mode="static", ...)``) and pass it i
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
-
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.cache import AdmissionRule
+from serving.modes import MODES
 
-Mode = Literal["static", "dynamic", "hybrid"]
-MODES: tuple[Mode, ...] = ("static", "dynamic", "hybrid")
 
 
 ENV_PREFIX = "HYBRIDSERVE_"
@@ -44,7 +41,7 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=())
 
-    mode: Mode = "hybrid"
+    mode: str = "hybrid"
     """Serving architecture: static (precomputed table), dynamic (model per request) or hybrid."""
     redis_url: str | None = None
     """Redis URL (redis://, rediss:// for TLS, password in the URL); None: the CLI starts an embedded Redis."""
@@ -102,6 +99,13 @@ class Settings(BaseSettings):
     """TCP port to bind."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (uvicorn workers)."""
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_known(cls, value: str) -> str:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
+        return value
 
     @field_validator("admission")
     @classmethod

@@ -1,7 +1,7 @@
 """Tiers and the walk through them: the one decision core of serving, shared with the tuner's replay.
 
 A *tier* answers some keys (:class:`Tier`): the in-process L1, the prediction store (Redis), the
-model. A *mode* is an ordered list of tiers (:data:`MODE_TIERS`); :class:`TierWalk` asks them in
+model. A *mode* is an ordered list of tiers (:data:`serving.modes.MODE_TIERS`); :class:`TierWalk` asks them in
 order, each for the keys the ones above it missed, and applies the two rules every mode shares:
 
 - **refill**: a value found in a cache tier is put into the cache tiers above it (a Redis hit
@@ -15,8 +15,8 @@ The server walks real tiers (:mod:`serving.service`); the tuner walks the same :
 over counting tiers (:mod:`tuning.simulate`), so the order, refill and admission it simulates are
 the server's by construction, not by copy.
 
-Adding a tier is one class with ``get_many``/``put_many`` plus a name in :data:`MODE_TIERS`;
-adding a mode is one line there.
+Adding a tier is one class with ``get_many``/``put_many`` plus its factory in
+:mod:`serving.service`; adding a mode is one line in :data:`serving.modes.MODE_TIERS`.
 
 Example::
 
@@ -40,13 +40,6 @@ T = TypeVar("T")
 Found = dict[str, tuple[float, str]]
 MAX_KEYS_IN_DETAIL = 5
 
-# The modes, as ordered tier names. A name is a kind of tier: "l1" (in-process cache), "store"
-# (Redis), "model" (ONNX Runtime). The composition root turns names into tier objects.
-MODE_TIERS: dict[str, tuple[str, ...]] = {
-    "static": ("store",),
-    "dynamic": ("model",),
-    "hybrid": ("l1", "store", "model"),
-}
 
 
 class Tier(Protocol):

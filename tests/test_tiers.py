@@ -13,7 +13,8 @@ from serving.cache import Admission, AdmissionRule, L1Cache
 from serving.errors import StoreRejected, StoreUnavailable, UnknownKey
 from serving.metrics import Counts
 from serving.precompute import precompute
-from serving.tiers import MODE_TIERS, L1Tier, TierWalk, run_now
+from serving.modes import MODE_TIERS
+from serving.tiers import L1Tier, TierWalk, run_now
 from tests.conftest import TEST_SEGMENTS, running
 from tuning.simulate import ServerPolicy, ServerReplay
 

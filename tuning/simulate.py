@@ -42,7 +42,8 @@ import numpy as np
 from serving.cache import Admission, AdmissionRule, L1Cache
 from serving.errors import UnknownKey
 from serving.metrics import Counts
-from serving.tiers import MODE_TIERS, L1Tier, Tier, TierWalk, run_now
+from serving.modes import MODE_TIERS
+from serving.tiers import L1Tier, Tier, TierWalk, run_now
 from tuning.redis_eviction import REDIS_EVICTION_POLICIES, REDIS_MAXMEMORY_SAMPLES, RedisEvictionCache
 from tuning.traces import Trace, write_oracle_trace
 
@@ -502,7 +503,7 @@ def _accept(key: str) -> None:
 class ServerReplay:
     """The server's request path with the I/O taken out: the same :class:`serving.tiers.TierWalk`
     (order, refill, admission) over tiers that count instead of serving, for the policy's mode in
-    :data:`serving.tiers.MODE_TIERS`. The head is written to the store tier up front.
+    :data:`serving.modes.MODE_TIERS`. The head is written to the store tier up front.
 
     Example::
 
