@@ -103,9 +103,10 @@ class TierWalk:
     async def resolve(self, keys: Sequence[str]) -> Found:
         """``{key: (value, source)}`` for the unique ``keys``; :class:`UnknownKey` if a key is left."""
         found: Found = {}
-        todo = list(dict.fromkeys(keys))  # unique, in request order
+        todo = list(dict.fromkeys(keys)) if len(keys) > 1 else list(keys)  # unique, in request order
         validated = False
         last = len(self.tiers) - 1
+        # The hot path (an L1 hit) runs this loop once: it is kept flat on purpose.
         for depth, tier in enumerate(self.tiers):
             if not validated and not tier.trusts_keys:
                 for key in todo:
@@ -118,25 +119,22 @@ class TierWalk:
                     raise
                 self._observer.fell_through(tier.name, error)
                 continue
-            todo = await self._take(depth, tier, todo, values, found)
-            if not todo:
+            name = tier.name
+            missing: list[str] = []
+            hits: list[tuple[str, float]] = []
+            for key, value in zip(todo, values):
+                if value is None:
+                    missing.append(key)
+                else:
+                    found[key] = (value, name)
+                    hits.append((key, value))
+            self._observer.looked_up(name, len(hits), len(missing))
+            if hits and depth:
+                await self._refill(self.tiers[:depth], tier, hits)
+            if not missing:
                 return found
+            todo = missing
         raise UnknownKey(self._describe_unknown(todo))
-
-    async def _take(self, depth: int, tier: Tier, keys: list[str], values: list[float | None], found: Found) -> list[str]:
-        """Record a tier's hits, refill the tiers above with them, return the keys still missing."""
-        missing: list[str] = []
-        hits: list[tuple[str, float]] = []
-        for key, value in zip(keys, values):
-            if value is None:
-                missing.append(key)
-            else:
-                found[key] = (value, tier.name)
-                hits.append((key, value))
-        self._observer.looked_up(tier.name, len(hits), len(missing))
-        if hits and depth:
-            await self._refill(self.tiers[:depth], tier, hits)
-        return missing
 
     async def _refill(self, above: Sequence[Tier], source: Tier, hits: list[tuple[str, float]]) -> None:
         if source.computes:
