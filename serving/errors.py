@@ -43,6 +43,10 @@ class UnknownKey(ServingError):
     code = "unknown_key"
 
 
+class NotStored(UnknownKey):
+    """No tier holds the key and none computes it (static: the key is not in the precomputed table)."""
+
+
 class UnknownVersion(ServingError):
     """A model name or version that the registry does not have."""
 

@@ -25,16 +25,17 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models.data import all_keys
 from models.registry import versions
-from serving.errors import MalformedKey
-from serving.features import parse_key
+from serving.errors import MalformedKey, ServingError
+from serving.keyspace import check_key
 from serving.model import LoadedModel
 from serving.settings import Settings
 from serving.store import PredictionStore, build_store
 
 # Versions kept in Redis after a switch: the new one and the one servers may still be reading.
 KEEP_VERSIONS = 2
+# Rows per model call when ranking every key for the popularity prior.
+PRIOR_CHUNK = 65_536
 # Seconds each store call of the job may take (requests use Settings.redis_timeout_s).
 BATCH_TIMEOUT_S = 5.0
 
@@ -65,26 +66,31 @@ def top_keys_from_file(path: Path, top_k: int) -> list[str]:
     counts = Counter(line.strip() for line in path.read_text().splitlines() if line.strip())
     for key in counts:
         try:
-            parse_key(key)
+            check_key(key)
         except MalformedKey as exc:
             raise ValueError(f"keys file {path}: {exc.detail}") from None
     return [k for k, _ in counts.most_common(top_k)]
 
 
 def popularity_prior(model: LoadedModel, top_k: int) -> list[str]:
-    """Without a trace: the ``top_k`` busiest road-hours by predicted volume (busy roads are looked
-    up most)."""
-    predicted = model.predict_indices(np.arange(model.features.key_count))
+    """Without a trace: the ``top_k`` keys with the highest predictions (for the demo, the busiest
+    road-hours, which are looked up most). A guess: a trace of real traffic (``--keys-file``) is
+    better, and the only good source for a model whose output says nothing of popularity."""
+    predicted = np.concatenate([model.predict_indices(np.arange(start, min(start + PRIOR_CHUNK, model.features.key_count)))
+                                for start in range(0, model.features.key_count, PRIOR_CHUNK)])
     order = np.argsort(-predicted, kind="stable")[:top_k]
-    keys = all_keys(model.features.segments)
-    return [keys[i] for i in order]
+    return [model.key_space.key(int(i)) for i in order]
 
 
 def _compute_batches(model: LoadedModel, keys: Sequence[str], step: int) -> Iterator[list[tuple[str, float]]]:
     """``(key, prediction)`` pairs for ``keys``, one model call per ``step`` keys."""
     for start in range(0, len(keys), step):
         chunk = keys[start : start + step]
-        values = model.predict_indices([model.features.index(k) for k in chunk])
+        try:
+            rows = [model.features.index(k) for k in chunk]
+        except ServingError as exc:  # a head file naming keys the model does not have
+            raise ValueError(f"cannot precompute {model.name}@{model.version}: {exc.detail}") from None
+        values = model.predict_indices(rows)
         yield list(zip(chunk, values.tolist()))
 
 
@@ -136,7 +142,7 @@ async def _precompute(
     on_batch: Callable[[int], None] | None,
 ) -> PrecomputeReport:
     full = keys is None
-    targets = list(all_keys(model.features.segments)) if keys is None else list(keys)
+    targets = list(model.key_space.keys()) if keys is None else list(keys)
     # A batch job can wait longer per call than a request; a large MSET is still one round trip.
     store = build_store(settings, timeout_s=max(BATCH_TIMEOUT_S, settings.redis_timeout_s))
     try:

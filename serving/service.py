@@ -28,10 +28,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from models.registry import RegistryError
+from models.registry import RegistryError, resolve
 from serving.cache import Admission, L1Cache
-from serving.errors import NotReady, StoreError, TableUnavailable, UnknownKey, UnknownVersion
-from serving.features import validate_key
+from serving.errors import NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
+from serving.keyspace import KeySpace, check_key, key_space_for
 from serving.metrics import Metrics
 from serving.model import Batcher, LoadedModel
 from serving.settings import Settings
@@ -80,6 +80,7 @@ class ServedState:
     batcher: Batcher | None
     l1: L1Cache | None
     walk: TierWalk
+    knows_keys: bool  # keys are checked against the version's key space (not the key rule alone)
 
 
 class PredictionService:
@@ -190,10 +191,21 @@ class PredictionService:
             "store": lambda: StoreTier(self.store, self.settings.model_name, version, lambda: self.settings.redis_ttl_s),  # type: ignore[arg-type]
             "model": lambda: ModelTier(model, batcher),  # type: ignore[arg-type]
         }
-        validate = model.features.index if model is not None else validate_key
+        validate = model.features.index if model is not None else self._key_check(version)
         walk = TierWalk([factories[name]() for name in self.tier_names], admission=self.admission, observer=self.counts,
                         validate=validate, describe_unknown=lambda keys: self._describe_unknown(version, keys))
-        return ServedState(version, model, batcher, l1, walk)
+        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not check_key)
+
+    def _key_check(self, version: str) -> Callable[[str], object]:
+        """How a mode without a model checks keys before the store: against the version's key
+        space when the registry has its card (keys outside it are 404 without a Redis call), else
+        by the key rule alone (a static server deployed without the registry)."""
+        try:
+            artifact = resolve(self.settings.registry, self.settings.model_name, version)
+            space: KeySpace = key_space_for(artifact.card(), artifact.path)
+        except (RegistryError, OSError, ValueError):
+            return check_key
+        return space.index
 
     def _describe_unknown(self, version: str, keys: list[str]) -> str:
         shown = ", ".join(repr(k) for k in keys[:5])
@@ -259,15 +271,16 @@ class PredictionService:
     async def _resolve(self, state: ServedState, keys: Sequence[str]) -> dict[str, tuple[float, str]]:
         try:
             return await state.walk.resolve(keys)
-        except UnknownKey:
-            if self.computes:
-                raise
+        except NotStored as missing:
             # Without a model a miss means "not in the table": make sure the table is still there
             # (a miss is rare in static, so the extra read costs little), or it would be a 404 for
             # a valid key whose table was lost.
             await self._refresh_pointer(force=True)
             if self._state is not state:
                 raise self._table_gone() from None
+            if state.knows_keys:  # the key is in the key space, so a complete table must hold it
+                raise TableUnavailable(f"{missing.detail}, though the key is in the model's key space: the table is "
+                                       "incomplete (evicted or deleted in Redis); re-run `hybridserve precompute`") from None
             raise
 
     def _table_gone(self) -> TableUnavailable:

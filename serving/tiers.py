@@ -32,7 +32,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Protocol, TypeVar
 
 from serving.cache import Admission, L1Cache
-from serving.errors import StoreError, UnknownKey
+from serving.errors import NotStored, StoreError
 from serving.model import Batcher, LoadedModel
 from serving.store import PredictionStore
 
@@ -101,7 +101,8 @@ class TierWalk:
         self._describe_unknown = describe_unknown or _unknown_keys
 
     async def resolve(self, keys: Sequence[str]) -> Found:
-        """``{key: (value, source)}`` for the unique ``keys``; :class:`UnknownKey` if a key is left."""
+        """``{key: (value, source)}`` for the unique ``keys``; :class:`NotStored` if a key is left
+        unanswered (validation raises :class:`MalformedKey` / :class:`UnknownKey` before)."""
         found: Found = {}
         todo = list(dict.fromkeys(keys)) if len(keys) > 1 else list(keys)  # unique, in request order
         validated = False
@@ -134,7 +135,7 @@ class TierWalk:
             if not missing:
                 return found
             todo = missing
-        raise UnknownKey(self._describe_unknown(todo))
+        raise NotStored(self._describe_unknown(todo))
 
     async def _refill(self, above: Sequence[Tier], source: Tier, hits: list[tuple[str, float]]) -> None:
         if source.computes:

@@ -63,7 +63,7 @@ def test_static_unknown_key_is_404_never_computed(make_settings) -> None:  # typ
     with running(settings) as (_, client):
         outside = client.get(f"/v1/predict/{TEST_SEGMENTS + 5}:1")
         assert outside.status_code == 404
-        assert outside.json()["error"] == "unknown_key" and "precomputed" in outside.json()["detail"]
+        assert outside.json()["error"] == "unknown_key" and "key space" in outside.json()["detail"]
         assert client.get("/v1/cache/stats").json()["counts"]["model_rows"] == 0
 
 

@@ -128,3 +128,17 @@ def test_no_request_waits_long_when_redis_dies_under_concurrent_load(make_settin
     worst = max(latency for latency, _ in after)
     print(f"\nRedis SIGKILL under {CONCURRENT_CLIENTS} clients: {len(after)} requests after, worst {worst * 1000:.0f} ms")
     assert worst < LATENCY_BOUND_S, f"a request waited {worst:.2f}s (bound {LATENCY_BOUND_S}s)"
+
+
+def test_static_key_missing_from_a_complete_table_is_503_not_404(make_settings, own_redis: EmbeddedRedis) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from serving.store import KeyLayout
+
+    settings = make_settings(mode="static", redis_url=own_redis.url)
+    version = precompute(settings, progress=False).model_version
+    redis.Redis.from_url(own_redis.url).delete(KeyLayout(settings.redis_namespace).prediction(settings.model_name, version, "2:2"))
+    with running(settings) as (_, client):
+        lost = client.get("/v1/predict/2:2")
+        assert lost.status_code == 503 and lost.json()["error"] == "table_unavailable" and "incomplete" in lost.json()["detail"]
+        assert client.get("/v1/predict/2:3").status_code == 200
