@@ -12,7 +12,7 @@ from models.data import all_keys
 from models.registry import set_latest
 from models.publish import build_and_publish
 from serving.precompute import precompute
-from tests.conftest import ADMIN, TEST_SEGMENTS, running
+from tests.helpers import ADMIN, TEST_SEGMENTS, running
 
 KEYS = all_keys(TEST_SEGMENTS)
 

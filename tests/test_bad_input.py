@@ -19,7 +19,7 @@ import schemathesis
 
 from loadtests.harness.redis_server import EmbeddedRedis
 from serving.settings import Settings
-from tests.conftest import ADMIN, running
+from tests.helpers import ADMIN, running
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 FUZZ_EXAMPLES_PER_OPERATION = 40

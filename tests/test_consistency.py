@@ -21,7 +21,7 @@ from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import precompute
 from serving.store import static_pointer_key
-from tests.conftest import ADMIN, TEST_SEGMENTS, running
+from tests.helpers import ADMIN, TEST_SEGMENTS, running
 
 KEYS = all_keys(TEST_SEGMENTS)
 MAX_LOAD_S = 60.0

@@ -18,7 +18,7 @@ import pytest
 from serving.precompute import precompute
 from loadtests.harness.redis_server import EmbeddedRedis
 from serving.store import CircuitBreaker
-from tests.conftest import running
+from tests.helpers import running
 
 LOAD_THREADS = 4
 MAX_REQUESTS_PER_THREAD = 4000
