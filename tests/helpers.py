@@ -6,11 +6,13 @@ name lives here, so conftest holds fixtures only and no test module imports it.
 
 from __future__ import annotations
 
+import ast
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import uvicorn
@@ -23,6 +25,19 @@ SERVER_START_TIMEOUT_S = 20.0
 ADMIN_TOKEN = "test-token"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 """Headers of an admin call to a server built from the ``make_settings`` fixture."""
+LOCUSTFILE = Path(__file__).resolve().parents[1] / "loadtests" / "locustfile.py"
+
+
+def locustfile_constant(name: str) -> float:
+    """A numeric constant of the locustfile (module or class level), read from its source.
+
+    Tests never import the locustfile: locust monkey-patches the standard library with gevent on
+    import, which would break the test process.
+    """
+    for node in ast.walk(ast.parse(LOCUSTFILE.read_text())):
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [name]:
+            return float(ast.literal_eval(node.value))
+    raise LookupError(f"{name} not found in {LOCUSTFILE}")
 
 
 class ServerThread:
