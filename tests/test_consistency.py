@@ -152,6 +152,7 @@ def test_interrupted_precompute_keeps_the_old_table(make_settings, two_versions:
                 assert p["source"] == "redis" and p["prediction"] == two_versions.old_values[p["key"]]
 
 
+@pytest.mark.slow
 def test_flush_never_returns_another_keys_value(make_settings, two_versions: TwoVersions) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(mode="hybrid", registry=two_versions.registry)
     flushes = 0

@@ -22,6 +22,8 @@ import pytest
 
 from tests.helpers import LOCUSTFILE, locustfile_constant
 
+pytestmark = pytest.mark.slow  # every test runs Locust processes (a few seconds of start-up and load)
+
 REPO = Path(__file__).resolve().parents[1]
 # The server knows segments below this; the load test asks for twice as many, so about half
 # of a uniform stream's keys are unknown (404).

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 
 from loadtests.harness.redis_server import EmbeddedRedis, find_redis_server
@@ -39,6 +40,7 @@ def test_kill_and_restart_on_same_port() -> None:
         assert server.port == port and server.ping()
 
 
+@pytest.mark.slow
 def test_password() -> None:
     with EmbeddedRedis(password="s3cret") as server:
         assert redis.Redis.from_url(server.url).ping()

@@ -48,6 +48,7 @@ def test_same_training_same_version(tmp_path: Path, registry: Path) -> None:
     assert again.version == resolve(registry, "traffic-light").version
 
 
+@pytest.mark.slow
 def test_new_training_new_version_and_latest(tmp_path: Path) -> None:
     first = build_and_publish("light", tmp_path, segments=20, seed=1)
     second = build_and_publish("light", tmp_path, segments=20, seed=2)

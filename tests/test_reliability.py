@@ -80,6 +80,7 @@ class Load:
             return next((t for t, s in self.sources if t >= since and s == source), None)
 
 
+@pytest.mark.slow
 def test_hybrid_fails_open_through_redis_kill_and_recovers(make_settings, own_redis: EmbeddedRedis) -> None:  # type: ignore[no-untyped-def]
     # L1 off: every request reaches Redis, so the outage is felt by every request, not hidden by L1.
     settings = make_settings(mode="hybrid", redis_url=own_redis.url, l1_size=0, redis_timeout_s=0.2, breaker_reset_s=0.5)

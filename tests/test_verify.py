@@ -17,6 +17,7 @@ WEB_TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "cache2k
 SAMPLE_REQUESTS = 3000
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not WEB_TRACE.is_file(), reason=f"real trace {WEB_TRACE} not present")
 @pytest.mark.parametrize("l1_size, head_size, admission", [(200, 100, "after:2")])
 def test_server_wiring_counts_the_hits_the_simulation_counts_on_sequential_requests(
