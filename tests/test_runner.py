@@ -104,7 +104,7 @@ def test_server_cpu_follows_the_model_work(records: list[Record], registry: Path
     Redis round trips take some back. A CPU reading of the wrong process or window (about 0, or the
     same for both) fails it. "Several times" is not asserted: at the test registry's size one heavy
     row (~150 us) is about a third of what serving a request costs at this rate, so dynamic
-    measures about 1.5x hybrid here; the gap grows with the model (benchmarks/model_cost.py).
+    measured 1.2-1.6x hybrid here; the gap grows with the model (benchmarks/model_cost.py).
     """
     dynamic, hybrid = _by_mode(records, "dynamic"), _by_mode(records, "hybrid")
     batch_row_us = resolve(registry, "traffic-heavy").card()["inference_time"]["batch_row_us"]
