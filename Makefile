@@ -17,8 +17,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/hybridserve demo
 
+# Every test, slow ones included; the ten slowest are listed at the end so growth shows in CI logs.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=10
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

@@ -19,7 +19,7 @@ import schemathesis
 
 from loadtests.harness.redis_server import EmbeddedRedis
 from serving.settings import Settings
-from tests.conftest import ADMIN, running
+from tests.helpers import ADMIN, running
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 FUZZ_EXAMPLES_PER_OPERATION = 40
@@ -107,6 +107,7 @@ def fuzz_url(registry: Path, redis_server: EmbeddedRedis) -> Iterator[str]:
         yield server.url
 
 
+@pytest.mark.slow
 def test_fuzz_no_5xx(fuzz_url: str) -> None:
     """Every operation of the schema, valid and invalid (negative) inputs, a bounded count each."""
     schema = schemathesis.openapi.from_url(f"{fuzz_url}/openapi.json")

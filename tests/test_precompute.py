@@ -12,7 +12,7 @@ from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import popularity_prior, precompute, top_keys_from_file
 from serving.store import KeyLayout, decode
-from tests.conftest import TEST_SEGMENTS
+from tests.helpers import TEST_SEGMENTS
 
 
 def test_full_table_then_pointer(make_settings) -> None:  # type: ignore[no-untyped-def]

@@ -21,7 +21,7 @@ import pytest
 from hybridserve.cli import _parser
 from loadtests.harness.redis_server import EmbeddedRedis, free_port
 from serving.settings import Settings
-from tests.conftest import ADMIN, running
+from tests.helpers import ADMIN, running
 
 ADMIN_ROUTES = [("post", "/v1/admin/flush", {}), ("put", "/v1/admin/policy", {}), ("post", "/v1/admin/reload", {})]
 PASSWORD = "s3cret-Pw_with:colon"

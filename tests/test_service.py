@@ -13,7 +13,7 @@ import pytest
 from loadtests.harness.redis_server import EmbeddedRedis
 from loadtests.harness.server_process import ServerProcess
 from serving.precompute import precompute
-from tests.conftest import ADMIN, running
+from tests.helpers import ADMIN, running
 
 KEYS = [f"{s}:{h}" for s in range(4) for h in range(5)]
 

@@ -15,7 +15,7 @@ from loadtests.harness.redis_server import EmbeddedRedis
 from serving.errors import CorruptPrediction
 from serving.precompute import precompute
 from serving.store import CircuitBreaker, KeyLayout, decode, encode
-from tests.conftest import running
+from tests.helpers import running
 
 HEAD = ["1:1", "1:2", "1:3"]
 
