@@ -29,6 +29,7 @@ from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, ServingError,
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import CircuitBreaker, RedisStore
+from serving.v2 import router as v2_router
 
 PREDICTION_EXAMPLE = {"key": "17:42", "prediction": 812.5, "source": "l1", "model_version": "a16b398c84f1"}
 
@@ -158,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
     _add_prediction_routes(app, settings)
     _add_operation_routes(app)
     _add_admin_routes(app)
+    app.include_router(v2_router)  # Open Inference Protocol (KServe V2), serving/v2.py
     return app
 
 

@@ -95,3 +95,10 @@ class NotReady(Unavailable):
     """The served state is missing (no model loaded, no precomputed table)."""
 
     code = "not_ready"
+
+
+class UnsupportedInput(ServingError):
+    """A V2 inference input this server cannot take yet (a datatype or tensor name it does not serve)."""
+
+    status = 400
+    code = "unsupported_input"
