@@ -16,12 +16,17 @@ from serving.cache import AdmissionRule
 
 Mode = Literal["static", "dynamic", "hybrid"]
 MODES: tuple[Mode, ...] = ("static", "dynamic", "hybrid")
+LogLevel = Literal["debug", "info", "warning", "error"]
+ENV_PREFIX = "HYBRIDSERVE_"
 
 
 class Settings(BaseSettings):
     """Server settings; every field can be set as ``HYBRIDSERVE_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="HYBRIDSERVE_", extra="forbid", protected_namespaces=())
+    # use_attribute_docstrings: each field's docstring is its description, so the CLI's help lines
+    # and the documentation come from the one place a field is defined.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=(),
+                                      use_attribute_docstrings=True)
 
     mode: Mode = "hybrid"
     """Serving architecture: static (precomputed table), dynamic (model per request) or hybrid."""
@@ -81,6 +86,8 @@ class Settings(BaseSettings):
     """TCP port to bind."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (uvicorn workers)."""
+    log_level: LogLevel = "info"
+    """Lowest level of the JSON log lines on stderr (start and stop, reloads, breaker transitions, precompute progress)."""
 
     @field_validator("admission")
     @classmethod
@@ -98,3 +105,10 @@ class Settings(BaseSettings):
     def admission_rule(self) -> AdmissionRule:
         """The parsed admission rule."""
         return AdmissionRule.parse(self.admission)
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a :class:`Settings` field: ``env_var("redis_url") == "HYBRIDSERVE_REDIS_URL"``."""
+    if field not in Settings.model_fields:
+        raise KeyError(f"{field!r} is not a Settings field")
+    return ENV_PREFIX + field.upper()
