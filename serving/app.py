@@ -25,6 +25,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving import logs
 from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, ServingError, TooManyKeys, Unauthorized
 from serving.service import PredictionService
 from serving.settings import Settings
@@ -143,13 +144,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
         service = _build_service(settings)
         await service.start()
         app.state.service = service
+        logs.log_event("server_start", mode=settings.mode, model_name=settings.model_name, **await _version(service))
         try:
             yield
         finally:
             await service.close()
+            logs.log_event("server_stop", mode=settings.mode, model_name=settings.model_name)
 
     app = FastAPI(title="hybridserve", version="0.1.0", lifespan=lifespan,
                   description="Static, dynamic and hybrid (cached) serving of one ONNX model.")
@@ -253,10 +257,20 @@ def _add_admin_routes(app: FastAPI) -> None:
     async def reload(body: ReloadRequest, request: Request) -> Response:
         """Load another model version (``latest`` re-reads the registry pointer)."""
         service = _service(request)
+        before = await _version(service)
         if service.mode == "static":
             await service.start()
-            return JSONBody({"model_version": service.state.version})
-        return JSONBody({"model_version": await service.load_model(body.version)})
+            loaded = service.state.version
+        else:
+            loaded = await service.load_model(body.version)
+        logs.log_event("reload", requested=body.version, previous_version=before["model_version"], model_version=loaded)
+        return JSONBody({"model_version": loaded})
+
+
+async def _version(service: PredictionService) -> dict[str, Any]:
+    """``{"model_version": ...}`` of what is served now (None before there is anything)."""
+    _, detail = await service.readiness()
+    return {"model_version": detail.get("model_version")}
 
 
 def app_from_env() -> FastAPI:

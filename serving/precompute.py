@@ -29,12 +29,16 @@ from models.data import all_keys
 from models.registry import versions
 from serving.errors import MalformedKey
 from serving.features import parse_key
+from serving.logs import log_event
 from serving.model import LoadedModel
 from serving.settings import Settings
 from serving.store import encode, prediction_key, static_pointer_key
 
 # Versions kept in Redis after a switch: the new one and the one servers may still be reading.
 KEEP_VERSIONS = 2
+# At most one progress log line this often (and one when the last batch is written): a full table of
+# a large key space is hundreds of batches, and a line per batch would drown everything else.
+PROGRESS_LOG_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -93,12 +97,17 @@ def write_predictions(
     """Compute and MSET predictions for ``keys`` under the model's version namespace."""
     ns, name, version = settings.redis_namespace, model.name, model.version
     step = settings.precompute_batch_size
+    logged = time.monotonic()
     with tqdm(total=len(keys), unit="key", disable=not progress, desc=f"precompute {name}@{version}") as bar:
         for start in range(0, len(keys), step):
             chunk = keys[start : start + step]
             values = model.predict_indices([model.features.index(k) for k in chunk])
             client.mset({prediction_key(ns, name, version, k): encode(v) for k, v in zip(chunk, values.tolist())})
             bar.update(len(chunk))
+            done = start + len(chunk)
+            if done == len(keys) or time.monotonic() - logged >= PROGRESS_LOG_INTERVAL_S:
+                log_event("precompute_progress", model_name=name, model_version=version, keys_done=done, keys_total=len(keys))
+                logged = time.monotonic()
             if on_batch is not None:
                 on_batch(start // step)
 
@@ -132,6 +141,7 @@ def precompute(
         before = _used_memory(client)
         pointer = static_pointer_key(settings.redis_namespace, model.name)
         previous = client.get(pointer)
+        log_event("precompute_start", model_name=model.name, model_version=model.version, keys=len(targets), full_table=full)
         wall, cpu = time.perf_counter(), time.process_time()
         write_predictions(client, model, targets, settings, progress, on_batch)
         if full:
@@ -142,4 +152,6 @@ def precompute(
             _drop_old_versions(client, settings, model, previous.decode() if previous else None)
     finally:
         client.close()
-    return PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)
+    report = PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)
+    log_event("precompute_done", **report.as_dict())
+    return report
