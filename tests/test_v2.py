@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from serving.precompute import precompute
 from tests.conftest import running
 
 PROBE = Path(__file__).with_name("tritonclient_probe.py")
@@ -32,10 +31,8 @@ def _probe(url: str, model: str, keys: list[str]) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
-def test_tritonclient_gets_the_v1_floats(make_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
-    settings = make_settings(mode=mode)
-    if mode == "static":
-        precompute(settings, progress=False)
+def test_tritonclient_gets_the_v1_floats(ready_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
+    settings = ready_settings(mode)
     with running(settings) as (server, client):
         got = _probe(server.url, settings.model_name, KEYS)
         v1 = client.post("/v1/predict", json={"keys": KEYS}).json()
