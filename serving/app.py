@@ -148,7 +148,7 @@ def create_app(settings: Settings) -> FastAPI:
         service = _build_service(settings)
         await service.start()
         app.state.service = service
-        logs.log_event("server_start", mode=settings.mode, model_name=settings.model_name, **await _version(service))
+        logs.log_event("server_start", mode=settings.mode, model_name=settings.model_name, model_version=_version(service))
         try:
             yield
         finally:
@@ -257,20 +257,19 @@ def _add_admin_routes(app: FastAPI) -> None:
     async def reload(body: ReloadRequest, request: Request) -> Response:
         """Load another model version (``latest`` re-reads the registry pointer)."""
         service = _service(request)
-        before = await _version(service)
+        before = _version(service)
         if service.mode == "static":
             await service.start()
             loaded = service.state.version
         else:
             loaded = await service.load_model(body.version)
-        logs.log_event("reload", requested=body.version, previous_version=before["model_version"], model_version=loaded)
+        logs.log_event("reload", requested=body.version, previous_version=before, model_version=loaded)
         return JSONBody({"model_version": loaded})
 
 
-async def _version(service: PredictionService) -> dict[str, Any]:
-    """``{"model_version": ...}`` of what is served now (None before there is anything)."""
-    _, detail = await service.readiness()
-    return {"model_version": detail.get("model_version")}
+def _version(service: PredictionService) -> str | None:
+    """The version served now (None before there is one), from the stats: no Redis round trip."""
+    return service.stats()["model_version"]  # type: ignore[no-any-return]
 
 
 def app_from_env() -> FastAPI:

@@ -50,6 +50,15 @@ def test_tritonclient_gets_the_v1_floats(ready_settings, mode: str) -> None:  # 
     assert got["features"]["status"] == "400" and got["features"]["message"] == "unsupported_input"
 
 
+def test_the_server_imports_no_client_side_code() -> None:
+    """The V2 routes are server code: `import serving.app` pulls in neither tritonclient nor gevent."""
+    code = "import json, sys, serving.app; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=True)
+    loaded = set(json.loads(done.stdout))
+    assert not loaded & {"tritonclient", "gevent", "geventhttpclient", "locust", "sklearn", "skl2onnx", "matplotlib",
+                         "libcachesim"}
+
+
 def test_feature_tensor_error_names_what_is_supported(make_settings) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(mode="dynamic")
     body = {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 2.0]}]}
