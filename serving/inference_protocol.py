@@ -14,7 +14,7 @@ Example::
 
     request, binary = parse_infer_request(body, request.headers.get(HEADER_LENGTH))
     keys = request_keys(request, binary)
-    body, headers = render_infer_response(request, "traffic-light", "a16b398c84f1", [812.5], ["l1"])
+    body, headers = render_infer_response(request, wants_binary(request), "traffic-light", "a16b398c84f1", [812.5], ["l1"])
 """
 
 from __future__ import annotations
@@ -150,15 +150,16 @@ def wants_binary(request: InferRequest) -> bool:
 
 
 def render_infer_response(
-    request: InferRequest, model_name: str, model_version: str, values: Sequence[float], sources: Sequence[str]
+    request: InferRequest, binary: bool, model_name: str, model_version: str, values: Sequence[float], sources: Sequence[str]
 ) -> tuple[bytes, dict[str, str]]:
-    """The response body and its headers. ``parameters.source`` lists each key's tier, comma-separated."""
+    """The response body and its headers, binary (see :func:`wants_binary`) or JSON.
+    ``parameters.source`` lists each key's tier, comma-separated, in key order."""
     output: dict[str, Any] = {"name": PREDICTION_OUTPUT, "datatype": PREDICTION_DATATYPE, "shape": request.inputs[0].shape}
     head: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
                             "parameters": {"source": ",".join(sources)}, "outputs": [output]}
     if request.id is not None:
         head["id"] = request.id
-    if not wants_binary(request):
+    if not binary:
         output["data"] = list(values)
         return orjson.dumps(head), {"content-type": "application/json"}
     raw = struct.pack(f"<{len(values)}d", *values)

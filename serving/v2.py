@@ -157,14 +157,14 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     keys = oip.request_keys(infer, binary)
     if len(keys) > settings.max_keys_per_request:
         raise TooManyKeys(f"{len(keys)} keys in one request; the limit is {settings.max_keys_per_request}")
-    oip.wants_binary(infer)  # an unknown requested output fails before any work is done
+    binary_out = oip.wants_binary(infer)  # before any work: an unknown requested output is a 400
     predictions = await service.predict(keys)
     served = predictions[0].model_version
     # Checked on the answer rather than before it: a reload between a check and the prediction
     # could otherwise answer from a version the client did not ask for.
     _check_version(name, version, served)
     body, headers = oip.render_infer_response(
-        infer, name, served, [p.prediction for p in predictions], [p.source for p in predictions]
+        infer, binary_out, name, served, [p.prediction for p in predictions], [p.source for p in predictions]
     )
     return Response(body, headers=headers)
 

@@ -26,7 +26,8 @@ def test_binary_keys_and_binary_answer() -> None:
     body, length = _binary_request(["17:42", "3:8"], binary_data_output=True)
     request, binary = oip.parse_infer_request(body, length)
     assert oip.request_keys(request, binary) == ["17:42", "3:8"]
-    out, headers = oip.render_infer_response(request, "m", "v1", [1.5, -2.25], ["l1", "model"])
+    assert oip.wants_binary(request)
+    out, headers = oip.render_infer_response(request, True, "m", "v1", [1.5, -2.25], ["l1", "model"])
     size = int(headers[oip.HEADER_LENGTH])
     head = json.loads(out[:size])
     assert head["parameters"] == {"source": "l1,model"} and head["outputs"][0]["parameters"]["binary_data_size"] == 16
@@ -37,7 +38,8 @@ def test_json_answer_keeps_shape_and_id() -> None:
     body = json.dumps({"id": "r1", "inputs": [{"name": "key", "shape": [2, 1], "datatype": "BYTES", "data": [["1:1"], ["1:2"]]}]})
     request, binary = oip.parse_infer_request(body.encode(), None)
     assert oip.request_keys(request, binary) == ["1:1", "1:2"]
-    out, headers = oip.render_infer_response(request, "m", "v1", [1.0, 2.0], ["redis", "redis"])
+    assert not oip.wants_binary(request)
+    out, headers = oip.render_infer_response(request, False, "m", "v1", [1.0, 2.0], ["redis", "redis"])
     assert headers == {"content-type": "application/json"}
     assert json.loads(out) == {"id": "r1", "model_name": "m", "model_version": "v1", "parameters": {"source": "redis,redis"},
                                "outputs": [{"name": "prediction", "datatype": "FP64", "shape": [2, 1], "data": [1.0, 2.0]}]}
