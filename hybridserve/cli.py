@@ -260,7 +260,8 @@ class _HelpFormatter(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
-        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or "default:" in text:
+        # Identity, not ==: a default of 0 is a default worth showing (0 == False).
+        if not action.option_strings or any(action.default is x for x in (None, False, argparse.SUPPRESS)) or "default:" in text:
             return text
         return f"{text} (default: %(default)s)"
 
@@ -401,8 +402,8 @@ def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     parser.add_argument("--batch-size", type=int, default=1, help="keys per request (1: GET, more: POST)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the key sequence")
     # Not Settings-backed: the runner starts its own server with these, whatever the environment says.
-    parser.add_argument("--head-size", type=int, default=5000, dest="run_head_size", help="hybrid: keys precomputed into Redis")
-    parser.add_argument("--l1-size", type=int, default=10_000, dest="run_l1_size", help="hybrid: in-process L1 entries")
+    parser.add_argument("--head-size", type=int, default=5000, dest="run_head_size", metavar="HEAD_SIZE", help="hybrid: keys precomputed into Redis")
+    parser.add_argument("--l1-size", type=int, default=10_000, dest="run_l1_size", metavar="L1_SIZE", help="hybrid: in-process L1 entries")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

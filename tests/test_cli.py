@@ -72,6 +72,9 @@ def test_every_option_of_every_command_has_help() -> None:
                 continue
             where = f"hybridserve {' '.join(path)} {'/'.join(action.option_strings) or action.dest}"
             assert action.help and action.help.strip() and action.help is not argparse.SUPPRESS, f"{where}: no help"
+            if action.option_strings and action.nargs != 0 and action.default is not None:
+                shown = parser.formatter_class(prog="hybridserve")._get_help_string(action) or ""
+                assert "default:" in shown, f"{where}: the help line does not say its default"
             for var in re.findall(r"HYBRIDSERVE_[A-Z0-9_]+", action.help):
                 field = var.removeprefix("HYBRIDSERVE_").lower()
                 assert field in Settings.model_fields and var == env_var(field), f"{where}: {var} is no setting"
