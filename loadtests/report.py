@@ -268,7 +268,7 @@ def _profile_section(records: Sequence[Record], profile: str) -> str:
 STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
 table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
 th{background:#f4f4f4}pre{background:#f8f8f8;padding:1em;white-space:pre-wrap;overflow-wrap:anywhere}
-.scroll{overflow-x:auto;max-width:100%}figure{margin:1em 0}img{max-width:100%;height:auto;display:block}
+.scroll{overflow-x:auto;max-width:100%}figure{margin:1em 0}img{max-width:100%;height:auto}figure img{display:block}
 .verdict{background:#f3f8f3;border-left:4px solid #55A868;padding:.5em 1em}.verdict li{margin:.3em 0}
 code{overflow-wrap:anywhere}"""
 
