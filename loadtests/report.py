@@ -168,7 +168,7 @@ def _by(records: Sequence[Record], profile: str, mode: str, dist_prefix: str = "
 def verdict(records: Sequence[dict[str, Any]]) -> list[str]:
     """Plain-language conclusions drawn from the measured records."""
     lines = []
-    for profile in sorted({r["profile"] for r in records}):
+    for profile in _profiles(records):  # the order of the report's sections
         runs = [r for r in records if r["profile"] == profile and r["distribution"].startswith("zipf")]
         if not runs:
             continue
