@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench soak clean
+.PHONY: demo test bench soak report-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hybridserve needs Python 3.11+, found " + sys.version.split()[0] + " (set PYTHON=python3.x)")'
@@ -31,6 +31,11 @@ SOAK_RATE ?= 100
 SOAK_WINDOW ?= 30
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --window $(SOAK_WINDOW)
+
+# Render a report from a small results.json fixture and look at it in headless Chromium at 1280 px:
+# no broken image, no horizontal overflow; the screenshot lands in out/report-check/report.png.
+report-check: $(STAMP)
+	$(BIN)/python -m loadtests.report_check tests/data/results_small.json out/report-check
 
 clean:
 	rm -rf $(VENV) registry out

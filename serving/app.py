@@ -25,11 +25,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving import logs
 from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, InvalidRequest, ServingError, TooManyKeys, Unauthorized
+from serving.modes import uses_store
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import build_store
-from serving.modes import uses_store
+from serving.v2 import router as v2_router
 
 PREDICTION_EXAMPLE = {"key": "17:42", "prediction": 812.5, "source": "l1", "model_version": "a16b398c84f1"}
 
@@ -138,13 +140,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
         service = _build_service(settings)
         await service.start()
         app.state.service = service
+        logs.log_event("server_start", mode=settings.mode, model_name=settings.model_name, model_version=_version(service))
         try:
             yield
         finally:
             await service.close()
+            logs.log_event("server_stop", mode=settings.mode, model_name=settings.model_name)
 
     app = FastAPI(title="hybridserve", version="0.1.0", lifespan=lifespan,
                   description="Static, dynamic and hybrid (cached) serving of one ONNX model.")
@@ -154,6 +159,7 @@ def create_app(settings: Settings) -> FastAPI:
     _add_prediction_routes(app, settings)
     _add_operation_routes(app)
     _add_admin_routes(app)
+    app.include_router(v2_router)  # Open Inference Protocol (KServe V2), serving/v2.py
     return app
 
 
@@ -252,7 +258,16 @@ def _add_admin_routes(app: FastAPI) -> None:
     @app.post("/v1/admin/reload", dependencies=admin)
     async def reload(body: ReloadRequest, request: Request) -> Response:
         """Load another model version (``latest`` re-reads the registry pointer)."""
-        return JSONBody({"model_version": await _service(request).reload(body.version)})
+        service = _service(request)
+        before = _version(service)
+        loaded = await service.reload(body.version)
+        logs.log_event("reload", requested=body.version, previous_version=before, model_version=loaded)
+        return JSONBody({"model_version": loaded})
+
+
+def _version(service: PredictionService) -> str | None:
+    """The version served now (None before there is one), from the stats: no Redis round trip."""
+    return service.stats()["model_version"]  # type: ignore[no-any-return]
 
 
 def app_from_env() -> FastAPI:

@@ -133,3 +133,10 @@ class TableUnavailable(NotReady):
     data): every key is unanswerable, so the server is not ready rather than 404 for valid keys."""
 
     code = "table_unavailable"
+
+
+class UnsupportedInput(ServingError):
+    """A V2 inference input this server cannot take yet (a datatype or tensor name it does not serve)."""
+
+    status = 400
+    code = "unsupported_input"

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from models.registry import versions
 from serving.errors import MalformedKey, ServingError
 from serving.keyspace import check_key
+from serving.logs import log_event
 from serving.model import LoadedModel
 from serving.settings import Settings
 from serving.store import PredictionStore, build_store
@@ -38,6 +39,9 @@ KEEP_VERSIONS = 2
 PRIOR_CHUNK = 65_536
 # Seconds each store call of the job may take (requests use Settings.redis_timeout_s).
 BATCH_TIMEOUT_S = 5.0
+# At most one progress log line this often (and one when the last batch is written): a full table of
+# a large key space is hundreds of batches, and a line per batch would drown everything else.
+PROGRESS_LOG_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -106,9 +110,15 @@ async def write_predictions(
     expiry: a precomputed table or head stays until replaced). The model calls block the loop,
     which serves nothing else in this job."""
     with tqdm(total=len(keys), unit="key", disable=not progress, desc=f"precompute {model.name}@{model.version}") as bar:
+        logged, done = time.monotonic(), 0
         for index, batch in enumerate(_compute_batches(model, keys, settings.precompute_batch_size)):
             await store.put_predictions(model.name, model.version, batch, ttl_s=0)
             bar.update(len(batch))
+            done += len(batch)
+            if done == len(keys) or time.monotonic() - logged >= PROGRESS_LOG_INTERVAL_S:
+                log_event("precompute_progress", model_name=model.name, model_version=model.version, keys_done=done,
+                          keys_total=len(keys))
+                logged = time.monotonic()
             if on_batch is not None:
                 on_batch(index)
 
@@ -148,6 +158,7 @@ async def _precompute(
     try:
         before = await store.used_memory()
         previous = await store.get_pointer(model.name)
+        log_event("precompute_start", model_name=model.name, model_version=model.version, keys=len(targets), full_table=full)
         wall, cpu = time.perf_counter(), time.process_time()
         await write_predictions(store, model, targets, settings, progress, on_batch)
         if full:
@@ -158,4 +169,6 @@ async def _precompute(
             await _drop_old_versions(store, settings, model, previous)
     finally:
         await store.close()
-    return PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)
+    report = PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)
+    log_event("precompute_done", **report.as_dict())
+    return report

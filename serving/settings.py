@@ -7,15 +7,16 @@ Build it once (``Settings()`` or ``Settings(mode="static", ...)``) and pass it i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.cache import AdmissionRule
 from serving.modes import MODES
 
-
-
 ENV_PREFIX = "HYBRIDSERVE_"
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def env_vars(fields: dict[str, object]) -> dict[str, str]:
@@ -28,18 +29,19 @@ def env_vars(fields: dict[str, object]) -> dict[str, str]:
     """
     env: dict[str, str] = {}
     for name, value in fields.items():
-        if name not in Settings.model_fields:
-            raise KeyError(f"{name!r} is not a hybridserve setting")
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[env_var(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 
 class Settings(BaseSettings):
     """Server settings; every field can be set as ``HYBRIDSERVE_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=())
+    # use_attribute_docstrings: each field's docstring is its description, so the CLI's help lines
+    # and the documentation come from the one place a field is defined.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=(),
+                                      use_attribute_docstrings=True)
 
     mode: str = "hybrid"
     """Serving architecture: static (precomputed table), dynamic (model per request) or hybrid."""
@@ -99,6 +101,8 @@ class Settings(BaseSettings):
     """TCP port to bind."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (uvicorn workers)."""
+    log_level: LogLevel = "info"
+    """Lowest level of the JSON log lines on stderr (start and stop, reloads, breaker transitions, precompute progress)."""
 
     @field_validator("mode")
     @classmethod
@@ -132,3 +136,10 @@ class Settings(BaseSettings):
         """A copy with ``fields`` changed, validated by the same rules as at start-up (unlike
         ``model_copy``, which validates nothing); ``pydantic.ValidationError`` if one is invalid."""
         return type(self).model_validate({**self.model_dump(), **fields})
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a :class:`Settings` field: ``env_var("redis_url") == "HYBRIDSERVE_REDIS_URL"``."""
+    if field not in Settings.model_fields:
+        raise KeyError(f"{field!r} is not a Settings field")
+    return ENV_PREFIX + field.upper()

@@ -59,3 +59,17 @@ def make_settings(registry: Path, redis_server: EmbeddedRedis):  # type: ignore[
         return Settings(**base)  # type: ignore[arg-type]
 
     return make
+
+
+@pytest.fixture
+def ready_settings(make_settings):  # type: ignore[no-untyped-def]
+    """Factory of Settings for a mode, ready to serve: static gets its complete table precomputed."""
+    from serving.precompute import precompute
+
+    def make(mode: str, **fields: object) -> Settings:
+        settings: Settings = make_settings(mode=mode, **fields)
+        if mode == "static":
+            precompute(settings, progress=False)
+        return settings
+
+    return make
