@@ -31,7 +31,8 @@ from typing import Any
 from models.registry import RegistryError, resolve
 from serving.cache import Admission, L1Cache
 from serving.errors import NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
-from serving.keyspace import KeySpace, check_key, key_space_for
+from models.keyspace import KeySpace, check_key, key_space_for
+from serving.features import served_lookup
 from serving.metrics import Metrics
 from serving.model import Batcher, LoadedModel
 from serving.settings import Settings
@@ -44,6 +45,7 @@ from serving.trace_recorder import TraceRecorder
 # a new version is picked up without a restart (and without a round trip per request).
 STATIC_POINTER_REFRESH_S = 1.0
 _SOURCE_RANK = {"l1": 0, "redis": 1, "model": 2}
+_KEY_RULE_ONLY = served_lookup(check_key)  # type: ignore[arg-type]
 # How long a batcher replaced by a reload keeps answering the requests that started on it; far
 # longer than a request takes (they are bounded by max_wait_ms plus one batched model call).
 RETIRED_BATCHER_GRACE_S = 10.0
@@ -194,7 +196,7 @@ class PredictionService:
         validate = model.features.index if model is not None else self._key_check(version)
         walk = TierWalk([factories[name]() for name in self.tier_names], admission=self.admission, observer=self.counts,
                         validate=validate, describe_unknown=lambda keys: self._describe_unknown(version, keys))
-        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not check_key)
+        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not _KEY_RULE_ONLY)
 
     def _key_check(self, version: str) -> Callable[[str], object]:
         """How a mode without a model checks keys before the store: against the version's key
@@ -204,8 +206,8 @@ class PredictionService:
             artifact = resolve(self.settings.registry, self.settings.model_name, version)
             space: KeySpace = key_space_for(artifact.card(), artifact.path)
         except (RegistryError, OSError, ValueError):
-            return check_key
-        return space.index
+            return _KEY_RULE_ONLY
+        return served_lookup(space.index)
 
     def _describe_unknown(self, version: str, keys: list[str]) -> str:
         shown = ", ".join(repr(k) for k in keys[:5])
