@@ -7,6 +7,7 @@ schema for every operation, a bounded number each: no response may be a 5xx.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import schemathesis
 
 from loadtests.harness.redis_server import EmbeddedRedis
+from models.data import FEATURE_NAMES
 from serving.settings import Settings
 from tests.helpers import ADMIN, running
 
@@ -25,6 +27,15 @@ README = Path(__file__).resolve().parent.parent / "README.md"
 FUZZ_EXAMPLES_PER_OPERATION = 40
 JSON = {"content-type": "application/json"}
 Send = Callable[[httpx.Client], httpx.Response]
+
+
+# A complete instance of the demo model: every feature, each a number.
+INSTANCE = {name: 1.0 for name in FEATURE_NAMES}
+
+
+def _with_nan() -> bytes:
+    """A JSON body with a NaN feature (Python's JSON reads the NaN token, so the server must refuse it)."""
+    return json.dumps({"instances": [{**INSTANCE, "lanes": float("nan")}]}).encode()
 
 
 def _chunked(total: int) -> Iterator[bytes]:
@@ -63,6 +74,11 @@ CASES: list[tuple[str, Send, int, str | None]] = [
     ("invalid policy", lambda c: c.put("/v1/admin/policy", json={"admission": "after:0"}, headers=ADMIN), 422, "invalid_request"),
     ("unknown model version", lambda c: c.post("/v1/admin/reload", json={"version": "nope"}, headers=ADMIN), 404, "unknown_version"),
     ("path in a version", lambda c: c.post("/v1/admin/reload", json={"version": "../x"}, headers=ADMIN), 422, "invalid_request"),
+    ("instance missing a feature", lambda c: c.post("/v1/predict", json={"instances": [{"lanes": 2}]}), 422, "invalid_instance"),
+    ("instance with an unknown feature", lambda c: c.post("/v1/predict", json={"instances": [{**INSTANCE, "x": 1}]}), 422, "invalid_instance"),
+    ("instance feature not a number", lambda c: c.post("/v1/predict", json={"instances": [{**INSTANCE, "lanes": "2"}]}), 422, "invalid_instance"),
+    ("instance feature not finite", lambda c: c.post("/v1/predict", content=_with_nan(), headers=JSON), 422, "invalid_instance"),
+    ("keys and instances together", lambda c: c.post("/v1/predict", json={"keys": ["1:1"], "instances": [INSTANCE]}), 422, "invalid_request"),
 ]
 
 
