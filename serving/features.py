@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.keyspace import KeyNotFound, KeyRuleError, KeySpace
+from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, random_access
 from serving.errors import MalformedKey, UnknownKey
 
 
@@ -51,7 +51,7 @@ class FeatureTable:
     @classmethod
     def load(cls, path: Path, key_space: KeySpace) -> FeatureTable:
         """Memory-map a registry feature table."""
-        return cls(np.load(path, mmap_mode="r"), key_space)
+        return cls(random_access(np.load(path, mmap_mode="r")), key_space)
 
     @property
     def key_count(self) -> int:

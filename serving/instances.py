@@ -29,6 +29,7 @@ import numpy as np
 from serving.errors import InvalidInstance
 
 INSTANCE_KEY_PREFIX = "@f "
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_PROBLEMS_IN_DETAIL = 3
 
 
@@ -83,8 +84,9 @@ class FeatureSchema:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 problems.append(f"feature {spec.name!r} must be a number, got {type(value).__name__}")
                 continue
-            if not math.isfinite(value):
-                problems.append(f"feature {spec.name!r} must be finite, got {value}")
+            if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
+                # Past float32's range a value would be served as infinity: refuse it as not finite.
+                problems.append(f"feature {spec.name!r} must be finite in float32 (|x| <= {FLOAT32_MAX:.4g}), got {value}")
                 continue
             if not spec.low <= value <= spec.high:
                 outside.append(spec.name)

@@ -28,6 +28,7 @@ SCHEMA = FeatureSchema([FeatureSpec("age", "int", 18, 80), FeatureSpec("spend", 
         ({"age": None, "spend": 1.0}, r"feature 'age' must be a number, got NoneType"),
         ({"age": 30, "spend": math.nan}, r"feature 'spend' must be finite"),
         ({"age": 30, "spend": math.inf}, r"feature 'spend' must be finite"),
+        ({"age": 30, "spend": 1e300}, r"feature 'spend' must be finite in float32"),
         ([30, 1.0], r"an instance is an object"),
     ],
 )
