@@ -56,6 +56,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
     from loadtests.harness.redis_server import EmbeddedRedis
 
     with EmbeddedRedis(port=args.port) as server:
+        # The full URL, password included, for the user who started it: their terminal, not a log.
         print(server.url, flush=True)
         try:
             while server.pid is not None:
@@ -105,7 +106,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.redis_url is None and settings.mode != "dynamic":
         embedded = EmbeddedRedis().start()
         settings = settings.model_copy(update={"redis_url": embedded.url})
-        print(f"embedded Redis at {embedded.url}", flush=True)
+        print(f"embedded Redis at {embedded.address} (password-protected)", flush=True)
     try:
         if embedded is not None and not args.no_precompute:
             head = settings.mode == "hybrid"

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
 
     mode: Mode = "hybrid"
     """Serving architecture: static (precomputed table), dynamic (model per request) or hybrid."""
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, repr=False)  # it may carry a password: never in a repr or a log
     """Redis URL (redis://, rediss:// for TLS, password in the URL); None: the CLI starts an embedded Redis."""
     redis_timeout_s: float = Field(0.25, gt=0, le=30)
     """Socket and connect timeout of every Redis call, in seconds."""
