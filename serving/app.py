@@ -25,7 +25,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, ServingError, TooManyKeys, Unauthorized
+from models.registry import RegistryError, resolve
+from serving.errors import (
+    AdminDisabled,
+    BodyTooLarge,
+    Forbidden,
+    ServingError,
+    TooManyKeys,
+    Unauthorized,
+    UnknownVersion,
+)
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import CircuitBreaker, RedisStore
@@ -252,9 +261,24 @@ def _add_admin_routes(app: FastAPI) -> None:
         """Load another model version (``latest`` re-reads the registry pointer)."""
         service = _service(request)
         if service.mode == "static":
+            _require_published(request.app.state.settings, body.version)
             await service.start()
             return JSONBody({"model_version": service.state.version})
         return JSONBody({"model_version": await service.load_model(body.version)})
+
+
+def _require_published(settings: Settings, version: str) -> None:
+    """:class:`UnknownVersion` unless ``version`` is ``latest`` or published in the registry.
+
+    Static reload re-reads the table pointer and has no model to load, so nothing else checks the
+    version; ``latest`` is not resolved, as a static server may run without a local registry.
+    """
+    if version == "latest":
+        return
+    try:
+        resolve(settings.registry, settings.model_name, version)
+    except RegistryError as exc:
+        raise UnknownVersion(f"model {settings.model_name!r} has no version {version!r}") from exc
 
 
 def app_from_env() -> FastAPI:

@@ -99,6 +99,20 @@ def test_parity_across_modes(make_settings, profile: str) -> None:  # type: igno
     assert results["static"] == results["dynamic"] == results["hybrid"]
 
 
+@pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
+def test_reload_unknown_version_is_404_in_every_mode(make_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(mode=mode)
+    if mode == "static":
+        _static_ready(settings)
+    with running(settings) as (_, client):
+        served = client.get(f"/v1/predict/{KEYS[0]}").json()["model_version"]
+        unknown = client.post("/v1/admin/reload", json={"version": "nope"}, headers=ADMIN)
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_version", unknown.text
+        for version in ("latest", served):
+            again = client.post("/v1/admin/reload", json={"version": version}, headers=ADMIN)
+            assert again.status_code == 200 and again.json() == {"model_version": served}, again.text
+
+
 def test_version_namespacing(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     import shutil
 
