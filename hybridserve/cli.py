@@ -92,9 +92,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     """Serve over HTTP; with no Redis URL, start an embedded Redis and precompute what the mode needs."""
     import uvicorn
 
-    from serving.precompute import precompute
     from loadtests.harness.redis_server import EmbeddedRedis
     from loadtests.harness.server_process import settings_env
+    from serving.http_server import uvicorn_options
+    from serving.precompute import precompute
 
     settings = _settings(args, mode=args.mode, host=args.host, port=args.port, workers=args.workers,
                          model_name=args.model, registry=args.registry, redis_url=args.redis_url)
@@ -117,7 +118,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ.update(settings_env(settings))
         print(f"serving {settings.mode} on http://{settings.host}:{settings.port}", flush=True)
         uvicorn.run("serving.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, loop="uvloop", http="httptools", access_log=False, log_level="warning")
+                    workers=settings.workers, loop="uvloop", access_log=False, log_level="warning",
+                    **uvicorn_options(settings))
     finally:
         if embedded is not None:
             embedded.close()

@@ -19,6 +19,7 @@ import uvicorn
 from models.registry import ModelArtifact
 from models.publish import build_and_publish
 from serving.app import create_app
+from serving.http_server import uvicorn_options
 from loadtests.harness.redis_server import EmbeddedRedis
 from serving.settings import Settings
 
@@ -58,7 +59,7 @@ class ServerThread:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, loop="asyncio", lifespan="on")
+                                access_log=False, loop="asyncio", lifespan="on", **uvicorn_options(settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
