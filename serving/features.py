@@ -16,7 +16,9 @@ from models.data import HOURS_PER_WEEK
 from serving.errors import MalformedKey, UnknownKey
 
 MAX_KEY_LENGTH = 16
-_KEY_RE = re.compile(r"(0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,2})")
+KEY_PATTERN = r"(0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,2})"
+"""A canonical key, ``<segment>:<hour_of_week>`` (also published in the OpenAPI schema)."""
+_KEY_RE = re.compile(KEY_PATTERN)
 
 
 def parse_key(key: str) -> tuple[int, int]:
