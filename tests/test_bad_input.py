@@ -82,6 +82,8 @@ CASES: list[tuple[str, Send, int, str | None]] = [
     ("admin without token", lambda c: c.post("/v1/admin/flush", json={}), 401, "unauthorized"),
     ("admin with a wrong token", lambda c: c.post("/v1/admin/flush", json={}, headers={"Authorization": "Bearer nope"}), 403, "forbidden"),
     ("invalid policy", lambda c: c.put("/v1/admin/policy", json={"admission": "after:0"}, headers=ADMIN), 422, "invalid_request"),
+    ("boolean for a policy number", lambda c: c.put("/v1/admin/policy", json={"l1_ttl_s": False}, headers=ADMIN), 422, "invalid_request"),
+    ("policy integer written 5.0", lambda c: c.put("/v1/admin/policy", json={"head_size": 5.0}, headers=ADMIN), 200, None),
     ("unknown model version", lambda c: c.post("/v1/admin/reload", json={"version": "nope"}, headers=ADMIN), 404, "unknown_version"),
     ("path in a version", lambda c: c.post("/v1/admin/reload", json={"version": "../x"}, headers=ADMIN), 422, "invalid_request"),
 ]
