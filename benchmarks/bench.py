@@ -1,8 +1,9 @@
 """Side-by-side throughput benchmarks of hybridserve (``make bench``); writes benchmarks/results.md.
 
-Every server under test is started at once, pinned to the last core with taskset; the load
-generator (wrk if on PATH, else a closed-loop asyncio HTTP/1.1 keep-alive client in several
-processes) is pinned to core 0 together with Redis. Contenders are measured in alternating rounds
+Every server under test is started at once (through loadtests.harness), pinned to the last core
+with taskset; the load generator (a closed-loop asyncio HTTP/1.1 keep-alive client in several
+processes; wrk is not used even when on PATH, since per-request latencies come from our own
+generator) is pinned to core 0 together with Redis. Contenders are measured in alternating rounds
 so that noise from other work on the machine hits all of them alike; only ratios are meant to be
 compared. Traffic goes to 127.0.0.1 only. Bounded: a few seconds per contender per round.
 """
@@ -25,7 +26,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from loadtests.harness.server_process import process_cpu_s, wait_until_ready  # noqa: E402  (after the path)
+from loadtests.harness.server_process import ManagedProcess, pinned, split_cores  # noqa: E402  (after the path)
 
 DURATION_S = float(os.environ.get("BENCH_DURATION_S", "4"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
@@ -84,74 +85,33 @@ def loadgen_main(argv: list[str]) -> None:
 
 # ---------------------------------------------------------------- orchestration
 
-def _pin(argv: list[str], cores: str | None) -> list[str]:
-    if cores is None or shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
-        return argv
-    return ["taskset", "-c", cores, *argv]
+GEN_CORE, SERVER_CORE = split_cores()
 
 
-def _cores() -> tuple[str | None, str | None]:
-    cores = sorted(os.sched_getaffinity(0))
-    if len(cores) < 2:
-        return None, None
-    return str(cores[0]), str(cores[-1])
-
-
-GEN_CORE, SERVER_CORE = _cores()
-
-
-@dataclass
-class Server:
-    name: str
-    argv: list[str]
-    env: dict[str, str]
-    port: int
-    cores: str | None
-    proc: subprocess.Popen | None = None
-    log: object = None
-
-    def start(self) -> None:
-        # stderr to a file, never a pipe nobody reads (a chatty server would block on a full pipe)
-        self.log = tempfile.TemporaryFile()
-        self.proc = subprocess.Popen(_pin(self.argv, self.cores), env={**os.environ, **self.env}, cwd=ROOT,
-                                     stdout=subprocess.DEVNULL, stderr=self.log)
-
-    def wait_ready(self, path: str = "/healthz", timeout: float = 120.0) -> None:
-        try:
-            wait_until_ready(f"http://127.0.0.1:{self.port}{path}", self.proc, self.log, timeout)
-        except RuntimeError as exc:
-            raise RuntimeError(f"{self.name}: {exc}") from None
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def _on(core: int | None) -> list[int] | None:
+    return None if core is None else [core]
 
 
 @dataclass
 class Contender:
     name: str
-    server: Server
+    server: ManagedProcess
     paths: list[str]
     conns: int = CONNS
-    gen_cores: str | None = GEN_CORE
+    gen_cores: list[int] | None = field(default_factory=lambda: _on(GEN_CORE))
     runs: list[dict] = field(default_factory=list)
 
 
 def measure(c: Contender, duration: float, seed: int) -> dict:
     argv = [sys.executable, str(Path(__file__).resolve()), "--loadgen"]
     per = max(1, c.conns // GEN_PROCS)
-    cpu0 = process_cpu_s(c.server.proc.pid)
+    cpu0 = c.server.cpu_s()
     t0 = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="hybridserve-bench-"))
     files = [workdir / f"gen{i}.json" for i in range(GEN_PROCS)]
     for f in files:
         f.write_text(json.dumps(c.paths))
-    gens = [subprocess.Popen(_pin([*argv, str(c.server.port), str(per), str(duration), str(seed + i), str(f)], c.gen_cores))
+    gens = [subprocess.Popen(pinned([*argv, str(c.server.port), str(per), str(duration), str(seed + i), str(f)], c.gen_cores))
             for i, f in enumerate(files)]
     for g in gens:
         if g.wait(duration + 60) != 0:
@@ -159,7 +119,7 @@ def measure(c: Contender, duration: float, seed: int) -> dict:
     wall = time.perf_counter() - t0
     outs = [json.loads(f.read_text()) for f in files]
     shutil.rmtree(workdir, ignore_errors=True)
-    server_cpu = process_cpu_s(c.server.proc.pid) - cpu0
+    server_cpu = c.server.cpu_s() - cpu0
     lat = sorted(x for o in outs for x in o["lat"])
     n = len(lat)
     gen_wall = max(o["wall"] for o in outs)
@@ -172,7 +132,7 @@ def measure(c: Contender, duration: float, seed: int) -> dict:
     return run
 
 
-def warm(server: Server, paths: list[str], expect_source: str | None) -> None:
+def warm(server: ManagedProcess, paths: list[str], expect_source: str | None) -> None:
     import httpx
     with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30.0) as client:
         for p in paths:
@@ -197,7 +157,7 @@ def main() -> int:
     import sklearn
     import uvicorn
 
-    from models.registry import RegistryError, resolve
+    from models.registry import RegistryError, model_name, resolve
     from models.publish import build_and_publish
     from serving.precompute import precompute
     from loadtests.harness.redis_server import EmbeddedRedis, free_port
@@ -206,7 +166,7 @@ def main() -> int:
     began = time.perf_counter()
     for profile in ("light", "heavy"):
         try:
-            resolve(REGISTRY, f"traffic-{profile}")
+            resolve(REGISTRY, model_name(profile))
         except RegistryError:
             print(f"training {profile} ...", flush=True)
             build_and_publish(profile, REGISTRY)
@@ -219,7 +179,7 @@ def main() -> int:
 
     redis_srv = EmbeddedRedis().start()
     if GEN_CORE is not None:
-        os.sched_setaffinity(redis_srv.pid, {int(GEN_CORE)})
+        os.sched_setaffinity(redis_srv.pid, {GEN_CORE})
     servers: list[Server] = []
     try:
         # Precompute the whole light table into Redis: the precompute benchmark, and the L2 data.
@@ -229,12 +189,12 @@ def main() -> int:
         redis_bench = _redis_benchmark(redis_srv)
 
         py = sys.executable
-        cli = [py, "-m", "hybridserve.cli", "serve", "--registry", str(REGISTRY), "--no-precompute"]
+        cli = [py, "-m", "hybridserve", "serve", "--registry", str(REGISTRY), "--no-precompute"]
 
-        def ours(name: str, mode: str, model: str, cores: str | None, **env: str) -> Server:
+        def ours(name: str, mode: str, model: str, core: int | None, **env: str) -> ManagedProcess:
             port = free_port()
-            s = Server(name, [*cli, "--mode", mode, "--port", str(port), "--model", model],
-                       {"HYBRIDSERVE_REDIS_URL": redis_srv.url, **env}, port, cores)
+            s = ManagedProcess(name, [*cli, "--mode", mode, "--port", str(port), "--model", model], port=port,
+                               env={"HYBRIDSERVE_REDIS_URL": redis_srv.url, **env}, cores=_on(core), ready_path="/healthz")
             servers.append(s)
             return s
 
@@ -246,12 +206,13 @@ def main() -> int:
         w1 = ours("hybrid-w1-unpinned", "hybrid", "traffic-light", None, HYBRIDSERVE_WORKERS="1")
         w2 = ours("hybrid-w2-unpinned", "hybrid", "traffic-light", None, HYBRIDSERVE_WORKERS="2")
         proto_port = free_port()
-        proto = Server("prototype", [py, str(ROOT / "benchmarks" / "prototype.py"), str(proto_port)], {}, proto_port, SERVER_CORE)
+        proto = ManagedProcess("prototype", [py, str(ROOT / "benchmarks" / "prototype.py"), str(proto_port)], port=proto_port,
+                               cores=_on(SERVER_CORE), ready_path="/healthz")
         servers.append(proto)
         for s in servers:
-            s.start()
+            s.launch()
         for s in servers:
-            s.wait_ready()
+            s.wait_ready(timeout_s=120.0)
         print(f"servers ready after {time.perf_counter() - began:.0f}s", flush=True)
 
         rng = random.Random(7)
@@ -311,8 +272,9 @@ def _redis_benchmark(redis_srv) -> dict:
         binary = str(sibling)
     if binary:
         # -a puts the password on a command line: acceptable for this private, short-lived server only.
-        out = subprocess.run(_pin([binary, "-h", "127.0.0.1", "-p", str(redis_srv.port), "-a", redis_srv.password,
-                                   "-P", "64", "-t", "set", "-n", "200000", "-q"], GEN_CORE), capture_output=True, text=True, timeout=120).stdout
+        out = subprocess.run(pinned([binary, "-h", "127.0.0.1", "-p", str(redis_srv.port), "-a", redis_srv.password,
+                                     "-P", "64", "-t", "set", "-n", "200000", "-q"], _on(GEN_CORE)),
+                             capture_output=True, text=True, timeout=120).stdout
         return {"tool": binary, "output": out.strip()}
     import redis
     client = redis.Redis.from_url(redis_srv.url)
@@ -375,7 +337,8 @@ def _write(cs: dict[str, Contender], report, redis_bench: dict, generator: str, 
          "- floor: GET /healthz on the hybrid server (constant body = the framework floor). L1 hit: 64 keys warmed into L1 "
          "(checked `source == \"l1\"`). Redis hit: HYBRIDSERVE_L1_SIZE=0, 2000 keys from the full light table precomputed into Redis "
          "(checked `source == \"redis\"`). Dynamic/prototype: the same 2000 random keys.",
-         "- Server CPU: psutil user+sys time of the server process and its children over the window; per prediction = CPU / requests.",
+         "- Server CPU: the CPU time of the server process and its children over the window, from each thread's "
+         "/proc schedstat (nanoseconds; psutil's 10 ms ticks where schedstat is missing); per prediction = CPU / requests.",
          f"- Generator saturation: its CPU time / wall, summed over its processes (1.0 = its whole core). Highest seen on the pinned runs: "
          f"**{gen_max:.2f}**. " + ("The generator was saturated (>= 0.9 core): the server may not have been, so the ratios against the floor are lower bounds for the faster contenders' server cost and the floor itself is a lower bound."
                                    if gen_max >= 0.9 else "The generator was not saturated, so the server core was the bottleneck."),

@@ -1,6 +1,6 @@
 """Soak test: a hybrid server under a fixed request rate for a long time, watched per time window.
 
-Starts ``python -m hybridserve.cli serve --mode hybrid`` as a subprocess on loopback (embedded Redis,
+Starts ``python -m hybridserve serve --mode hybrid`` as a subprocess on loopback (embedded Redis,
 head precomputed), sends ``GET /v1/predict/{key}`` with Zipf keys at a fixed rate (open loop: each
 request leaves at its scheduled time, whatever the latency), and prints per window the requests,
 errors, achieved rate and latency percentiles, plus the server's RSS at start and end. Exits 1 on
@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import json
 import os
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from models.data import HOURS_PER_WEEK  # noqa: E402
 from models.registry import RegistryError, resolve  # noqa: E402
 from models.publish import build_and_publish  # noqa: E402
 from loadtests.harness.redis_server import free_port  # noqa: E402
+from loadtests.harness.server_process import ManagedProcess  # noqa: E402
 
 MODEL = "traffic-light"
 STARTUP_TIMEOUT_S = 120.0
@@ -71,29 +71,6 @@ def _segments(registry: Path) -> int:
     return int(np.load(artifact.path / "features.npy", mmap_mode="r").shape[0]) // HOURS_PER_WEEK
 
 
-def _start_server(registry: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("HYBRIDSERVE_")}
-    return subprocess.Popen(
-        [sys.executable, "-m", "hybridserve.cli", "serve", "--mode", "hybrid", "--host", "127.0.0.1",
-         "--port", str(port), "--registry", str(registry)],
-        cwd=ROOT, env=env,
-    )
-
-
-async def _wait_ready(client: httpx.AsyncClient, server: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise RuntimeError(f"server exited with {server.returncode} before it was ready")
-        try:
-            if (await client.get("/readyz", timeout=1.0)).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        await asyncio.sleep(0.2)
-    raise RuntimeError(f"server not ready within {STARTUP_TIMEOUT_S}s")
-
-
 async def _one(client: httpx.AsyncClient, key: str, window: Window) -> None:
     start = time.perf_counter()
     try:
@@ -116,13 +93,14 @@ def _rss_mb(proc: psutil.Process) -> float:
 async def soak(seconds: float, rate: float, window_s: float, registry: Path) -> int:
     """Run the soak; returns the number of failed requests."""
     keys = ZipfKeys(_segments(registry) * HOURS_PER_WEEK, ZIPF_S, seed=7)
-    port = free_port()
-    server = _start_server(registry, port)
+    # Hybrid with the CLI's own set-up: an embedded Redis and the head precomputed before serving.
+    server = ManagedProcess("hybridserve", [sys.executable, "-m", "hybridserve", "serve", "--mode", "hybrid",
+                                            "--port", str(port := free_port()), "--registry", str(registry)], port=port)
     limits = httpx.Limits(max_connections=MAX_IN_FLIGHT, max_keepalive_connections=64)
     total_errors = 0
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", limits=limits) as client:
-            await _wait_ready(client, server)
+        server.launch().wait_ready(STARTUP_TIMEOUT_S)
+        async with httpx.AsyncClient(base_url=server.url, limits=limits) as client:
             proc = psutil.Process(server.pid)
             rss_start = _rss_mb(proc)
             print(json.dumps({"start": {"rate": rate, "seconds": seconds, "window_s": window_s, "server_rss_mb": round(rss_start, 1)}}), flush=True)
@@ -156,11 +134,7 @@ async def soak(seconds: float, rate: float, window_s: float, registry: Path) -> 
                                       "server_rss_mb_end": round(rss_end, 1), "rss_growth_mb": round(rss_end - rss_start, 1),
                                       "hit_ratio": stats["hit_ratio"], "l1": stats["l1"]}}), flush=True)
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        server.stop()
     return total_errors
 
 

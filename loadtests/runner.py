@@ -5,7 +5,12 @@ pinned to its own core with taskset when there are two or more), the mode prepar
 key precomputed; hybrid: the head precomputed from a sample of earlier traffic, L1 empty), a
 warm-up, then Locust in its own process for a fixed time at a fixed offered rate. Around the
 measured window it samples server CPU (per-thread schedstat, the server process and its children), Redis CPU
-(``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and Redis memory.
+(``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and the keys the run stored in Redis
+(``MEMORY USAGE`` summed over the run's namespace, so a mode that stores nothing reports 0 because
+it stored nothing). Rates and the reported duration are over Locust's traffic window, from the start
+of its statistics to its last response (not Locust's start-up and shutdown). Nothing else reaches
+the server between the two snapshots, so its counters count exactly the requests of that window and
+its CPU reading adds only the server's idle time around it.
 
 Latency comes from two places, both reported: the client side (Locust's unrounded response times,
 loopback included, kept by the locustfile at 2% resolution; Locust's own statistics round to whole
@@ -14,7 +19,8 @@ milliseconds below 100 ms) and the server's histogram (server side, resolution =
 
 Example::
 
-    results = compare(Path("registry"), quick=True)
+    specs = [RunSpec(profile="light", mode=mode) for mode in ("static", "dynamic", "hybrid")]
+    records = compare(Path("registry"), specs, prices=cost.Prices())   # results.json records
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,10 +42,11 @@ import redis
 
 from loadtests import cost
 from loadtests.keys import key_stream
-from models.registry import resolve
+from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
 from loadtests.harness.redis_server import EmbeddedRedis
 from loadtests.harness.server_process import ServerProcess, pinned
+from serving.modes import precomputes
 from serving.settings import Settings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
@@ -47,6 +55,8 @@ HEAD_SAMPLE_REQUESTS = 100_000
 # Achieved below this share of the offered rate means the generator (or server) could not keep up.
 SATURATION_SHARE = 0.95
 LOCUST_CPU_SATURATED = 90.0
+SCAN_COUNT = 1000
+CPU_SAMPLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -67,7 +77,7 @@ class RunSpec:
     @property
     def model_name(self) -> str:
         """Registry name of the profile's model."""
-        return f"traffic-{self.profile}"
+        return model_name(self.profile)
 
     @property
     def label(self) -> str:
@@ -86,6 +96,7 @@ class RunResult:
     failures: int
     failure_reasons: dict[str, int]
     duration_s: float
+    """Locust's traffic window (start of its statistics to last response): the window the rates are over."""
     offered_rps: float
     achieved_rps: float
     latency_ms: dict[str, float]
@@ -95,17 +106,33 @@ class RunResult:
     server_cpu_us_per_request: float
     redis_cpu_us_per_request: float
     redis_bytes: int
+    """Bytes of the keys stored under the run's namespace at the end (``MEMORY USAGE`` summed: entry,
+    key and value; not the hash table's bucket array, at most 8 bytes a key more)."""
+    redis_keys: int
+    """Keys stored under the run's namespace at the end."""
+    redis_keys_added: int
+    """Keys the server added to Redis during the measured window (hybrid: its admissions)."""
+    redis_bytes_added: int
+    """Bytes of those added keys."""
     l1_entries: int
     precompute_s: float
     precompute_cpu_s: float
     load_generator_saturated: bool
+    """Achieved below ``SATURATION_SHARE`` of the offered rate, or Locust at ``LOCUST_CPU_SATURATED``."""
     load_generator_cpu_percent: float
+    """Locust's peak CPU percent over one-second intervals inside the traffic window."""
     cost: dict[str, Any] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
-        """Flat JSON-ready record."""
+        """Flat JSON-ready record: the spec's fields, then the measured ones.
+
+        The spec's ``duration_s`` (what Locust was asked for) becomes ``requested_duration_s``, so it
+        cannot overwrite the measured ``duration_s`` that the rates and the cost are over.
+        """
         record = asdict(self)
-        record.update(record.pop("spec"))
+        spec = record.pop("spec")
+        spec["requested_duration_s"] = spec.pop("duration_s")
+        record.update(spec)
         return record
 
 
@@ -136,9 +163,10 @@ def _head_keys(spec: RunSpec, segments: int, workdir: Path) -> list[str]:
 
 def _prepare(spec: RunSpec, settings: Settings, segments: int, workdir: Path) -> tuple[float, float]:
     """Precompute what the mode needs; returns (wall seconds, CPU seconds)."""
-    if spec.mode == "dynamic":
+    needed = precomputes(spec.mode)
+    if needed is None:
         return 0.0, 0.0
-    keys = None if spec.mode == "static" else _head_keys(spec, segments, workdir)
+    keys = None if needed == "table" else _head_keys(spec, segments, workdir)
     report = precompute(settings, keys, progress=False)
     return report.seconds, report.cpu_seconds
 
@@ -153,7 +181,7 @@ def _warm_up(url: str, spec: RunSpec, segments: int) -> None:
 # ----- measurement -------------------------------------------------------------------------------
 
 def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[dict[str, Any], float]:
-    """Run Locust headless; returns its final statistics and its peak CPU percent."""
+    """Run Locust headless; returns its final statistics and its peak CPU percent in the traffic window."""
     # --json prints the complete final statistics on stdout (the --csv files are rewritten only
     # once a second and miss the last second of a run); failure reasons still go to stderr.
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--json",
@@ -171,7 +199,9 @@ def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[
     latency_path = workdir / "latency.json"
     if latency_path.exists():
         stats["latency_ms"].update(precise_percentiles(json.loads(latency_path.read_text())))
-    return stats, max(samples[1:-1] or samples or [0.0])
+    # Only the traffic window: Locust's start-up (imports, a second or more of full CPU on a loaded
+    # machine) would otherwise read as a saturated generator in a short run.
+    return stats, window_cpu_percent(samples, *stats["window"])
 
 
 def precise_percentiles(buckets: list[list[float]]) -> dict[str, float]:
@@ -180,21 +210,36 @@ def precise_percentiles(buckets: list[list[float]]) -> dict[str, float]:
     return {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
 
 
-def _watch_cpu(proc: psutil.Popen, timeout_s: float) -> list[float]:
-    """Sample a process's CPU percent once a second until it exits (killed after ``timeout_s``)."""
-    proc.cpu_percent(None)
-    samples: list[float] = []
+def _watch_cpu(proc: psutil.Popen, timeout_s: float) -> list[tuple[float, float]]:
+    """``(wall clock, CPU seconds so far)`` of a process every ``CPU_SAMPLE_S`` until it exits
+    (killed after ``timeout_s``). The wall clock is ``time.time()``, the clock of Locust's statistics."""
+    samples: list[tuple[float, float]] = []
     deadline = time.monotonic() + timeout_s
     while proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(1.0)
         try:
-            samples.append(proc.cpu_percent(None))
+            used = proc.cpu_times()
         except psutil.NoSuchProcess:
             break
+        samples.append((time.time(), used.user + used.system))
+        time.sleep(CPU_SAMPLE_S)
     if proc.poll() is None:
         proc.kill()
     proc.wait()
     return samples
+
+
+def window_cpu_percent(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """Peak CPU percent over the sampling intervals that lie inside ``[start, end]``.
+
+    ``samples`` are ``(wall clock, CPU seconds so far)``. When no whole interval fits in the window
+    (a window shorter than the sampling period), the mean over the two samples around it.
+    """
+    inside = [(a, b) for a, b in zip(samples, samples[1:]) if start <= a[0] and b[0] <= end]
+    if not inside:
+        before = [s for s in samples if s[0] <= start][-1:]
+        after = [s for s in samples if s[0] >= end][:1]
+        inside = [(before[0], after[0])] if before and after else []
+    return max(((b[1] - a[1]) / (b[0] - a[0]) * 100 for a, b in inside if b[0] > a[0]), default=0.0)
 
 
 def _percentile(histogram: Counter[float], q: float) -> float:
@@ -208,7 +253,8 @@ def _percentile(histogram: Counter[float], q: float) -> float:
 
 
 def locust_stats(entries: list[dict[str, Any]], stderr: str = "") -> dict[str, Any]:
-    """Totals, rate and latency percentiles from ``locust --json`` output (all request names)."""
+    """Totals, rate, traffic window (``window``: wall-clock start and end, ``span_s``: its length) and
+    latency percentiles from ``locust --json`` output (all request names)."""
     histogram: Counter[float] = Counter()
     requests = failures = 0
     total_ms, longest = 0.0, 0.0
@@ -222,10 +268,13 @@ def locust_stats(entries: list[dict[str, Any]], stderr: str = "") -> dict[str, A
         for value, count in entry["response_times"].items():
             histogram[float(value)] += count
     span = end - start if requests and end > start else 0.0
+    window = (start, end) if span else (0.0, 0.0)
     return {
         "requests": requests,
         "failures": failures,
         "rps": requests / span if span else 0.0,
+        "span_s": span,
+        "window": window,
         "latency_ms": {"p50": _percentile(histogram, 0.5), "p95": _percentile(histogram, 0.95),
                        "p99": _percentile(histogram, 0.99), "max": longest,
                        "mean": total_ms / requests if requests else 0.0},
@@ -287,8 +336,22 @@ def _hit_ratio(counts: dict[str, int]) -> dict[str, float]:
             "total": (counts["l1_hits"] + counts["redis_hits"]) / served}
 
 
-def _used_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])
+@dataclass(frozen=True)
+class StoredKeys:
+    """What a run holds in Redis under its namespace."""
+
+    keys: int
+    bytes: int
+
+    @classmethod
+    def read(cls, client: redis.Redis, namespace: str) -> StoredKeys:
+        """Count the namespace's keys (SCAN) and sum their ``MEMORY USAGE`` (one pipelined round trip)."""
+        names = list(client.scan_iter(match=f"{namespace}:*", count=SCAN_COUNT))
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.memory_usage(name, samples=0)
+        sizes = pipe.execute() if names else []
+        return cls(len(names), sum(int(size or 0) for size in sizes))
 
 
 def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
@@ -301,25 +364,23 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
         os.sched_setaffinity(redis_server.pid or 0, load_cores)  # Redis shares the generator's core
         workdir = Path(tmp)
         client = redis.Redis.from_url(redis_server.url)
-        baseline = _used_memory(client)
         settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
                             l1_size=spec.l1_size, head_size=spec.head_size)
         pre_s, pre_cpu = _prepare(spec, settings, segments, workdir)
         with ServerProcess(settings, server_cores) as server:
             _warm_up(server.url, spec, segments)
+            stored0 = StoredKeys.read(client, settings.redis_namespace)
             before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
-            started = time.monotonic()
             locust, locust_cpu = _run_locust(spec, server.url, segments, workdir)
-            elapsed = time.monotonic() - started
             after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
-        redis_bytes = max(0, _used_memory(client) - baseline)
+            stored1 = StoredKeys.read(client, settings.redis_namespace)
         client.close()
-    return _result(spec, artifact.version, key_count, locust, locust_cpu, elapsed, before, after,
-                   (cpu1 - cpu0, rcpu1 - rcpu0), redis_bytes, (pre_s, pre_cpu), prices, target)
+    return _result(spec, artifact.version, key_count, locust, locust_cpu, before, after,
+                   (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), (pre_s, pre_cpu), prices, target)
 
 
-def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float, elapsed: float,
-            before: dict[str, Any], after: dict[str, Any], cpu: tuple[float, float], redis_bytes: int,
+def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float,
+            before: dict[str, Any], after: dict[str, Any], cpu: tuple[float, float], stored: tuple[StoredKeys, StoredKeys],
             pre: tuple[float, float], prices: cost.Prices, target: cost.Scenario | None) -> RunResult:
     counts = _delta_counts(before, after)
     requests = max(1, counts["requests"] + counts["errors"])
@@ -327,11 +388,12 @@ def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any],
     saturated = achieved < SATURATION_SHARE * spec.rate or locust_cpu >= LOCUST_CPU_SATURATED
     result = RunResult(
         spec=spec, model_version=version, key_count=key_count, requests=locust["requests"], failures=locust["failures"],
-        failure_reasons=locust["failure_reasons"], duration_s=elapsed, offered_rps=spec.rate, achieved_rps=achieved,
+        failure_reasons=locust["failure_reasons"], duration_s=locust["span_s"], offered_rps=spec.rate, achieved_rps=achieved,
         latency_ms=locust["latency_ms"], server_latency_ms=_histogram_quantiles(before["histogram"], after["histogram"]),
         hit_ratio=_hit_ratio(counts), tier_counts=counts,
         server_cpu_us_per_request=cpu[0] / requests * 1e6, redis_cpu_us_per_request=cpu[1] / requests * 1e6,
-        redis_bytes=redis_bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
+        redis_bytes=stored[1].bytes, redis_keys=stored[1].keys, redis_keys_added=stored[1].keys - stored[0].keys,
+        redis_bytes_added=stored[1].bytes - stored[0].bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
         precompute_cpu_s=pre[1], load_generator_saturated=saturated, load_generator_cpu_percent=locust_cpu,
     )
     result.cost = _cost(result, prices, target)

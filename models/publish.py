@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from models import data, export
-from models.registry import CARD_FILE, FEATURES_FILE, MODEL_FILE, ModelArtifact, content_version, set_latest
-from models.train import Profile, TrainResult, ambiguous_rows, model_name, train_profile
+from models.registry import CARD_FILE, FEATURES_FILE, MODEL_FILE, ModelArtifact, content_version, model_name, set_latest
+from models.train import Profile, TrainResult, ambiguous_rows, train_profile
 
 # Held-out rows compared with scikit-learn (the holdout metrics use every held-out row): enough to
 # catch a conversion error, few enough that brute-force kNN in scikit-learn stays quick.

@@ -32,6 +32,11 @@ LATEST_FILE = "latest"
 VERSION_HEX_CHARS = 12
 
 
+def model_name(profile: str) -> str:
+    """Registry name of a demo profile's model (``light`` -> ``traffic-light``): spelled here only."""
+    return f"traffic-{profile}"
+
+
 class RegistryError(LookupError):
     """A model or version is missing or unreadable in the registry."""
 

@@ -65,10 +65,6 @@ class TrainResult:
     y_holdout: np.ndarray
 
 
-def model_name(profile: Profile) -> str:
-    """Registry name of a profile's model."""
-    return f"traffic-{profile}"
-
 
 def _estimator(profile: Profile, seed: int) -> RegressorMixin:
     if profile == "light":

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -23,26 +23,30 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.registry import RegistryError, resolve
+from serving import logs
 from serving.errors import (
     AdminDisabled,
     BodyTooLarge,
     Forbidden,
+    InvalidRequest,
     ServingError,
     StoreUnavailable,
     TooManyKeys,
     Unauthorized,
     UnknownVersion,
 )
+from serving.modes import uses_store
 from serving.openapi import install_openapi
 from serving.service import PredictionService
 from serving.settings import Settings
-from serving.store import CircuitBreaker, RedisStore
+from serving.store import build_store
+from serving.v2 import router as v2_router
 
 OUTAGE_LOG_INTERVAL_S = 1.0
 _log = logging.getLogger(__name__)
@@ -67,6 +71,7 @@ def _integral_float_as_int(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+ADMISSION_PATTERN = r"^\s*([Aa][Ll][Ww][Aa][Yy][Ss]|[Aa][Ff][Tt][Ee][Rr]:0*[1-9][0-9]*)\s*$"
 PolicyCount = Annotated[StrictInt, Field(ge=0, le=100_000_000), BeforeValidator(_integral_float_as_int)]
 """A size or TTL of the policy: 5 and 5.0 pass; true, 5.5 and "5" do not (constraints before the
 validator, so the schema still shows minimum and maximum)."""
@@ -88,14 +93,15 @@ class FlushRequest(BaseModel):
 
 
 class PolicyRequest(BaseModel):
-    """Body of ``PUT /v1/admin/policy``: fields left out keep their value."""
+    """Body of ``PUT /v1/admin/policy``: fields left out keep their value. Values are checked by
+    the same rules as the ``HYBRIDSERVE_*`` settings of the same names (one source of truth)."""
 
     model_config = ConfigDict(extra="forbid")
     l1_size: PolicyCount | None = None
     l1_ttl_s: StrictFloat | None = Field(None, ge=0, le=10_000_000)
     redis_ttl_s: PolicyCount | None = None
-    admission: StrictStr | None = Field(None, pattern=r"^(always|after:[1-9][0-9]{0,5})$")
-    head_size: PolicyCount | None = None
+    # The pattern documents what the settings rule accepts (any case, spaces around): /docs and the fuzzer.
+    admission: StrictStr | None = Field(None, pattern=ADMISSION_PATTERN, description="'always' or 'after:N'")
 
 
 class ReloadRequest(BaseModel):
@@ -154,12 +160,7 @@ def _require_admin(request: Request) -> None:
 
 
 def _build_service(settings: Settings) -> PredictionService:
-    store = None
-    if settings.mode != "dynamic":
-        if not settings.redis_url:
-            raise ValueError(f"mode {settings.mode!r} needs a Redis: set HYBRIDSERVE_REDIS_URL (the CLI starts an embedded one)")
-        breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
-        store = RedisStore(settings.redis_url, settings.redis_timeout_s, breaker)
+    store = build_store(settings) if uses_store(settings.mode) else None
     return PredictionService(settings, store)
 
 
@@ -168,13 +169,16 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
         service = _build_service(settings)
         await service.start()
         app.state.service = service
+        logs.log_event("server_start", mode=settings.mode, model_name=settings.model_name, model_version=_version(service))
         try:
             yield
         finally:
             await service.close()
+            logs.log_event("server_stop", mode=settings.mode, model_name=settings.model_name)
 
     app = FastAPI(title="hybridserve", version="0.1.0", lifespan=lifespan,
                   description="Static, dynamic and hybrid (cached) serving of one ONNX model.")
@@ -185,6 +189,7 @@ def create_app(settings: Settings) -> FastAPI:
     _add_prediction_routes(app, settings)
     _add_operation_routes(app)
     _add_admin_routes(app)
+    app.include_router(v2_router)  # Open Inference Protocol (KServe V2), serving/v2.py
     install_openapi(app, settings)
     return app
 
@@ -196,10 +201,7 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()[:5]
-        )
-        return _error(422, "invalid_request", problems or "invalid request")
+        return _error(InvalidRequest.status, InvalidRequest.code, _validation_detail(exc.errors()))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
@@ -254,6 +256,12 @@ def _install_outage_handler(app: FastAPI, settings: Settings) -> None:
     async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
         outages.warning(address, _without_password(exc.detail, settings.redis_url))
         return _error(exc.status, exc.code, "cache unavailable")
+
+
+def _validation_detail(errors: Sequence[Any]) -> str:
+    """pydantic's errors as one line: ``location: message; ...`` (at most five)."""
+    problems = "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5])
+    return problems or "invalid request"
 
 
 async def _predict_one(request: Request, key: str) -> Response:
@@ -321,18 +329,27 @@ def _add_admin_routes(app: FastAPI) -> None:
 
     @app.put("/v1/admin/policy", dependencies=admin)
     async def policy(body: PolicyRequest, request: Request) -> Response:
-        """Change L1 size, TTLs, admission rule or head size at run time."""
-        return JSONBody({"policy": _service(request).configure(**body.model_dump(exclude_none=True))})
+        """Change L1 size, TTLs or the admission rule at run time (the head is set at precompute)."""
+        try:
+            return JSONBody({"policy": _service(request).configure(**body.model_dump(exclude_none=True))})
+        except ValidationError as exc:
+            raise InvalidRequest(_validation_detail(exc.errors())) from None
 
     @app.post("/v1/admin/reload", dependencies=admin)
     async def reload(body: ReloadRequest, request: Request) -> Response:
         """Load another model version (``latest`` re-reads the registry pointer)."""
         service = _service(request)
-        if service.mode == "static":
+        if not service.computes:
             _require_published(request.app.state.settings, body.version)
-            await service.start()
-            return JSONBody({"model_version": service.state.version})
-        return JSONBody({"model_version": await service.load_model(body.version)})
+        before = _version(service)
+        loaded = await service.reload(body.version)
+        logs.log_event("reload", requested=body.version, previous_version=before, model_version=loaded)
+        return JSONBody({"model_version": loaded})
+
+
+def _version(service: PredictionService) -> str | None:
+    """The version served now (None before there is one), from the stats: no Redis round trip."""
+    return service.stats()["model_version"]  # type: ignore[no-any-return]
 
 
 def _require_published(settings: Settings, version: str) -> None:

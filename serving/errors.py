@@ -22,6 +22,13 @@ class BadRequest(ServingError):
     """The request is malformed (body, types, sizes)."""
 
 
+class InvalidRequest(ServingError):
+    """A request body or value breaks a documented rule."""
+
+    status = 422
+    code = "invalid_request"
+
+
 class MalformedKey(ServingError):
     """A key does not have the form ``<segment>:<hour_of_week>``."""
 
@@ -34,6 +41,10 @@ class UnknownKey(ServingError):
 
     status = 404
     code = "unknown_key"
+
+
+class NotStored(UnknownKey):
+    """No tier holds the key and none computes it (static: the key is not in the precomputed table)."""
 
 
 class UnknownVersion(ServingError):
@@ -111,13 +122,47 @@ class TooManyConnections(Unavailable):
     code = "too_many_connections"
 
 
-class StoreUnavailable(Unavailable):
-    """Redis did not answer within its timeout, or the circuit breaker is open."""
+class StoreError(Unavailable):
+    """The prediction store could not answer this call (base of the three below)."""
+
+    code = "cache_unavailable"
+
+
+class StoreUnavailable(StoreError):
+    """An outage: Redis did not answer within its timeout, the connection broke, or the circuit
+    breaker is open. The only store error the breaker counts."""
 
     code = "redis_unavailable"
+
+
+class StoreRejected(StoreError):
+    """Redis answered with an error reply (OOM on a write, WRONGTYPE...): it is up, so this is
+    never counted as an outage."""
+
+    code = "redis_error"
+
+
+class CorruptPrediction(StoreError):
+    """A stored value does not decode to a finite float32: never served."""
+
+    code = "corrupt_value"
 
 
 class NotReady(Unavailable):
     """The served state is missing (no model loaded, no precomputed table)."""
 
     code = "not_ready"
+
+
+class TableUnavailable(NotReady):
+    """Static mode has no complete precomputed table to serve (never run, or lost with Redis's
+    data): every key is unanswerable, so the server is not ready rather than 404 for valid keys."""
+
+    code = "table_unavailable"
+
+
+class UnsupportedInput(ServingError):
+    """A V2 inference input this server cannot take yet (a datatype or tensor name it does not serve)."""
+
+    status = 400
+    code = "unsupported_input"

@@ -17,6 +17,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from serving.errors import CorruptPrediction, StoreError
+
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 SOURCES = ("l1", "redis", "model")
@@ -37,10 +39,41 @@ class Counts:
     admitted: int = 0
     not_admitted: int = 0
     redis_fallbacks: int = 0
+    redis_write_errors: int = 0
+    corrupt_values: int = 0
 
     def as_dict(self) -> dict[str, int]:
         """All counters by name."""
         return asdict(self)
+
+    # The tier walk's observer (serving.tiers.TierObserver): the server's counts and the tuner's
+    # replay counts are the same object, so both count the same way.
+
+    def looked_up(self, tier: str, hits: int, misses: int) -> None:
+        """A tier answered ``hits`` keys and missed ``misses``."""
+        if tier == "l1":
+            self.l1_hits += hits
+            self.l1_misses += misses
+        elif tier == "redis":
+            self.redis_hits += hits
+            self.redis_misses += misses
+        else:
+            self.model_rows += hits
+
+    def fell_through(self, tier: str, error: StoreError) -> None:
+        """Redis failed (or held a corrupt value) and the model answered instead."""
+        self.redis_fallbacks += 1
+        if isinstance(error, CorruptPrediction):
+            self.corrupt_values += 1
+
+    def admission_decided(self, admitted: int, refused: int) -> None:
+        """Computed values let into the caches, and those the admission rule kept out."""
+        self.admitted += admitted
+        self.not_admitted += refused
+
+    def write_failed(self, tier: str, error: StoreError) -> None:
+        """A cache write failed (e.g. Redis full); the values were still served."""
+        self.redis_write_errors += 1
 
 
 class _CountsCollector(Collector):
@@ -77,6 +110,8 @@ class _CountsCollector(Collector):
             ("hybridserve_admitted", "Computed predictions admitted into the cache", c.admitted),
             ("hybridserve_not_admitted", "Computed predictions the admission rule kept out", c.not_admitted),
             ("hybridserve_redis_fallbacks", "Requests answered without Redis because it failed", c.redis_fallbacks),
+            ("hybridserve_redis_write_errors", "Cache writes Redis refused or missed (values still served)", c.redis_write_errors),
+            ("hybridserve_corrupt_values", "Stored values that were not a finite float32 (never served)", c.corrupt_values),
             ("hybridserve_request_errors", "Requests answered with an error status", c.errors),
         ):
             counter = CounterMetricFamily(name, doc, labels=["mode"])

@@ -4,8 +4,8 @@ FastAPI's defaults instead of this server (schemathesis checks every answer agai
 - Every error answer is ``{"error": code, "detail": text}`` (:data:`ERROR_SCHEMA`): documented for
   the statuses each operation answers (:data:`ERRORS_BY_PATH`) and as ``default`` for the rest (the
   connection guard's 408/431/503, 405), replacing FastAPI's own 422 list;
-- the key format (pattern, length) on ``/v1/predict/{key}`` and on the batch's items, and the batch
-  size limit, so a request the schema allows is never refused as malformed;
+- the key format of the served key space (pattern, length) on ``/v1/predict/{key}`` and on the
+  batch's items, and the batch size limit, so a request the schema allows is never refused as malformed;
 - ``/metrics`` as Prometheus text, ``/readyz``'s 503 with the readiness body;
 - the admin operations' bearer token as a security scheme.
 
@@ -21,7 +21,8 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from serving.features import KEY_PATTERN, MAX_KEY_LENGTH
+from models.registry import RegistryError, resolve
+from serving.keyspace import FORBIDDEN_KEY_CHARACTERS, GRID_KEY_PATTERN, GRID_MAX_LENGTH, MAX_KEY_LENGTH, key_space_for
 from serving.settings import Settings
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -33,13 +34,20 @@ ERROR_SCHEMA: dict[str, Any] = {
         "detail": {"type": "string", "description": "What was wrong, for a person"},
     },
 }
-KEY_SCHEMA: dict[str, Any] = {
+GRID_KEY_SCHEMA: dict[str, Any] = {
     "type": "string",
-    "pattern": f"^{KEY_PATTERN}$",
+    "pattern": f"^{GRID_KEY_PATTERN}$",
     "minLength": 3,
-    "maxLength": MAX_KEY_LENGTH,
+    "maxLength": GRID_MAX_LENGTH,
     "description": "'<segment>:<hour_of_week>', canonical integers",
     "example": "17:42",
+}
+ANY_KEY_SCHEMA: dict[str, Any] = {
+    "type": "string",
+    "pattern": f"^[^{FORBIDDEN_KEY_CHARACTERS}]+$",
+    "minLength": 1,
+    "maxLength": MAX_KEY_LENGTH,
+    "description": "A key of the model's key space: no whitespace or control characters, none of * ? [ ] /",
 }
 ERROR_MEANINGS = {
     401: "No bearer token (`unauthorized`)",
@@ -101,12 +109,24 @@ def _document_errors(path: str, operation: dict[str, Any]) -> None:
     responses["default"] = _error_response("Any other error, same body (e.g. 405, 408, 431, 503 too_many_connections)")
 
 
+def key_schema(settings: Settings) -> dict[str, Any]:
+    """The key format of the configured model's key space (its card says grid or table); the
+    general key rule when the registry does not have it (a static server without a registry)."""
+    try:
+        artifact = resolve(settings.registry, settings.model_name, settings.model_version)
+        kind = key_space_for(artifact.card(), artifact.path).kind
+    except (RegistryError, OSError, ValueError):
+        return ANY_KEY_SCHEMA
+    return GRID_KEY_SCHEMA if kind == "grid" else ANY_KEY_SCHEMA
+
+
 def _document_keys(schema: dict[str, Any], settings: Settings) -> None:
+    key = key_schema(settings)
     for parameter in schema["paths"]["/v1/predict/{key}"]["get"].get("parameters", []):
         if parameter["name"] == "key":
-            parameter["schema"] = {**KEY_SCHEMA, "title": "Key"}
+            parameter["schema"] = {**key, "title": "Key"}
     keys = schema["components"]["schemas"]["PredictRequest"]["properties"]["keys"]
-    keys["items"] = KEY_SCHEMA
+    keys["items"] = key
     keys["maxItems"] = settings.max_keys_per_request
 
 

@@ -1,5 +1,5 @@
 """The precompute job: batched inference over all keys (static) or the top-K keys (hybrid head),
-written to Redis with one MSET per batch.
+written through the prediction store (:mod:`serving.store`; one MSET per batch on Redis).
 
 A full table becomes the served one only when every key is written: the last step moves the
 static pointer (``{ns}:{model}:static``) to the new version. An interrupted load leaves the pointer,
@@ -14,27 +14,34 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import redis
 from tqdm import tqdm
 
-from models.data import all_keys
 from models.registry import versions
-from serving.errors import MalformedKey
-from serving.features import parse_key
+from serving.errors import MalformedKey, ServingError
+from serving.keyspace import check_key
+from serving.logs import log_event
 from serving.model import LoadedModel
 from serving.settings import Settings
-from serving.store import encode, prediction_key, static_pointer_key
+from serving.store import PredictionStore, build_store
 
 # Versions kept in Redis after a switch: the new one and the one servers may still be reading.
 KEEP_VERSIONS = 2
+# Rows per model call when ranking every key for the popularity prior.
+PRIOR_CHUNK = 65_536
+# Seconds each store call of the job may take (requests use Settings.redis_timeout_s).
+BATCH_TIMEOUT_S = 5.0
+# At most one progress log line this often (and one when the last batch is written): a full table of
+# a large key space is hundreds of batches, and a line per batch would drown everything else.
+PROGRESS_LOG_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -63,56 +70,65 @@ def top_keys_from_file(path: Path, top_k: int) -> list[str]:
     counts = Counter(line.strip() for line in path.read_text().splitlines() if line.strip())
     for key in counts:
         try:
-            parse_key(key)
+            check_key(key)
         except MalformedKey as exc:
             raise ValueError(f"keys file {path}: {exc.detail}") from None
     return [k for k, _ in counts.most_common(top_k)]
 
 
 def popularity_prior(model: LoadedModel, top_k: int) -> list[str]:
-    """Without a trace: the ``top_k`` busiest road-hours by predicted volume (busy roads are looked
-    up most)."""
-    predicted = model.predict_indices(np.arange(model.features.key_count))
+    """Without a trace: the ``top_k`` keys with the highest predictions (for the demo, the busiest
+    road-hours, which are looked up most). A guess: a trace of real traffic (``--keys-file``) is
+    better, and the only good source for a model whose output says nothing of popularity."""
+    predicted = np.concatenate([model.predict_indices(np.arange(start, min(start + PRIOR_CHUNK, model.features.key_count)))
+                                for start in range(0, model.features.key_count, PRIOR_CHUNK)])
     order = np.argsort(-predicted, kind="stable")[:top_k]
-    keys = all_keys(model.features.segments)
-    return [keys[i] for i in order]
+    return [model.key_space.key(int(i)) for i in order]
 
 
-def _used_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])
+def _compute_batches(model: LoadedModel, keys: Sequence[str], step: int) -> Iterator[list[tuple[str, float]]]:
+    """``(key, prediction)`` pairs for ``keys``, one model call per ``step`` keys."""
+    for start in range(0, len(keys), step):
+        chunk = keys[start : start + step]
+        try:
+            rows = [model.features.index(k) for k in chunk]
+        except ServingError as exc:  # a head file naming keys the model does not have
+            raise ValueError(f"cannot precompute {model.name}@{model.version}: {exc.detail}") from None
+        values = model.predict_indices(rows)
+        yield list(zip(chunk, values.tolist()))
 
 
-def write_predictions(
-    client: redis.Redis,
+async def write_predictions(
+    store: PredictionStore,
     model: LoadedModel,
     keys: Sequence[str],
     settings: Settings,
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> None:
-    """Compute and MSET predictions for ``keys`` under the model's version namespace."""
-    ns, name, version = settings.redis_namespace, model.name, model.version
-    step = settings.precompute_batch_size
-    with tqdm(total=len(keys), unit="key", disable=not progress, desc=f"precompute {name}@{version}") as bar:
-        for start in range(0, len(keys), step):
-            chunk = keys[start : start + step]
-            values = model.predict_indices([model.features.index(k) for k in chunk])
-            client.mset({prediction_key(ns, name, version, k): encode(v) for k, v in zip(chunk, values.tolist())})
-            bar.update(len(chunk))
+    """Compute predictions for ``keys`` and write them through the store, one batch per call (no
+    expiry: a precomputed table or head stays until replaced). The model calls block the loop,
+    which serves nothing else in this job."""
+    with tqdm(total=len(keys), unit="key", disable=not progress, desc=f"precompute {model.name}@{model.version}") as bar:
+        logged, done = time.monotonic(), 0
+        for index, batch in enumerate(_compute_batches(model, keys, settings.precompute_batch_size)):
+            await store.put_predictions(model.name, model.version, batch, ttl_s=0)
+            bar.update(len(batch))
+            done += len(batch)
+            if done == len(keys) or time.monotonic() - logged >= PROGRESS_LOG_INTERVAL_S:
+                log_event("precompute_progress", model_name=model.name, model_version=model.version, keys_done=done,
+                          keys_total=len(keys))
+                logged = time.monotonic()
             if on_batch is not None:
-                on_batch(start // step)
+                on_batch(index)
 
 
-def _drop_old_versions(client: redis.Redis, settings: Settings, model: LoadedModel, previous: str | None) -> None:
+async def _drop_old_versions(store: PredictionStore, settings: Settings, model: LoadedModel, previous: str | None) -> None:
     known = versions(settings.registry, model.name)
     keep = set(known[-KEEP_VERSIONS:]) | {model.version, previous}
     for version in known:
-        if version in keep:
-            continue
-        prefix = f"{settings.redis_namespace}:{model.name}:{version}:"
-        batch = [k for k in client.scan_iter(match=prefix + "*", count=1000)]
-        for i in range(0, len(batch), 1000):
-            client.unlink(*batch[i : i + 1000])
+        if version not in keep:
+            await store.delete_version(model.name, version)
 
 
 def precompute(
@@ -121,25 +137,38 @@ def precompute(
     progress: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> PrecomputeReport:
-    """Precompute ``keys`` (None: every key, then switch the static pointer) into Redis."""
+    """Precompute ``keys`` (None: every key, then switch the static pointer) into the store."""
     if not settings.redis_url:
         raise ValueError("precompute needs a Redis: set HYBRIDSERVE_REDIS_URL or pass --redis-url")
     model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
+    return asyncio.run(_precompute(settings, model, keys, progress, on_batch))
+
+
+async def _precompute(
+    settings: Settings,
+    model: LoadedModel,
+    keys: Sequence[str] | None,
+    progress: bool,
+    on_batch: Callable[[int], None] | None,
+) -> PrecomputeReport:
     full = keys is None
-    targets = list(all_keys(model.features.segments)) if keys is None else list(keys)
-    client = redis.Redis.from_url(settings.redis_url, socket_timeout=max(5.0, settings.redis_timeout_s))
+    targets = list(model.key_space.keys()) if keys is None else list(keys)
+    # A batch job can wait longer per call than a request; a large MSET is still one round trip.
+    store = build_store(settings, timeout_s=max(BATCH_TIMEOUT_S, settings.redis_timeout_s))
     try:
-        before = _used_memory(client)
-        pointer = static_pointer_key(settings.redis_namespace, model.name)
-        previous = client.get(pointer)
+        before = await store.used_memory()
+        previous = await store.get_pointer(model.name)
+        log_event("precompute_start", model_name=model.name, model_version=model.version, keys=len(targets), full_table=full)
         wall, cpu = time.perf_counter(), time.process_time()
-        write_predictions(client, model, targets, settings, progress, on_batch)
+        await write_predictions(store, model, targets, settings, progress, on_batch)
         if full:
-            client.set(pointer, model.version)
+            await store.set_pointer(model.name, model.version)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        added = _used_memory(client) - before
+        added = await store.used_memory() - before
         if full:
-            _drop_old_versions(client, settings, model, previous.decode() if previous else None)
+            await _drop_old_versions(store, settings, model, previous)
     finally:
-        client.close()
-    return PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)
+        await store.close()
+    report = PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)
+    log_event("precompute_done", **report.as_dict())
+    return report

@@ -31,8 +31,23 @@ from redis.asyncio.connection import SSLConnection, parse_url
 Command = Sequence[str | bytes | int]
 
 
-class RespError(ConnectionError):
-    """Redis could not be reached, timed out, or answered with an error."""
+class RespError(Exception):
+    """Base of this client's errors."""
+
+
+class RespConnectionError(RespError, ConnectionError):
+    """Redis could not be reached, timed out, or the connection broke: an outage."""
+
+
+class RespTimeoutError(RespConnectionError, TimeoutError):
+    """No reply (or no connection) within the timeout; the connection was dropped."""
+
+
+class RespReplyError(RespError):
+    """Redis answered with an error reply (``-OOM``, ``-WRONGTYPE``, ``-MOVED``, ``-NOAUTH``...).
+
+    Redis is up and talking: this is not an outage, and callers must not count it as one.
+    """
 
 
 class _Protocol(asyncio.Protocol):
@@ -54,21 +69,25 @@ class _Protocol(asyncio.Protocol):
             if future.done():
                 continue
             if isinstance(reply, hiredis.ReplyError):
-                future.set_exception(RespError(f"Redis replied with an error: {reply}"))
+                future.set_exception(RespReplyError(f"Redis replied with an error: {reply}"))
             else:
                 future.set_result(reply)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.fail(RespConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+
+    def fail(self, error: RespError) -> None:
+        """Mark the connection dead and fail every reply still awaited with ``error``."""
         self.closed = True
         while self._waiting:
             future = self._waiting.popleft()
             if not future.done():
-                future.set_exception(RespError(f"connection to Redis lost: {exc or 'closed by the server'}"))
+                future.set_exception(error)
 
     def send(self, payload: bytes, replies: int) -> list[asyncio.Future[Any]]:
         """Write packed commands; one future per expected reply."""
         if self.closed or self._transport is None:
-            raise RespError("connection to Redis is closed")
+            raise RespConnectionError("connection to Redis is closed")
         loop = asyncio.get_running_loop()
         futures = [loop.create_future() for _ in range(replies)]
         self._waiting.extend(futures)
@@ -79,6 +98,11 @@ class _Protocol(asyncio.Protocol):
         if self._transport is not None and not self.closed:
             self._transport.close()
         self.closed = True
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 def _ssl_context(params: dict[str, Any]) -> ssl.SSLContext:
@@ -100,7 +124,7 @@ class RespClient:
         self._handshake = self._handshake_commands(params)
         self._timeout_s = timeout_s
         self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Lock | None = None
+        self._connecting: asyncio.Future[_Protocol] | None = None
 
     @staticmethod
     def _handshake_commands(params: dict[str, Any]) -> list[Command]:
@@ -116,21 +140,38 @@ class RespClient:
         protocol = self._protocol
         if protocol is not None and not protocol.closed:
             return protocol
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:  # one connect, however many requests are waiting
-            if self._protocol is None or self._protocol.closed:
-                self._protocol = await asyncio.wait_for(self._connect(), self._timeout_s)
-            return self._protocol
+        # One connect at a time, and every request waiting for it shares its outcome: when Redis
+        # is down, the requests queued behind a failed connect fail with it at once, instead of
+        # each paying another connect timeout in turn.
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect_bounded())
+            self._connecting.add_done_callback(_retrieve)  # waiters may all have been cancelled
+        return await asyncio.shield(self._connecting)
+
+    async def _connect_bounded(self) -> _Protocol:
+        try:
+            self._protocol = await asyncio.wait_for(self._connect(), self._timeout_s)
+        except TimeoutError as exc:
+            raise RespTimeoutError(f"no connection to Redis within {self._timeout_s}s") from exc
+        return self._protocol
 
     async def _connect(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         try:
             _, protocol = await loop.create_connection(_Protocol, self._host, self._port, ssl=self._ssl)
         except (OSError, ssl.SSLError) as exc:
-            raise RespError(f"cannot connect to Redis at {self._host}:{self._port}: {exc}") from exc
-        if self._handshake:
-            await self._send(protocol, self._handshake)
+            raise RespConnectionError(f"cannot connect to Redis: {type(exc).__name__}") from exc
+        try:
+            if self._handshake:
+                await self._send(protocol, self._handshake)
+        except RespReplyError as exc:
+            # A refused AUTH (wrong password) leaves a connection nobody can use: close it, or every
+            # retry leaks one socket on both ends.
+            protocol.close()
+            raise RespConnectionError(f"Redis refused the connection handshake: {exc}") from exc
+        except BaseException:
+            protocol.close()  # a timeout or cancellation mid-handshake: never keep a half-open link
+            raise
         return protocol
 
     async def execute(self, commands: Sequence[Command]) -> list[Any]:
@@ -154,7 +195,7 @@ class RespClient:
         """A reply overdue: fail its waiters and drop the connection (it may be wedged)."""
         if not future.done():
             protocol.close()
-            protocol.connection_lost(TimeoutError(f"no reply within {self._timeout_s}s"))
+            protocol.fail(RespTimeoutError(f"no reply from Redis within {self._timeout_s}s"))
 
     async def close(self) -> None:
         """Close the connection."""

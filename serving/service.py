@@ -1,43 +1,48 @@
-"""PredictionService: the three serving modes behind one ``predict(keys)``.
+"""PredictionService: the serving modes behind one ``predict(keys)``.
 
-Each mode is a list of tiers tried in order, so there is one code path, not three:
+A mode is an ordered list of tiers (:data:`serving.modes.MODE_TIERS`), walked by the one decision
+core, :class:`serving.tiers.TierWalk`:
 
-- static:  Redis (the complete precomputed table of the version the static pointer names)
+- static:  store (the complete precomputed table of the version the static pointer names)
 - dynamic: model
-- hybrid:  L1 -> Redis -> model, computed values admitted per the admission rule
+- hybrid:  L1 -> store -> model, computed values admitted per the admission rule
 
-A request's keys are validated first (malformed -> 422, outside the key space -> 404), duplicates are
-looked up once, Redis is asked once per request (GET or MGET) and the model once per request (through
-the dynamic batcher). The served model version, its feature table and its L1 travel together in one
-:class:`ServedState`; a reload swaps that object in one assignment, so a request sees one version
-from start to end and no response mixes versions.
+This module is the composition root of a request: it builds the tiers of the configured mode once
+per served version from :class:`Settings`, and nothing below it asks which mode it is in. What the
+mode needs follows from its tiers: a model tier needs a registry version; a mode without one serves
+the version the store's pointer names.
+
+A request's keys are validated before the first tier that does not hold only validated keys (L1
+does, so its hits skip parsing; malformed -> 422, outside the key space -> 404). Duplicates are
+looked up once, each tier is asked once per request. The served version and its tiers travel
+together in one :class:`ServedState`; a reload swaps that object in one assignment, so a request
+sees one version from start to end and no response mixes versions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from serving.cache import Admission, AdmissionRule, L1Cache
-from models.registry import RegistryError
-from serving.errors import NotReady, StoreUnavailable, UnknownKey, UnknownVersion
-from serving.features import validate_key
+from models.registry import RegistryError, resolve
+from serving.cache import Admission, L1Cache
+from serving.errors import NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
+from serving.keyspace import KeySpace, check_key, key_space_for
 from serving.metrics import Metrics
 from serving.model import Batcher, LoadedModel
 from serving.settings import Settings
-from serving.store import RedisStore, decode, encode, prediction_key, static_pointer_key
+from serving.store import PredictionStore
+from serving.modes import MODE_TIERS
+from serving.tiers import L1Tier, ModelTier, StoreTier, Tier, TierWalk
 from serving.trace_recorder import TraceRecorder
 
-# The static server re-reads the table pointer this often, so a finished precompute of a new
-# version is picked up without a restart (and without a round trip per request).
+# A server without a model tier re-reads the table pointer this often, so a finished precompute of
+# a new version is picked up without a restart (and without a round trip per request).
 STATIC_POINTER_REFRESH_S = 1.0
-MAX_KEYS_IN_DETAIL = 5
 _SOURCE_RANK = {"l1": 0, "redis": 1, "model": 2}
 # How long a batcher replaced by a reload keeps answering the requests that started on it; far
 # longer than a request takes (they are bounded by max_wait_ms plus one batched model call).
@@ -67,20 +72,26 @@ class Prediction:
 
 @dataclass(frozen=True)
 class ServedState:
-    """What one request is served from: a version, its model (None in static) and its L1."""
+    """What one request is served from: a version, its model (None without a model tier), its L1
+    (None without an L1 tier) and the walk over its tiers."""
 
     version: str
     model: LoadedModel | None
     batcher: Batcher | None
-    l1: L1Cache
+    l1: L1Cache | None
+    walk: TierWalk
+    knows_keys: bool  # keys are checked against the version's key space (not the key rule alone)
 
 
 class PredictionService:
-    """The serving logic, free of HTTP. Build with :meth:`create`, then ``await predict(keys)``."""
+    """The serving logic, free of HTTP: ``await start()``, then ``await predict(keys)``."""
 
-    def __init__(self, settings: Settings, store: RedisStore | None) -> None:
+    def __init__(self, settings: Settings, store: PredictionStore | None) -> None:
         self.settings = settings
         self.mode = settings.mode
+        self.tier_names = MODE_TIERS[settings.mode]
+        if "store" in self.tier_names and store is None:
+            raise ValueError(f"mode {settings.mode!r} needs a prediction store (a Redis URL)")
         self.store = store
         self.metrics = Metrics(settings.mode, self.gauges)
         self.counts = self.metrics.counts
@@ -92,17 +103,22 @@ class PredictionService:
         self._retiring: set[asyncio.Task[None]] = set()
         self._recorder = _recorder_for(settings)
 
+    @property
+    def computes(self) -> bool:
+        """Whether this mode runs the model (else it serves the table the store's pointer names)."""
+        return "model" in self.tier_names
+
     # ----- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Load the model (dynamic, hybrid) or find the static table; called in the app lifespan."""
-        if self.mode == "static":
-            await self._refresh_static_pointer(force=True)
-        else:
+        """Load the model, or find the precomputed table; called in the app lifespan."""
+        if self.computes:
             await self.load_model(self.settings.model_version)
+        else:
+            await self._refresh_pointer(force=True, quiet=True)
 
     async def close(self) -> None:
-        """Release the batcher, Redis connections and the inference thread."""
+        """Release the batcher, store connections and the inference thread."""
         for task in list(self._retiring):
             task.cancel()  # _retire closes its batcher on the way out
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -125,9 +141,7 @@ class PredictionService:
             except RegistryError as exc:
                 raise UnknownVersion(str(exc)) from exc
             old = self._state
-            l1_size = old.l1.capacity if old else self.settings.l1_size
-            l1_ttl = old.l1.ttl_s if old else self.settings.l1_ttl_s
-            self._state = ServedState(model.version, model, self._batcher_for(model), L1Cache(l1_size if self.mode == "hybrid" else 0, l1_ttl))
+            self._state = self._served_state(model.version, model)
             self.admission.reset()
             if old and old.batcher:
                 # Requests that took the old state before the swap are still waiting on its batcher:
@@ -136,6 +150,14 @@ class PredictionService:
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
             return model.version
+
+    async def reload(self, version: str) -> str:
+        """Serve ``version`` (``latest``: the registry pointer); without a model tier, re-read the
+        store's pointer to the complete table. Returns the version now served."""
+        if self.computes:
+            return await self.load_model(version)
+        await self._refresh_pointer(force=True)
+        return self.state.version
 
     async def _retire(self, batcher: Batcher) -> None:
         """Close a replaced batcher once the requests that were using it have had time to finish."""
@@ -158,20 +180,57 @@ class PredictionService:
             observe=self.metrics.observe_batch,
         )
 
-    async def _refresh_static_pointer(self, force: bool = False) -> None:
+    def _served_state(self, version: str, model: LoadedModel | None) -> ServedState:
+        """Build the configured mode's tiers for one version (the only place tiers are made)."""
+        batcher = self._batcher_for(model) if model is not None else None
+        l1 = L1Cache(self.settings.l1_size, self.settings.l1_ttl_s) if "l1" in self.tier_names else None
+        # One factory per tier name of serving.modes; a mode only calls those it lists, so each
+        # factory finds what its tier needs (the L1, the store, the model) in place.
+        factories: dict[str, Callable[[], Tier]] = {
+            "l1": lambda: L1Tier(l1),  # type: ignore[arg-type]
+            "store": lambda: StoreTier(self.store, self.settings.model_name, version, lambda: self.settings.redis_ttl_s),  # type: ignore[arg-type]
+            "model": lambda: ModelTier(model, batcher),  # type: ignore[arg-type]
+        }
+        validate = model.features.index if model is not None else self._key_check(version)
+        walk = TierWalk([factories[name]() for name in self.tier_names], admission=self.admission, observer=self.counts,
+                        validate=validate, describe_unknown=lambda keys: self._describe_unknown(version, keys))
+        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not check_key)
+
+    def _key_check(self, version: str) -> Callable[[str], object]:
+        """How a mode without a model checks keys before the store: against the version's key
+        space when the registry has its card (keys outside it are 404 without a Redis call), else
+        by the key rule alone (a static server deployed without the registry)."""
+        try:
+            artifact = resolve(self.settings.registry, self.settings.model_name, version)
+            space: KeySpace = key_space_for(artifact.card(), artifact.path)
+        except (RegistryError, OSError, ValueError):
+            return check_key
+        return space.index
+
+    def _describe_unknown(self, version: str, keys: list[str]) -> str:
+        shown = ", ".join(repr(k) for k in keys[:5])
+        return (f"no precomputed prediction for {shown} in model {self.settings.model_name!r} "
+                f"version {version} ({self.mode} mode serves only precomputed keys)")
+
+    async def _refresh_pointer(self, force: bool = False, quiet: bool = False) -> None:
+        """Follow the store's pointer to the complete table. A pointer that is gone (Redis restarted
+        empty, or flushed) makes the server not ready: no table, so never a 404 for a valid key.
+        ``quiet``: a store that cannot answer leaves things as they are instead of raising."""
         now = time.monotonic()
         if not force and now - self._pointer_checked < STATIC_POINTER_REFRESH_S:
             return
         assert self.store is not None
         self._pointer_checked = now
         try:
-            version = await self.store.get_text(static_pointer_key(self.settings.redis_namespace, self.settings.model_name))
-        except StoreUnavailable:
-            if force:
-                return  # not ready yet; requests answer 503 until Redis answers
+            version = await self.store.get_pointer(self.settings.model_name)
+        except StoreError:
+            if quiet:
+                return  # not known now; requests answer 503 until the store answers
             raise
-        if version and (self._state is None or self._state.version != version):
-            self._state = ServedState(version, None, None, L1Cache(0))
+        if version is None:
+            self._state = None
+        elif self._state is None or self._state.version != version:
+            self._state = self._served_state(version, None)
 
     # ----- prediction ------------------------------------------------------------------------
 
@@ -179,8 +238,8 @@ class PredictionService:
     def state(self) -> ServedState:
         """The served state; :class:`NotReady` before there is one."""
         if self._state is None:
-            if self.mode == "static":
-                raise NotReady(
+            if not self.computes:
+                raise TableUnavailable(
                     f"no complete precomputed table for model {self.settings.model_name!r} in Redis; "
                     "run `hybridserve precompute` first"
                 )
@@ -191,8 +250,10 @@ class PredictionService:
         """Predictions for ``keys`` in request order (duplicates answered from one lookup)."""
         start = time.perf_counter()
         try:
-            if self.mode == "static":
-                await self._refresh_static_pointer()
+            if not self.computes:
+                # With no table yet, every request asks the store (bounded by its timeout and the
+                # breaker), so the answer says why: store down, or no table.
+                await self._refresh_pointer(force=self._state is None)
             state = self.state
             found = await self._resolve(state, keys)
         except Exception:
@@ -207,155 +268,70 @@ class PredictionService:
         self.metrics.observe_request(source, time.perf_counter() - start)
         return [Prediction(k, found[k][0], found[k][1], state.version) for k in keys]
 
-    def _validated(self, state: ServedState, keys: Sequence[str]) -> dict[str, int]:
-        """Unique keys mapped to feature rows (-1 in static, which has no feature table)."""
-        if state.model is None:
-            return {validate_key(k): -1 for k in keys}
-        table = state.model.features
-        return {k: table.index(k) for k in keys}
-
     async def _resolve(self, state: ServedState, keys: Sequence[str]) -> dict[str, tuple[float, str]]:
-        found: dict[str, tuple[float, str]] = {}
-        todo = list(dict.fromkeys(keys))  # unique, in request order
-        if self.mode == "hybrid":
-            # L1 holds only keys validated on their way in, so its hits skip validation.
-            todo = self._from_l1(state, todo, found)
-            if not todo:
-                return found
-        wanted = self._validated(state, todo)
-        if self.mode != "dynamic":
-            todo = await self._from_redis(state, todo, found)
-        if todo:
-            await self._from_model(state, todo, wanted, found)
-        return found
-
-    def _from_l1(self, state: ServedState, keys: list[str], found: dict[str, tuple[float, str]]) -> list[str]:
-        missing = []
-        for key in keys:
-            value = state.l1.get(key)
-            if value is None:
-                missing.append(key)
-            else:
-                found[key] = (value, "l1")
-        self.counts.l1_hits += len(keys) - len(missing)
-        self.counts.l1_misses += len(missing)
-        return missing
-
-    def _redis_keys(self, state: ServedState, keys: Sequence[str]) -> list[str]:
-        ns, name = self.settings.redis_namespace, self.settings.model_name
-        return [prediction_key(ns, name, state.version, k) for k in keys]
-
-    async def _from_redis(self, state: ServedState, keys: list[str], found: dict[str, tuple[float, str]]) -> list[str]:
-        assert self.store is not None
         try:
-            raw = await self.store.get_many(self._redis_keys(state, keys))
-        except StoreUnavailable:
-            if self.mode == "static":
-                raise
-            self.counts.redis_fallbacks += 1  # hybrid fails open: the model answers
-            return keys
-        missing = []
-        for key, value in zip(keys, raw):
-            prediction = decode(value)
-            if prediction is None:
-                missing.append(key)
-                continue
-            found[key] = (prediction, "redis")
-            state.l1.put(key, prediction)
-        self.counts.redis_hits += len(keys) - len(missing)
-        self.counts.redis_misses += len(missing)
-        if missing and self.mode == "static":
-            shown = ", ".join(repr(k) for k in missing[:MAX_KEYS_IN_DETAIL])
-            raise UnknownKey(
-                f"no precomputed prediction for {shown} in model {self.settings.model_name!r} "
-                f"version {state.version} (static mode serves only precomputed keys)"
-            )
-        return missing
+            return await state.walk.resolve(keys)
+        except NotStored as missing:
+            # Without a model a miss means "not in the table": make sure the table is still there
+            # (a miss is rare in static, so the extra read costs little), or it would be a 404 for
+            # a valid key whose table was lost.
+            await self._refresh_pointer(force=True)
+            if self._state is not state:
+                raise self._table_gone() from None
+            if state.knows_keys:  # the key is in the key space, so a complete table must hold it
+                raise TableUnavailable(f"{missing.detail}, though the key is in the model's key space: the table is "
+                                       "incomplete (evicted or deleted in Redis); re-run `hybridserve precompute`") from None
+            raise
 
-    async def _from_model(
-        self, state: ServedState, keys: list[str], wanted: dict[str, int], found: dict[str, tuple[float, str]]
-    ) -> None:
-        assert state.model is not None and state.batcher is not None
-        rows = state.model.features.rows([wanted[k] for k in keys])
-        values = await state.batcher.infer(rows)
-        self.counts.model_rows += len(keys)
-        for key, value in zip(keys, values.tolist()):
-            found[key] = (value, "model")
-        if self.mode == "hybrid":
-            await self._admit(state, keys, values)
-
-    async def _admit(self, state: ServedState, keys: list[str], values: np.ndarray) -> None:
-        admitted = [(k, float(v)) for k, v in zip(keys, values.tolist()) if self.admission.admit(k)]
-        self.counts.admitted += len(admitted)
-        self.counts.not_admitted += len(keys) - len(admitted)
-        if not admitted:
-            return
-        for key, value in admitted:
-            state.l1.put(key, value)
-        assert self.store is not None
-        try:
-            items = list(zip(self._redis_keys(state, [k for k, _ in admitted]), (encode(v) for _, v in admitted)))
-            await self.store.set_many(items, self.settings.redis_ttl_s)
-        except StoreUnavailable:
-            self.counts.redis_fallbacks += 1
+    def _table_gone(self) -> TableUnavailable:
+        return TableUnavailable(f"the precomputed table of model {self.settings.model_name!r} changed or is gone; "
+                                "retry, or run `hybridserve precompute`")
 
     # ----- operations ------------------------------------------------------------------------
 
     async def flush(self, l1: bool = True, redis: bool = False) -> dict[str, int]:
-        """Empty L1 and/or this model's predictions in Redis (all versions)."""
+        """Empty L1 and/or this model's predictions in the store (all versions).
+
+        Without a model tier the pointer goes with the table, and the server is not ready (503)
+        until the next precompute, rather than answering 404 for valid keys.
+        """
         removed = {"l1": 0, "redis": 0}
-        if l1 and self._state is not None:
-            removed["l1"] = len(self._state.l1)
-            self._state.l1.clear()
+        state = self._state
+        if l1 and state is not None and state.l1 is not None:
+            removed["l1"] = len(state.l1)
+            state.l1.clear()
             self.admission.reset()
         if redis and self.store is not None:
-            prefix = f"{self.settings.redis_namespace}:{self.settings.model_name}:"
-            removed["redis"] = await self.store.delete_prefix(prefix)
+            removed["redis"] = await self.store.delete_model(self.settings.model_name)
+            if not self.computes:
+                self._state = None
         return removed
 
-    def configure(
-        self,
-        l1_size: int | None = None,
-        l1_ttl_s: float | None = None,
-        redis_ttl_s: int | None = None,
-        admission: str | None = None,
-        head_size: int | None = None,
-    ) -> dict[str, Any]:
-        """Change the cache policy at run time; returns the policy now in force."""
-        updates: dict[str, Any] = {}
-        if admission is not None:
-            self.admission = Admission(AdmissionRule.parse(admission))
-            updates["admission"] = str(self.admission.rule)
-        if redis_ttl_s is not None:
-            updates["redis_ttl_s"] = redis_ttl_s
-        if head_size is not None:
-            updates["head_size"] = head_size
-        if l1_size is not None:
-            updates["l1_size"] = l1_size
-        if l1_ttl_s is not None:
-            updates["l1_ttl_s"] = l1_ttl_s
-        if self._state is not None and self.mode == "hybrid":
-            self._state.l1.reconfigure(l1_size, l1_ttl_s)
-        # model_copy re-validates nothing; every value above was validated by the caller's schema.
-        self.settings = self.settings.model_copy(update=updates)
+    def configure(self, **fields: Any) -> dict[str, Any]:
+        """Change the cache policy at run time (``l1_size``, ``l1_ttl_s``, ``redis_ttl_s``,
+        ``admission``), validated by the same rules as :class:`Settings` (``ValidationError``
+        otherwise); returns the policy now in force. Settings stay the one source of truth."""
+        unknown = set(fields) - set(POLICY_FIELDS)
+        if unknown:
+            raise ValueError(f"not a run-time policy field: {', '.join(sorted(unknown))}")
+        self.settings = self.settings.updated(**fields)
+        if "admission" in fields:
+            self.admission.rule = self.settings.admission_rule
+            self.admission.reset()
+        if self._state is not None and self._state.l1 is not None:
+            self._state.l1.reconfigure(self.settings.l1_size, self.settings.l1_ttl_s)
         return self.policy()
 
     def policy(self) -> dict[str, Any]:
         """The cache policy in force."""
-        l1 = self._state.l1 if self._state else None
-        return {
-            "l1_size": l1.capacity if l1 else self.settings.l1_size,
-            "l1_ttl_s": l1.ttl_s if l1 else self.settings.l1_ttl_s,
-            "redis_ttl_s": self.settings.redis_ttl_s,
-            "admission": str(self.admission.rule),
-            "head_size": self.settings.head_size,
-        }
+        return {name: getattr(self.settings, name) for name in POLICY_FIELDS}
 
     def stats(self) -> dict[str, Any]:
         """Counters, tier hit ratios and the state of L1 and Redis (``/v1/cache/stats``)."""
         c = self.counts
         served = c.l1_hits + c.redis_hits + c.model_rows
         state = self._state
+        l1 = state.l1 if state else None
         return {
             "mode": self.mode,
             "model_name": self.settings.model_name,
@@ -366,9 +342,11 @@ class PredictionService:
                 "redis": c.redis_hits / served if served else 0.0,
                 "total": (c.l1_hits + c.redis_hits) / served if served else 0.0,
             },
-            "l1": {"size": len(state.l1) if state else 0, "capacity": state.l1.capacity if state else 0,
-                   "evictions": state.l1.evictions if state else 0},
+            # `is not None`: an empty L1 is falsy (it has a length), yet has a capacity.
+            "l1": {"size": len(l1) if l1 is not None else 0, "capacity": l1.capacity if l1 is not None else 0,
+                   "evictions": l1.evictions if l1 is not None else 0},
             "redis": {"errors": self.store.errors if self.store else 0,
+                      "rejected": self.store.rejected if self.store else 0,
                       "breaker": self.store.breaker.state if self.store else "none"},
             "policy": self.policy(),
         }
@@ -378,23 +356,35 @@ class PredictionService:
         state = self._state
         breaker_open = 1.0 if self.store and self.store.breaker.state != "closed" else 0.0
         return {
-            "l1_entries": float(len(state.l1)) if state else 0.0,
+            "l1_entries": float(len(state.l1)) if state and state.l1 is not None else 0.0,
             "redis_errors": float(self.store.errors) if self.store else 0.0,
+            "redis_rejected": float(self.store.rejected) if self.store else 0.0,
             "redis_breaker_open": breaker_open,
         }
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
-        """Whether this server can answer, and why; hybrid is ready (degraded) without Redis."""
+        """Whether this server can answer, and why. A mode whose store is not its last tier is
+        ready without the store (degraded: the tiers below answer); a store refusing writes for
+        lack of memory is ``"redis": "full"``, degraded (reads still work, nothing new is cached)."""
         redis_ok = await self.store.ping() if self.store else None
-        if self.mode == "static" and redis_ok:
-            await self._refresh_static_pointer(force=True)
-        model_ok = self._state is not None
-        ready = model_ok and (redis_ok is not False or self.mode == "hybrid")
+        if not self.computes and redis_ok:
+            await self._refresh_pointer(force=True, quiet=True)
+        store_optional = self.tier_names[-1] != "store"
+        ready = self._state is not None and (redis_ok is not False or store_optional)
+        full = bool(self.store and self.store.full)
         detail = {
             "mode": self.mode,
             "model_version": self._state.version if self._state else None,
-            "redis": {True: "ok", False: "unreachable", None: "unused"}[redis_ok],
-            "degraded": self.mode == "hybrid" and redis_ok is False,
+            "redis": "full" if redis_ok and full else {True: "ok", False: "unreachable", None: "unused"}[redis_ok],
+            # Degraded: answering, but not as configured (Redis down, or too full to admit more).
+            "degraded": (store_optional and redis_ok is False) or full,
             "breaker": self.store.breaker.state if self.store else "none",
         }
+        if self._state is None and not self.computes and redis_ok:
+            detail["reason"] = "no complete precomputed table (run `hybridserve precompute`)"
         return ready, detail
+
+
+# The settings a run-time policy change may touch (PUT /v1/admin/policy). The head is chosen at
+# precompute time (``hybridserve precompute --head --top-k N``), so it is not among them.
+POLICY_FIELDS: tuple[str, ...] = ("l1_size", "l1_ttl_s", "redis_ttl_s", "admission")

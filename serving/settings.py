@@ -13,17 +13,37 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.cache import AdmissionRule
+from serving.modes import MODES
 
-Mode = Literal["static", "dynamic", "hybrid"]
-MODES: tuple[Mode, ...] = ("static", "dynamic", "hybrid")
+ENV_PREFIX = "HYBRIDSERVE_"
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def env_vars(fields: dict[str, object]) -> dict[str, str]:
+    """``HYBRIDSERVE_*`` environment variables that set ``fields`` (Settings field names) in another
+    process; ``KeyError`` for a name that is not a setting, so no made-up variable is ever emitted.
+
+    Example::
+
+        env_vars({"mode": "hybrid", "l1_size": 5000})   # {"HYBRIDSERVE_MODE": "hybrid", ...}
+    """
+    env: dict[str, str] = {}
+    for name, value in fields.items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[env_var(name)] = str(value).lower() if isinstance(value, bool) else str(value)
+    return env
 
 
 class Settings(BaseSettings):
     """Server settings; every field can be set as ``HYBRIDSERVE_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix="HYBRIDSERVE_", extra="forbid", protected_namespaces=())
+    # use_attribute_docstrings: each field's docstring is its description, so the CLI's help lines
+    # and the documentation come from the one place a field is defined.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=(),
+                                      use_attribute_docstrings=True)
 
-    mode: Mode = "hybrid"
+    mode: str = "hybrid"
     """Serving architecture: static (precomputed table), dynamic (model per request) or hybrid."""
     redis_url: str | None = Field(None, repr=False)  # it may carry a password: never in a repr or a log
     """Redis URL (redis://, rediss:// for TLS, password in the URL); None: the CLI starts an embedded Redis."""
@@ -37,11 +57,11 @@ class Settings(BaseSettings):
     """Registry name of the served model."""
     model_version: str = Field("latest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     """Version to serve; ``latest`` follows the registry pointer."""
-    l1_size: int = Field(10_000, ge=0)
+    l1_size: int = Field(10_000, ge=0, le=100_000_000)
     """Entries in the in-process L1 cache (hybrid); 0 disables L1."""
-    l1_ttl_s: float = Field(0.0, ge=0)
+    l1_ttl_s: float = Field(0.0, ge=0, le=10_000_000)
     """L1 entry lifetime in seconds; 0: no age limit (entries still leave on eviction or model change)."""
-    redis_ttl_s: int = Field(3600, ge=0)
+    redis_ttl_s: int = Field(3600, ge=0, le=100_000_000)
     """Lifetime of predictions admitted into Redis on a miss (hybrid); 0: no expiry. The head never expires."""
     admission: str = "always"
     """When a computed prediction is cached (hybrid): ``always`` or ``after:N`` misses."""
@@ -89,6 +109,15 @@ class Settings(BaseSettings):
     """TCP port to bind."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (uvicorn workers)."""
+    log_level: LogLevel = "info"
+    """Lowest level of the JSON log lines on stderr (start and stop, reloads, breaker transitions, precompute progress)."""
+
+    @field_validator("mode")
+    @classmethod
+    def _mode_known(cls, value: str) -> str:
+        if value not in MODES:
+            raise ValueError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
+        return value
 
     @field_validator("admission")
     @classmethod
@@ -106,3 +135,19 @@ class Settings(BaseSettings):
     def admission_rule(self) -> AdmissionRule:
         """The parsed admission rule."""
         return AdmissionRule.parse(self.admission)
+
+    def as_env(self) -> dict[str, str]:
+        """``HYBRIDSERVE_*`` variables that reproduce these settings in another process."""
+        return env_vars(self.model_dump(exclude_none=True))
+
+    def updated(self, **fields: object) -> Settings:
+        """A copy with ``fields`` changed, validated by the same rules as at start-up (unlike
+        ``model_copy``, which validates nothing); ``pydantic.ValidationError`` if one is invalid."""
+        return type(self).model_validate({**self.model_dump(), **fields})
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a :class:`Settings` field: ``env_var("redis_url") == "HYBRIDSERVE_REDIS_URL"``."""
+    if field not in Settings.model_fields:
+        raise KeyError(f"{field!r} is not a Settings field")
+    return ENV_PREFIX + field.upper()

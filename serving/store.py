@@ -1,28 +1,44 @@
-"""Redis as the prediction store: key layout, encoding, timeouts and the circuit breaker.
+"""The prediction store: its protocol, the Redis key layout and encoding, timeouts and the breaker.
 
-Key layout (``ns`` is ``Settings.redis_namespace``)::
+:class:`PredictionStore` is what serving and the precompute job need of a store (batched get and
+put, the version pointer, delete by model); :class:`RedisStore` implements it on one Redis node
+(a Redis Cluster implementation can follow, selected by :func:`build_store` from the URL).
+
+Key layout (``ns`` is ``Settings.redis_namespace``), see :class:`KeyLayout`::
 
     {ns}:{model}:{version}:{key}   -> 4-byte little-endian float32 prediction
     {ns}:{model}:static            -> version whose static table is complete (the pointer)
 
 Every key carries the model name and version, so a new version never reads an old one's value.
 A prediction is stored as the exact float32 the model produced, so every mode returns the same
-float for the same key. A miss is ``None``.
+float for the same key. A miss is ``None``; a value that does not decode to a finite float32 is
+never served (:class:`~serving.errors.CorruptPrediction`).
+
+Failures come in two kinds (:mod:`serving.errors`): an outage (no answer, broken connection,
+breaker open: :class:`StoreUnavailable`, the only kind the breaker counts) and an error reply
+(Redis is up but refused, e.g. OOM on a write: :class:`StoreRejected`).
 """
 
 from __future__ import annotations
 
+import math
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+from redis.exceptions import ResponseError as RedisResponseError
 
-from serving.errors import StoreUnavailable
-from serving.resp import RespClient
+from serving.errors import CorruptPrediction, StoreRejected, StoreUnavailable
+from serving.logs import log_breaker_transition
+from serving.resp import RespClient, RespConnectionError, RespReplyError, RespTimeoutError
+from serving.settings import Settings
 
 _FLOAT = struct.Struct("<f")
+# Keys per SCAN page and per UNLINK when a model's keys are deleted.
+DELETE_BATCH = 1000
 
 
 def encode(value: float) -> bytes:
@@ -31,18 +47,44 @@ def encode(value: float) -> bytes:
 
 
 def decode(raw: bytes | None) -> float | None:
-    """Prediction from its stored form; ``None`` for a miss."""
-    return None if raw is None else _FLOAT.unpack(raw)[0]
+    """Prediction from its stored form; ``None`` for a miss; :class:`CorruptPrediction` for bytes
+    that are not a finite float32 (a foreign or damaged value must never be served)."""
+    if raw is None:
+        return None
+    if len(raw) != _FLOAT.size:
+        raise CorruptPrediction(f"a stored prediction is {len(raw)} bytes, not a 4-byte float32")
+    value: float = _FLOAT.unpack(raw)[0]
+    if not math.isfinite(value):
+        raise CorruptPrediction(f"a stored prediction is {value}, not a finite number")
+    return value
 
 
-def prediction_key(namespace: str, model: str, version: str, key: str) -> str:
-    """Redis key of one prediction of one model version."""
-    return f"{namespace}:{model}:{version}:{key}"
+class KeyLayout:
+    """Where one namespace keeps its predictions and pointers in Redis."""
 
+    def __init__(self, namespace: str) -> None:
+        self.namespace = namespace
 
-def static_pointer_key(namespace: str, model: str) -> str:
-    """Redis key naming the version whose static table is complete."""
-    return f"{namespace}:{model}:static"
+    def prediction(self, model: str, version: str, key: str) -> str:
+        """Redis key of one prediction of one model version."""
+        return f"{self.namespace}:{model}:{version}:{key}"
+
+    def predictions(self, model: str, version: str, keys: Sequence[str]) -> list[str]:
+        """Redis keys of several predictions of one version (the prefix built once)."""
+        prefix = f"{self.namespace}:{model}:{version}:"
+        return [prefix + key for key in keys]
+
+    def pointer(self, model: str) -> str:
+        """Redis key naming the version whose static table is complete."""
+        return f"{self.namespace}:{model}:static"
+
+    def version_prefix(self, model: str, version: str) -> str:
+        """Prefix of every prediction of one version."""
+        return f"{self.namespace}:{model}:{version}:"
+
+    def model_prefix(self, model: str) -> str:
+        """Prefix of every key of one model: all its versions and its pointer."""
+        return f"{self.namespace}:{model}:"
 
 
 class CircuitBreaker:
@@ -50,11 +92,13 @@ class CircuitBreaker:
 
     Closed: calls go through. After ``failures`` consecutive failures it opens: calls fail at once.
     After ``reset_s`` one call is let through as a probe; success closes it, failure re-opens it.
+    ``clock`` is injectable so tests step time instead of sleeping.
     """
 
-    def __init__(self, failures: int, reset_s: float) -> None:
+    def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.failures_to_open = failures
         self.reset_s = reset_s
+        self._clock = clock
         self._consecutive = 0
         self._opened_at: float | None = None
         self._probing = False
@@ -66,50 +110,124 @@ class CircuitBreaker:
         """``closed``, ``open`` or ``half_open``."""
         if self._opened_at is None:
             return "closed"
-        return "half_open" if self._probing or time.monotonic() - self._opened_at >= self.reset_s else "open"
+        return "half_open" if self._probing or self._clock() - self._opened_at >= self.reset_s else "open"
 
     def allow(self) -> bool:
         """Whether a call may go to Redis now."""
         if self._opened_at is None:
             return True
-        now = time.monotonic()
+        now = self._clock()
         if now - self._opened_at < self.reset_s:
             return False
         # A probe that never reported back (its request was cancelled, e.g. the client hung up)
         # must not keep the breaker open forever: after another reset_s a new probe may go.
         if self._probing and now - self._probe_started < self.reset_s:
             return False
+        if not self._probing:
+            log_breaker_transition("open", "half_open", self._consecutive)
         self._probing = True
         self._probe_started = now
         return True
 
     def success(self) -> None:
         """Record a call that worked."""
+        if self._opened_at is not None:
+            log_breaker_transition("half_open", "closed", 0)
         self._consecutive = 0
         self._opened_at = None
         self._probing = False
 
     def failure(self) -> None:
         """Record a call that failed or timed out."""
+        was_probing = self._probing
         self._consecutive += 1
         self._probing = False
         if self._opened_at is not None or self._consecutive >= self.failures_to_open:
             if self._opened_at is None:
                 self.opened_count += 1
-            self._opened_at = time.monotonic()
+                log_breaker_transition("closed", "open", self._consecutive)
+            elif was_probing:
+                log_breaker_transition("half_open", "open", self._consecutive)
+            self._opened_at = self._clock()
+
+
+class PredictionStore(Protocol):
+    """What serving and precompute need of a prediction store; every call is bounded in time.
+
+    Reads and writes raise :class:`StoreUnavailable` on an outage and :class:`StoreRejected` on an
+    error reply; reads raise :class:`CorruptPrediction` for a value that is not a finite float32.
+    """
+
+    breaker: CircuitBreaker
+    errors: int  # outages (what the breaker counts)
+    rejected: int  # error replies (Redis up, but it refused)
+    full: bool  # the last write was refused for lack of memory (cleared by a write that works)
+
+    async def get_predictions(self, model: str, version: str, keys: Sequence[str]) -> list[float | None]:
+        """Stored predictions of ``keys`` (``None`` for a miss), in one round trip."""
+        ...
+
+    async def put_predictions(self, model: str, version: str, items: Sequence[tuple[str, float]], ttl_s: int) -> None:
+        """Store predictions in one round trip; ``ttl_s`` 0: no expiry."""
+        ...
+
+    async def get_pointer(self, model: str) -> str | None:
+        """The version whose static table is complete, or ``None``."""
+        ...
+
+    async def set_pointer(self, model: str, version: str) -> None:
+        """Make ``version`` the complete static table of ``model``."""
+        ...
+
+    async def delete_version(self, model: str, version: str) -> int:
+        """Delete one version's predictions; returns how many keys went."""
+        ...
+
+    async def delete_model(self, model: str, keep_pointer: bool = False) -> int:
+        """Delete every key of ``model`` (all versions; the pointer too unless ``keep_pointer``)."""
+        ...
+
+    async def used_memory(self) -> int:
+        """Bytes the store uses now (for cost reports)."""
+        ...
+
+    async def ping(self) -> bool:
+        """Whether the store answers now (bypasses the breaker)."""
+        ...
+
+    async def close(self) -> None:
+        """Release connections."""
+        ...
+
+
+def build_store(settings: Settings, *, timeout_s: float | None = None) -> PredictionStore:
+    """The store ``settings.redis_url`` names (``redis://`` or ``rediss://``: one node).
+
+    ``timeout_s`` overrides ``settings.redis_timeout_s`` (batch jobs wait longer than requests).
+    """
+    if not settings.redis_url:
+        raise ValueError("this needs a Redis: set HYBRIDSERVE_REDIS_URL (the CLI starts an embedded one)")
+    breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
+    timeout = settings.redis_timeout_s if timeout_s is None else timeout_s
+    return RedisStore(settings.redis_url, timeout, breaker, KeyLayout(settings.redis_namespace))
 
 
 class RedisStore:
-    """Async Redis access with a bounded timeout on every call, behind a circuit breaker.
+    """:class:`PredictionStore` on one Redis node, behind a circuit breaker.
 
-    Prediction reads and writes (the hot path) go through the pipelined :class:`RespClient`;
-    PING, SCAN and UNLINK, which are rare, through redis-py.
+    Prediction reads and writes (the hot path) go through the pipelined :class:`RespClient`; PING,
+    INFO, SCAN and UNLINK, which are rare, through redis-py. A read that loses its connection is
+    retried once on a fresh one before it counts as a failure: one dropped connection (a
+    ``CLIENT KILL``, a proxy restart) is not an outage. Timeouts are not retried, so no call waits
+    much longer than its timeout.
     """
 
-    def __init__(self, url: str, timeout_s: float, breaker: CircuitBreaker) -> None:
-        self.url = url
+    def __init__(self, url: str, timeout_s: float, breaker: CircuitBreaker, layout: KeyLayout) -> None:
         self.breaker = breaker
+        self.layout = layout
         self.errors = 0
+        self.rejected = 0
+        self.full = False
         self._fast = RespClient(url, timeout_s)
         self._client = aioredis.Redis.from_url(
             url,
@@ -119,45 +237,105 @@ class RedisStore:
             health_check_interval=0,
         )
 
-    @property
-    def client(self) -> aioredis.Redis:
-        """The underlying client (admin and precompute use it directly)."""
-        return self._client
-
-    def _check(self) -> None:
-        if not self.breaker.allow():
-            raise StoreUnavailable("Redis is unavailable (circuit breaker open after repeated failures)")
-
-    def _failed(self, exc: Exception) -> StoreUnavailable:
+    def _failed(self, exc: BaseException) -> StoreUnavailable:
         self.errors += 1
         self.breaker.failure()
-        return StoreUnavailable(f"Redis call failed: {type(exc).__name__}: {exc}")
+        return StoreUnavailable(f"cache unavailable: {type(exc).__name__}")
 
-    async def get_many(self, redis_keys: Sequence[str]) -> list[bytes | None]:
-        """Raw values of ``redis_keys`` in one round trip (GET for one, MGET for more)."""
-        self._check()
-        command = ("GET", redis_keys[0]) if len(redis_keys) == 1 else ("MGET", *redis_keys)
+    async def _execute(self, commands: Sequence[tuple[str | bytes | int, ...]], retry: bool, write: bool = False) -> list[object]:
+        """Commands through the fast client, breaker and error kinds applied. Reads (``retry``)
+        are sent once more on a fresh connection if theirs broke; writes are not retried."""
+        if not self.breaker.allow():
+            raise StoreUnavailable("cache unavailable (circuit breaker open after repeated failures)")
         try:
-            [reply] = await self._fast.execute([command])
-        except OSError as exc:  # RespError, timeouts and socket errors are all OSErrors
+            try:
+                replies = await self._fast.execute(commands)
+            except RespTimeoutError:
+                raise
+            except RespConnectionError:
+                if not retry:
+                    raise
+                replies = await self._fast.execute(commands)  # once, on a fresh connection
+        except RespReplyError as exc:
+            self.breaker.success()  # Redis answered: up, whatever it said
+            self.rejected += 1
+            reply = str(exc).removeprefix("Redis replied with an error: ")
+            if write and reply.startswith("OOM"):
+                self.full = True
+            raise StoreRejected(f"Redis refused: {reply}") from exc
+        except OSError as exc:  # connection errors and timeouts are OSErrors
             raise self._failed(exc) from exc
         self.breaker.success()
-        return [reply] if len(redis_keys) == 1 else reply
+        if write:
+            self.full = False
+        return replies
 
-    async def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> None:
-        """Write values in one pipelined round trip; ``ttl_s`` 0 means no expiry."""
-        self._check()
-        expiry = ("EX", ttl_s) if ttl_s else ()
+    async def get_predictions(self, model: str, version: str, keys: Sequence[str]) -> list[float | None]:
+        """Stored predictions of ``keys`` (GET for one, MGET for more)."""
+        redis_keys = self.layout.predictions(model, version, keys)
+        if len(redis_keys) == 1:
+            [reply] = await self._execute((("GET", redis_keys[0]),), retry=True)
+            return [decode(reply)]  # type: ignore[arg-type]
+        [replies] = await self._execute((("MGET", *redis_keys),), retry=True)
+        return [decode(raw) for raw in replies]  # type: ignore[attr-defined]
+
+    async def put_predictions(self, model: str, version: str, items: Sequence[tuple[str, float]], ttl_s: int) -> None:
+        """One MSET without a TTL, else one pipelined SET ... EX per value."""
+        redis_keys = self.layout.predictions(model, version, [key for key, _ in items])
+        if ttl_s:
+            commands = [("SET", rk, encode(v), "EX", ttl_s) for rk, (_, v) in zip(redis_keys, items)]
+        else:
+            commands = [("MSET", *(part for rk, (_, v) in zip(redis_keys, items) for part in (rk, encode(v))))]
+        await self._execute(commands, retry=False, write=True)
+
+    async def get_pointer(self, model: str) -> str | None:
+        """The static pointer."""
+        [raw] = await self._execute((("GET", self.layout.pointer(model)),), retry=True)
+        return None if raw is None else raw.decode()  # type: ignore[attr-defined]
+
+    async def set_pointer(self, model: str, version: str) -> None:
+        """Move the static pointer."""
+        await self._execute((("SET", self.layout.pointer(model), version),), retry=False, write=True)
+
+    async def delete_version(self, model: str, version: str) -> int:
+        """SCAN + UNLINK one version's predictions."""
+        return await self._delete_matching(self.layout.version_prefix(model, version) + "*", keep=())
+
+    async def delete_model(self, model: str, keep_pointer: bool = False) -> int:
+        """SCAN + UNLINK every key of the model (never KEYS)."""
+        keep = (self.layout.pointer(model).encode(),) if keep_pointer else ()
+        return await self._delete_matching(self.layout.model_prefix(model) + "*", keep)
+
+    async def _delete_matching(self, pattern: str, keep: Sequence[bytes]) -> int:
+        deleted = 0
         try:
-            await self._fast.execute([("SET", redis_key, raw, *expiry) for redis_key, raw in items])
-        except OSError as exc:
+            async for batch in self._scan_batches(pattern):
+                doomed = [key for key in batch if key not in keep]
+                if doomed:
+                    deleted += await self._client.unlink(*doomed)
+        except RedisResponseError as exc:
+            self.rejected += 1
+            raise StoreRejected(f"Redis refused: {exc}") from exc
+        except (RedisError, OSError) as exc:
             raise self._failed(exc) from exc
-        self.breaker.success()
+        return deleted
 
-    async def get_text(self, redis_key: str) -> str | None:
-        """A small text value (the static pointer)."""
-        raw = (await self.get_many([redis_key]))[0]
-        return None if raw is None else raw.decode()
+    async def _scan_batches(self, pattern: str) -> AsyncIterator[list[bytes]]:
+        batch: list[bytes] = []
+        async for key in self._client.scan_iter(match=pattern, count=DELETE_BATCH):
+            batch.append(key)
+            if len(batch) >= DELETE_BATCH:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    async def used_memory(self) -> int:
+        """INFO memory's ``used_memory``."""
+        try:
+            return int((await self._client.info("memory"))["used_memory"])
+        except (RedisError, OSError) as exc:
+            raise self._failed(exc) from exc
 
     async def ping(self) -> bool:
         """Whether Redis answers now (bypasses the breaker; used by /readyz)."""
@@ -166,28 +344,7 @@ class RedisStore:
         except (RedisError, OSError):
             return False
 
-    async def delete_prefix(self, prefix: str) -> int:
-        """Delete every key under ``prefix`` (SCAN + UNLINK in batches; never KEYS)."""
-        deleted = 0
-        try:
-            async for batch in _scan_batches(self._client, f"{prefix}*"):
-                deleted += await self._client.unlink(*batch)
-        except (RedisError, OSError) as exc:
-            raise self._failed(exc) from exc
-        return deleted
-
     async def close(self) -> None:
         """Close the connections."""
         await self._fast.close()
         await self._client.aclose()
-
-
-async def _scan_batches(client: aioredis.Redis, pattern: str, count: int = 1000):  # type: ignore[no-untyped-def]
-    batch: list[bytes] = []
-    async for key in client.scan_iter(match=pattern, count=count):
-        batch.append(key)
-        if len(batch) >= count:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -22,7 +22,7 @@ import pytest
 from loadtests.harness.redis_server import EmbeddedRedis
 from serving.precompute import precompute
 from serving.settings import Settings
-from tests.conftest import ADMIN, running
+from tests.helpers import ADMIN, running
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 JSON = {"content-type": "application/json"}
@@ -83,7 +83,7 @@ CASES: list[tuple[str, Send, int, str | None]] = [
     ("admin with a wrong token", lambda c: c.post("/v1/admin/flush", json={}, headers={"Authorization": "Bearer nope"}), 403, "forbidden"),
     ("invalid policy", lambda c: c.put("/v1/admin/policy", json={"admission": "after:0"}, headers=ADMIN), 422, "invalid_request"),
     ("boolean for a policy number", lambda c: c.put("/v1/admin/policy", json={"l1_ttl_s": False}, headers=ADMIN), 422, "invalid_request"),
-    ("policy integer written 5.0", lambda c: c.put("/v1/admin/policy", json={"head_size": 5.0}, headers=ADMIN), 200, None),
+    ("policy integer written 5.0", lambda c: c.put("/v1/admin/policy", json={"redis_ttl_s": 3600.0}, headers=ADMIN), 200, None),
     ("unknown model version", lambda c: c.post("/v1/admin/reload", json={"version": "nope"}, headers=ADMIN), 404, "unknown_version"),
     ("path in a version", lambda c: c.post("/v1/admin/reload", json={"version": "../x"}, headers=ADMIN), 422, "invalid_request"),
 ]
@@ -130,6 +130,11 @@ FUZZ_EXAMPLES = int(os.environ.get("HYBRIDSERVE_FUZZ_EXAMPLES", "25"))
 FUZZ_TIMEOUT_S = 60 + FUZZ_EXAMPLES * 3
 
 
+# A static server whose table is flushed is rightly unavailable (503) until the next precompute:
+# fuzzing flush there would turn every later answer into a 503. Flush is fuzzed in the other modes.
+NOT_FUZZED = {"static": ["/v1/admin/flush"], "dynamic": [], "hybrid": []}
+
+
 def _mode_settings(mode: str, registry: Path, redis_url: str) -> Settings:
     settings = Settings(registry=registry, redis_url=redis_url, redis_namespace=f"fuzz-{mode}", mode=mode,
                         admin_token="test-token")  # type: ignore[arg-type]
@@ -138,6 +143,7 @@ def _mode_settings(mode: str, registry: Path, redis_url: str) -> Settings:
     return settings
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
 def test_schemathesis_all_checks(mode: str, registry: Path, redis_server: EmbeddedRedis, tmp_path: Path) -> None:
     """schemathesis, every check (schema conformance of every answer, 405 with Allow, negative and
@@ -150,7 +156,9 @@ def test_schemathesis_all_checks(mode: str, registry: Path, redis_server: Embedd
                 f"{server.url}/openapi.json", "--checks", "all", "--max-examples", str(FUZZ_EXAMPLES),
                 "--phases", "examples,coverage,fuzzing", "--workers", "1", "--seed", "13",
                 "--generation-database", "none", "--request-timeout", "10", "-H", f"Authorization: {ADMIN['Authorization']}"]
+        argv += [arg for path in NOT_FUZZED[mode] for arg in ("--exclude-path", path)]
         run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=FUZZ_TIMEOUT_S)
     report = run.stdout[-6000:]
     assert run.returncode == 0, report
-    assert "9 selected / 9 total" in run.stdout, report
+    selected = re.search(r"(\d+) selected / (\d+) total", run.stdout)
+    assert selected and int(selected.group(1)) == int(selected.group(2)) - len(NOT_FUZZED[mode]) >= 8, report

@@ -20,8 +20,8 @@ from models.registry import resolve, set_latest
 from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import precompute
-from serving.store import static_pointer_key
-from tests.conftest import ADMIN, TEST_SEGMENTS, running
+from serving.store import KeyLayout
+from tests.helpers import ADMIN, TEST_SEGMENTS, running
 
 KEYS = all_keys(TEST_SEGMENTS)
 MAX_LOAD_S = 60.0
@@ -138,7 +138,7 @@ def test_interrupted_precompute_keeps_the_old_table(make_settings, two_versions:
     with pytest.raises(RuntimeError, match="part-way"):
         precompute(new_settings, progress=False, on_batch=fail_part_way)
     client = redis.Redis.from_url(redis_server.url)
-    pointer = client.get(static_pointer_key(settings.redis_namespace, "traffic-light"))
+    pointer = client.get(KeyLayout(settings.redis_namespace).pointer("traffic-light"))
     assert pointer is not None and pointer.decode() == two_versions.old
     written_new = sum(1 for _ in client.scan_iter(match=f"{settings.redis_namespace}:traffic-light:{two_versions.new}:*", count=1000))
     assert 0 < written_new < len(KEYS), "the interrupted run did write part of the new table"
@@ -152,6 +152,7 @@ def test_interrupted_precompute_keeps_the_old_table(make_settings, two_versions:
                 assert p["source"] == "redis" and p["prediction"] == two_versions.old_values[p["key"]]
 
 
+@pytest.mark.slow
 def test_flush_never_returns_another_keys_value(make_settings, two_versions: TwoVersions) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(mode="hybrid", registry=two_versions.registry)
     flushes = 0

@@ -21,7 +21,7 @@ import pytest
 
 from loadtests.harness.server_process import ServerProcess
 from serving.settings import Settings
-from tests.conftest import ServerThread
+from tests.helpers import ServerThread
 
 HEAD_TIMEOUT_S = 0.5
 KEEPALIVE_S = 0.5
@@ -178,6 +178,7 @@ def _send_huge_headers(port: int, until: float, outcomes: list[bytes]) -> None:
                 outcomes.append(b"cut off")
 
 
+@pytest.mark.slow
 def test_huge_headers_do_not_stall_other_clients(registry: Path) -> None:
     """Before the limit, an 80 MB header took seconds of event-loop time (health p50 320 ms)."""
     settings = Settings(mode="dynamic", registry=registry)

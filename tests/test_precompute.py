@@ -11,8 +11,8 @@ import redis
 from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import popularity_prior, precompute, top_keys_from_file
-from serving.store import decode, prediction_key, static_pointer_key
-from tests.conftest import TEST_SEGMENTS
+from serving.store import KeyLayout, decode
+from tests.helpers import TEST_SEGMENTS
 
 
 def test_full_table_then_pointer(make_settings) -> None:  # type: ignore[no-untyped-def]
@@ -21,10 +21,10 @@ def test_full_table_then_pointer(make_settings) -> None:  # type: ignore[no-unty
     client = redis.Redis.from_url(settings.redis_url)
     ns, name = settings.redis_namespace, settings.model_name
     assert report.switched_pointer and report.keys == TEST_SEGMENTS * 168 and report.keys_per_s > 0
-    assert client.get(static_pointer_key(ns, name)).decode() == report.model_version
+    assert client.get(KeyLayout(ns).pointer(name)).decode() == report.model_version
     assert len(list(client.scan_iter(match=f"{ns}:{name}:{report.model_version}:*", count=1000))) == report.keys
     model = LoadedModel.from_registry(settings.registry, name)
-    stored = decode(client.get(prediction_key(ns, name, report.model_version, "3:17")))
+    stored = decode(client.get(KeyLayout(ns).prediction(name, report.model_version, "3:17")))
     assert stored == float(model.predict_indices([model.features.index("3:17")])[0])
 
 
@@ -33,7 +33,7 @@ def test_head_does_not_move_the_pointer(make_settings) -> None:  # type: ignore[
     report = precompute(settings, ["1:1", "2:2"], progress=False)
     client = redis.Redis.from_url(settings.redis_url)
     assert not report.switched_pointer and report.keys == 2
-    assert client.get(static_pointer_key(settings.redis_namespace, settings.model_name)) is None
+    assert client.get(KeyLayout(settings.redis_namespace).pointer(settings.model_name)) is None
 
 
 def test_top_keys_from_file(tmp_path: Path) -> None:
@@ -42,9 +42,14 @@ def test_top_keys_from_file(tmp_path: Path) -> None:
     assert top_keys_from_file(trace, 2) == ["3:3", "1:1"]
     with pytest.raises(FileNotFoundError):
         top_keys_from_file(tmp_path / "none", 2)
-    trace.write_text("1:1\nnot-a-key\n")
-    with pytest.raises(ValueError, match="trace.keys.*not-a-key"):
+    trace.write_text("1:1\nnot*a-key\n")
+    with pytest.raises(ValueError, match="trace.keys.*not\\*a-key.*key rule"):
         top_keys_from_file(trace, 2)
+
+
+def test_a_head_of_keys_the_model_lacks_is_refused_clearly(make_settings) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="cannot precompute traffic-light@.*'999:1' is outside"):
+        precompute(make_settings(), ["1:1", "999:1"], progress=False)
 
 
 def test_popularity_prior_is_busiest_first(registry: Path) -> None:

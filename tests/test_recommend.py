@@ -65,3 +65,20 @@ def test_p99_rule_follows_the_tail_share() -> None:
     assert estimate_p99({"l1": 0.9, "redis": 0.05, "model": 0.05}, COSTS) == 30.0
     assert estimate_p99({"l1": 0.9, "redis": 0.095, "model": P99_TAIL_SHARE / 2}, COSTS) == 2.0
     assert estimate_p99({"l1": 0.999, "redis": 0.0005, "model": 0.0005}, COSTS) == 1.0
+
+
+def test_every_emitted_variable_is_a_real_setting(trace: Trace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The env lines a recommendation prints are read back by Settings to the same values."""
+    from serving.settings import Settings
+
+    rec = recommend(trace, COSTS, slo_p99_ms=40.0, qps=500, key_count=KEY_COUNT)
+    for candidate in rec.candidates:
+        env = candidate.env("traffic-light")
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        settings = Settings()
+        assert settings.mode == candidate.mode
+        if candidate.mode == "hybrid":
+            assert (settings.l1_size, settings.admission, settings.head_size) == (candidate.l1_size, candidate.admission, candidate.head_size)
+        for name in env:
+            monkeypatch.delenv(name)

@@ -10,6 +10,8 @@ from pathlib import Path
 import psutil
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from loadtests.harness.redis_server import DISABLED_COMMANDS, EmbeddedRedis, find_redis_server
 
@@ -48,7 +50,8 @@ def test_password() -> None:
     with EmbeddedRedis(password="s3cret") as server:
         assert redis.Redis.from_url(server.url).ping()
         try:
-            redis.Redis(port=server.port).get("x")
+            # No retries: redis-py retries an authentication error with backoff by default (3 s).
+            redis.Redis(port=server.port, retry=Retry(NoBackoff(), 0)).get("x")
             raise AssertionError("unauthenticated access worked")
         except redis.AuthenticationError:
             pass

@@ -29,3 +29,22 @@ def test_admission_is_normalised() -> None:
 def test_invalid_values_are_refused(fields: dict[str, object]) -> None:
     with pytest.raises(ValidationError):
         Settings(**fields)  # type: ignore[arg-type]
+
+
+def test_env_vars_round_trip_and_refuse_unknown_names() -> None:
+    from serving.settings import env_vars
+
+    settings = Settings(mode="static", l1_size=7, batching=False, admin_token="secret")
+    env = settings.as_env()
+    assert env["HYBRIDSERVE_L1_SIZE"] == "7" and env["HYBRIDSERVE_BATCHING"] == "false"
+    assert env["HYBRIDSERVE_ADMIN_TOKEN"] == "secret"
+    with pytest.raises(KeyError, match="head"):
+        env_vars({"head": 3})
+
+
+def test_updated_validates_like_start_up() -> None:
+    settings = Settings()
+    assert settings.updated(l1_size=5, admission="AFTER:2").admission == "after:2"
+    for bad in ({"l1_size": -1}, {"admission": "sometimes"}, {"head": 1}):
+        with pytest.raises(ValidationError):
+            settings.updated(**bad)

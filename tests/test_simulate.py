@@ -79,6 +79,7 @@ def test_curves_match_reference_table(name: str) -> None:
             assert measured[policy][column] == pytest.approx(expected, abs=TOLERANCE), (policy, fraction)
 
 
+@pytest.mark.slow
 def test_belady_is_never_worse(web07: Trace) -> None:
     curves = miss_ratio_curves(web07, LIBCACHESIM_POLICIES + REDIS_POLICIES, DEFAULT_FRACTIONS)
     belady = {point.cache_size: point.miss_ratio for point in _curve(curves, "Belady").points}
@@ -215,7 +216,8 @@ def test_head_keys_never_expire() -> None:
         (lambda t: ServerPolicy(l2_eviction="volatile-ttl"), "allkeys-lru"),
         (lambda t: ServerPolicy(l2_capacity=0), "l2_capacity"),
         (lambda t: ServerPolicy(mode="static", l1_capacity=5), "static mode has no L1"),
-        (lambda t: ServerPolicy(mode="dynamic"), "mode must be one of"),
+        (lambda t: ServerPolicy(mode="batch"), "mode must be one of"),
+        (lambda t: ServerPolicy(mode="dynamic", l1_capacity=5), "dynamic mode has no caches"),
         (lambda t: ServerPolicy(l1_capacity=-1), "l1_capacity must be >= 0"),
     ],
 )

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from serving.cache import AdmissionRule
+from serving.settings import env_vars
 from loadtests.cost import Prices, RunUsage, Scenario, monthly_cost
 from tuning.calibrate import TierCosts
 from tuning.simulate import ServerPolicy, cache_sizes, simulate_server_policy
@@ -83,12 +84,12 @@ class Candidate:
         return f"hybrid l1={self.l1_size} head={self.head_size} {self.admission}"
 
     def env(self, model_name: str) -> dict[str, str]:
-        """The ``HYBRIDSERVE_*`` settings that run this configuration."""
-        env = {"HYBRIDSERVE_MODE": self.mode, "HYBRIDSERVE_MODEL_NAME": model_name}
+        """The ``HYBRIDSERVE_*`` settings that run this configuration (named from the Settings
+        fields themselves, so a renamed setting cannot leave a dead variable here)."""
+        fields: dict[str, object] = {"mode": self.mode, "model_name": model_name}
         if self.mode == "hybrid":
-            env |= {"HYBRIDSERVE_L1_SIZE": str(self.l1_size), "HYBRIDSERVE_ADMISSION": self.admission,
-                    "HYBRIDSERVE_HEAD_SIZE": str(self.head_size)}
-        return env
+            fields |= {"l1_size": self.l1_size, "admission": self.admission, "head_size": self.head_size}
+        return env_vars(fields)
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form, with the derived fields."""

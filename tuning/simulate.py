@@ -7,7 +7,9 @@ Two kinds of simulation, both counting objects (every prediction has size 1):
   approximations of :mod:`tuning.redis_eviction`, over cache sizes given as fractions of the
   trace's unique keys.
 - :func:`simulate_server_policy`: the tiers the server runs (static head, L1, admission, Redis
-  L2), replayed through ``serving.cache`` itself so the numbers describe the code that serves.
+  L2), replayed through the server's own decision core (:class:`serving.tiers.TierWalk`, with
+  ``serving.cache``'s L1 and admission) over counting tiers, so the numbers describe the code
+  that serves.
 
 libcachesim 0.3.5 pitfalls handled here (see ``shared/traces/README.md``): every libCacheSim run
 reads an oracleGeneral file written by :func:`tuning.traces.write_oracle_trace` (Belady needs the
@@ -38,6 +40,10 @@ import libcachesim as lcs
 import numpy as np
 
 from serving.cache import Admission, AdmissionRule, L1Cache
+from serving.errors import UnknownKey
+from serving.metrics import Counts
+from serving.modes import MODE_TIERS
+from serving.tiers import L1Tier, Tier, TierWalk, run_now
 from tuning.redis_eviction import REDIS_EVICTION_POLICIES, REDIS_MAXMEMORY_SAMPLES, RedisEvictionCache
 from tuning.traces import Trace, write_oracle_trace
 
@@ -98,7 +104,8 @@ class MissRatioCurve:
     points: list[CurvePoint] = field(default_factory=list)
 
 
-SERVER_MODES: tuple[str, ...] = ("static", "hybrid")
+# Every mode the server runs can be replayed: the replay walks the same tier lists.
+SERVER_MODES: tuple[str, ...] = tuple(MODE_TIERS)
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,8 @@ class ServerPolicy:
             raise ValueError(f"l2_eviction must be one of {REDIS_EVICTION_POLICIES}, got {self.l2_eviction!r}")
         if self.mode == "static" and self.l1_capacity:
             raise ValueError("static mode has no L1 (the server runs it with L1 size 0)")
+        if self.mode == "dynamic" and (self.l1_capacity or self.head_size):
+            raise ValueError("dynamic mode has no caches: l1_capacity and head_size must be 0")
         AdmissionRule.parse(self.admission)  # raises a ValueError naming the accepted forms
 
     @classmethod
@@ -352,10 +361,11 @@ def simulate_server_policy(
     _check_replay(trace, policy, train_fraction)
     train, test = trace.split(train_fraction)
     head = top_keys(train, policy.head_size)
-    replay = _ServerReplay(trace.keys, head, policy, seed)
+    replay = ServerReplay(policy, [trace.keys[i] for i in head.tolist()], seed)
+    head_ids = frozenset(head.tolist())
     if warm_up:
-        replay.run(train)
-    counts = replay.run(test)
+        _replay(replay, train, head_ids)
+    counts = _replay(replay, test, head_ids)
     return _server_result(policy, train_fraction, counts, oracle_head_request_ratio(test, policy.head_size))
 
 
@@ -384,19 +394,6 @@ def _check_replay(trace: Trace, policy: ServerPolicy, train_fraction: float) -> 
         raise ValueError(f"train_fraction {train_fraction} leaves no requests of {len(trace)} to evaluate")
     if (policy.l1_ttl_s or policy.l2_ttl_s) and trace.times is None:
         raise ValueError("TTLs need a trace with timestamps (a CSV time column or oracleGeneral times)")
-
-
-@dataclass
-class _ReplayCounts:
-    requests: int = 0
-    l1_hits: int = 0
-    l2_hits: int = 0
-    misses: int = 0
-    head_requests: int = 0
-    admissions: int = 0
-    rejected_admissions: int = 0
-    l1_evictions: int = 0
-    l2_evictions: int = 0
 
 
 class _Store(Protocol):
@@ -441,20 +438,26 @@ class _TraceClock:
         return self.now
 
 
-class _RedisTier:
-    """The L2 as the server sees it: a store plus per-key expiry, checked on read like Redis'
-    lazy expiry (an expired key is never returned; until read it still takes a slot)."""
+class _CountingStoreTier:
+    """The store tier as the server sees it, without I/O: a store plus per-key expiry, checked on
+    read like Redis' lazy expiry (an expired key is never returned; until read it takes a slot).
+    Values are not kept: a hit answers 0.0, since only where a request is served matters here."""
 
-    def __init__(self, store: _Store, clock: _TraceClock) -> None:
+    name = "redis"
+    computes = False
+    trusts_keys = False
+
+    def __init__(self, store: _Store, clock: _TraceClock, ttl_s: float) -> None:
         self._store = store
         self._clock = clock
+        self._ttl_s = ttl_s
         self._expires: dict[str, float] = {}
 
     @property
     def evictions(self) -> int:
         return self._store.evictions
 
-    def get(self, key: str) -> bool:
+    def _has(self, key: str) -> bool:
         expires = self._expires.get(key)
         if expires is not None and expires <= self._clock.now:
             del self._expires[key]
@@ -462,61 +465,118 @@ class _RedisTier:
             return False
         return self._store.get(key)
 
-    def put(self, key: str, ttl_s: float = 0.0) -> None:
+    def preload(self, key: str) -> None:
+        """Write a head key (no expiry, as precompute does)."""
         self._store.put(key)
-        if ttl_s:
-            self._expires[key] = self._clock.now + ttl_s
-        else:
-            self._expires.pop(key, None)
+        self._expires.pop(key, None)
+
+    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
+        return [0.0 if self._has(key) else None for key in keys]
+
+    async def put_many(self, items: Sequence[tuple[str, float]]) -> None:
+        for key, _ in items:
+            self._store.put(key)
+            if self._ttl_s:
+                self._expires[key] = self._clock.now + self._ttl_s
+            else:
+                self._expires.pop(key, None)
 
 
-class _ServerReplay:
-    """``PredictionService``'s request path with the I/O taken out.
+class _CountingModelTier:
+    """The model tier without inference: it answers every key (0.0)."""
 
-    Per request: L1, then Redis (a hit refills L1), then the model, whose result goes to L1 and
-    Redis when ``Admission`` says so (hybrid only). The head is written to Redis up front.
+    name = "model"
+    computes = True
+    trusts_keys = False
+
+    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
+        return [0.0] * len(keys)
+
+    async def put_many(self, items: Sequence[tuple[str, float]]) -> None:
+        """Nothing to remember."""
+
+
+def _accept(key: str) -> None:
+    """Trace keys need no validation: they are the traffic, not user input."""
+
+
+class ServerReplay:
+    """The server's request path with the I/O taken out: the same :class:`serving.tiers.TierWalk`
+    (order, refill, admission) over tiers that count instead of serving, for the policy's mode in
+    :data:`serving.modes.MODE_TIERS`. The head is written to the store tier up front.
+
+    Example::
+
+        replay = ServerReplay(ServerPolicy.hybrid(l1_capacity=100, admission="after:2"), head=["17:42"])
+        [replay.serve(key) for key in ["17:42", "3:8", "3:8"]]   # ["redis", "model", "model"]
     """
 
-    def __init__(self, keys: tuple[str, ...], head: np.ndarray, policy: ServerPolicy, seed: int) -> None:
-        self._keys = keys
-        self._head = frozenset(head.tolist())
-        self._policy = policy
+    def __init__(self, policy: ServerPolicy, head: Sequence[str] = (), seed: int = 0) -> None:
+        self.policy = policy
+        self.counts = Counts()
+        self.unknown = 0
         self._clock = _TraceClock()
         self._l1 = L1Cache(policy.l1_capacity, ttl_s=policy.l1_ttl_s, clock=self._clock)
-        self._l2 = _RedisTier(_make_store(policy, seed), self._clock)
-        for key_id in head.tolist():
-            self._l2.put(keys[key_id])
-        self._admission = Admission(AdmissionRule.parse(policy.admission))
-        self._admits = policy.mode == "hybrid"
+        self._store = _CountingStoreTier(_make_store(policy, seed), self._clock, policy.l2_ttl_s)
+        for key in head:
+            self._store.preload(key)
+        # Only hybrid admits what the model computes; the tuner's static serves its head alone.
+        tiers: dict[str, Tier] = {"l1": L1Tier(self._l1), "store": self._store, "model": _CountingModelTier()}
+        self.admission = Admission(AdmissionRule.parse(policy.admission))
+        self._walk = TierWalk([tiers[name] for name in MODE_TIERS[policy.mode]], admission=self.admission,
+                              observer=self.counts, validate=_accept)
 
-    def run(self, trace: Trace) -> _ReplayCounts:
-        """Serve every request of ``trace``; the counts cover this call only."""
-        counts = _ReplayCounts(requests=len(trace))
-        rejected, l1_evictions, l2_evictions = self._admission.rejected, self._l1.evictions, self._l2.evictions
-        times = trace.times.tolist() if trace.times is not None else None
-        for index, key_id in enumerate(trace.ids.tolist()):
-            if times is not None:
-                self._clock.now = times[index]
-            self._serve(key_id, counts)
-        counts.rejected_admissions = self._admission.rejected - rejected
-        counts.l1_evictions = self._l1.evictions - l1_evictions
-        counts.l2_evictions = self._l2.evictions - l2_evictions
-        return counts
+    @property
+    def l1_evictions(self) -> int:
+        """L1 evictions so far."""
+        return self._l1.evictions
 
-    def _serve(self, key_id: int, counts: _ReplayCounts) -> None:
-        key = self._keys[key_id]
-        counts.head_requests += key_id in self._head
-        if self._l1.get(key) is not None:
-            counts.l1_hits += 1
-        elif self._l2.get(key):
-            counts.l2_hits += 1
-            self._l1.put(key, 0.0)
-        else:
-            counts.misses += 1
-            if self._admits and self._admission.admit(key):
-                counts.admissions += 1
-                self._l1.put(key, 0.0)
-                self._l2.put(key, self._policy.l2_ttl_s)
+    @property
+    def l2_evictions(self) -> int:
+        """Store (Redis ``maxmemory``) evictions so far."""
+        return self._store.evictions
+
+    def serve(self, key: str, now: float | None = None) -> str:
+        """Serve one request of ``key`` (at trace time ``now``); returns its source (``l1``,
+        ``redis``, ``model``) or ``unknown`` where the server would answer 404."""
+        if now is not None:
+            self._clock.now = now
+        try:
+            found = run_now(self._walk.resolve((key,)))
+        except UnknownKey:
+            self.unknown += 1
+            return "unknown"
+        return found[key][1]
+
+
+@dataclass
+class _ReplayCounts:
+    requests: int = 0
+    l1_hits: int = 0
+    l2_hits: int = 0
+    misses: int = 0
+    head_requests: int = 0
+    admissions: int = 0
+    rejected_admissions: int = 0
+    l1_evictions: int = 0
+    l2_evictions: int = 0
+
+
+def _replay(replay: ServerReplay, trace: Trace, head: frozenset[int]) -> _ReplayCounts:
+    """Serve every request of ``trace``; the counts cover this call only."""
+    c = replay.counts
+    before = (c.l1_hits, c.redis_hits, c.model_rows + replay.unknown, c.admitted, c.not_admitted,
+              replay.l1_evictions, replay.l2_evictions)
+    times = trace.times.tolist() if trace.times is not None else None
+    keys, serve = trace.keys, replay.serve
+    head_requests = 0
+    for index, key_id in enumerate(trace.ids.tolist()):
+        head_requests += key_id in head
+        serve(keys[key_id], None if times is None else times[index])
+    after = (c.l1_hits, c.redis_hits, c.model_rows + replay.unknown, c.admitted, c.not_admitted,
+             replay.l1_evictions, replay.l2_evictions)
+    l1, l2, misses, admitted, refused, l1_ev, l2_ev = (a - b for a, b in zip(after, before))
+    return _ReplayCounts(len(trace), l1, l2, misses, head_requests, admitted, refused, l1_ev, l2_ev)
 
 
 def _make_store(policy: ServerPolicy, seed: int) -> _Store:

@@ -1,4 +1,4 @@
-"""A hybridserve server in a process of its own, for load tests, calibration and verification.
+"""Servers in processes of their own, for load tests, calibration, verification and benchmarks.
 
 Its own process, so that its CPU time can be read from its pid without counting the client that
 drives it, and so that Locust's gevent patching or a test's event loop never share its interpreter.
@@ -14,33 +14,24 @@ Example::
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import IO
+from typing import IO, Self
 
 import httpx
 import psutil
 
 from loadtests.harness.redis_server import free_port
-from serving.settings import Settings
+from serving.settings import ENV_PREFIX, Settings
 
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 10.0
-_REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """``HYBRIDSERVE_*`` variables that reproduce ``settings`` in another process."""
-    env: dict[str, str] = {}
-    for name, value in settings.model_dump(exclude_none=True).items():
-        if hasattr(value, "get_secret_value"):
-            value = value.get_secret_value()
-        env[f"HYBRIDSERVE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
-    return env
+_REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def process_cpu_s(pid: int) -> float:
@@ -76,10 +67,20 @@ def _schedstat_s(pid: int) -> float:
 
 
 def pinned(argv: list[str], cores: list[int] | None) -> list[str]:
-    """``argv`` run under ``taskset`` on ``cores`` (unchanged when there is nothing to pin)."""
-    if not cores or not os.path.exists("/usr/bin/taskset"):
+    """``argv`` run under ``taskset`` on ``cores`` (unchanged when there is nothing to pin: no
+    cores asked for, no taskset, or a machine with a single core to pin to)."""
+    if not cores or shutil.which("taskset") is None or len(os.sched_getaffinity(0)) < 2:
         return argv
     return ["taskset", "-c", ",".join(map(str, cores)), *argv]
+
+
+def split_cores() -> tuple[int | None, int | None]:
+    """The first and last core this process may run on, for a load generator and the process it
+    measures; ``(None, None)`` on a single core, where pinning cannot separate them."""
+    cores = sorted(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        return None, None
+    return cores[0], cores[-1]
 
 
 def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: IO[bytes], timeout_s: float = START_TIMEOUT_S) -> None:
@@ -99,41 +100,72 @@ def wait_until_ready(url: str, process: subprocess.Popen[bytes], log: IO[bytes],
     raise RuntimeError(f"{url} not ready within {timeout_s:.0f}s")
 
 
-class ServerProcess:
-    """``python -m hybridserve.cli serve --no-precompute`` with ``settings``, on a free loopback port."""
+class ManagedProcess:
+    """A server in a child process: pinned with taskset, stderr to a file (never a pipe nobody
+    reads: a chatty server would block on a full pipe), ready once ``ready_path`` answers 200,
+    stopped with SIGTERM and then SIGKILL. Used for hybridserve and for the servers it is
+    benchmarked against.
 
-    def __init__(self, settings: Settings, cores: list[int] | None = None) -> None:
-        self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": free_port()})
+    Example::
+
+        with ManagedProcess("prototype", [sys.executable, "proto.py", "8001"], port=8001, ready_path="/healthz") as p:
+            p.cpu_s()
+    """
+
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        port: int,
+        env: dict[str, str] | None = None,
+        cores: list[int] | None = None,
+        ready_path: str = "/readyz",
+    ) -> None:
+        self.name = name
+        self.argv = argv
+        self.port = port
+        self.env = env or {}
         self.cores = cores
+        self.ready_path = ready_path
         self.process: subprocess.Popen[bytes] | None = None
-        # stderr to a file, never a pipe nobody reads: a chatty server would block on a full pipe.
         self._log: IO[bytes] = tempfile.TemporaryFile()
 
     @property
     def url(self) -> str:
         """Base URL of the server."""
-        return f"http://127.0.0.1:{self.settings.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def pid(self) -> int:
         """Process id of the server."""
-        assert self.process is not None, "server not started"
+        assert self.process is not None, f"{self.name} not started"
         return self.process.pid
 
-    def start(self) -> ServerProcess:
-        """Start the server and wait until ``/readyz`` answers 200."""
-        argv = pinned([sys.executable, "-m", "hybridserve.cli", "serve", "--no-precompute"], self.cores)
-        self.process = subprocess.Popen(argv, cwd=_REPO_ROOT, env={**os.environ, **settings_env(self.settings)},
+    def launch(self) -> Self:
+        """Start the process without waiting (start several, then :meth:`wait_ready` each)."""
+        # Only the settings given reach the child: HYBRIDSERVE_* variables of this process stay here.
+        inherited = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)}
+        self.process = subprocess.Popen(pinned(self.argv, self.cores), cwd=_REPO_ROOT, env={**inherited, **self.env},
                                         stdout=subprocess.DEVNULL, stderr=self._log)
-        try:
-            wait_until_ready(f"{self.url}/readyz", self.process, self._log)
-        except RuntimeError:
-            self.stop()
-            raise
         return self
 
+    def wait_ready(self, timeout_s: float = START_TIMEOUT_S) -> Self:
+        """Wait until ``ready_path`` answers 200; stop it and raise ``RuntimeError`` otherwise."""
+        assert self.process is not None, f"{self.name} not started"
+        try:
+            wait_until_ready(f"{self.url}{self.ready_path}", self.process, self._log, timeout_s)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{self.name}: {exc}") from None
+        return self
+
+    def start(self) -> Self:
+        """Start and wait until ready."""
+        return self.launch().wait_ready()
+
     def cpu_s(self) -> float:
-        """CPU seconds the server has used so far."""
+        """CPU seconds the server (and its worker processes) has used so far."""
         return process_cpu_s(self.pid)
 
     def stop(self) -> None:
@@ -148,12 +180,23 @@ class ServerProcess:
             process.kill()
             process.wait(STOP_TIMEOUT_S)
 
-    def __enter__(self) -> ServerProcess:
+    def __enter__(self) -> Self:
         try:
-            return self.start()
+            self.start()
         except BaseException:
             self.stop()
             raise
+        return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
+
+
+class ServerProcess(ManagedProcess):
+    """``python -m hybridserve serve --no-precompute`` with ``settings`` (passed as ``HYBRIDSERVE_*``
+    variables, the way a deployment would), on a free loopback port."""
+
+    def __init__(self, settings: Settings, cores: list[int] | None = None) -> None:
+        self.settings = settings.model_copy(update={"host": "127.0.0.1", "port": free_port()})
+        super().__init__("hybridserve", [sys.executable, "-m", "hybridserve", "serve", "--no-precompute"],
+                         port=self.settings.port, env=self.settings.as_env(), cores=cores)
