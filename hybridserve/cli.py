@@ -51,6 +51,30 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    """Import your own model (ONNX, or scikit-learn saved with joblib/pickle) and its feature table
+    (CSV or Parquet, one row per key) into the registry; refuses, with one line, anything that
+    could not be served right."""
+    from models.importer import import_model
+
+    features = [f.strip() for f in args.features.split(",") if f.strip()] if args.features else None
+    artifact = import_model(args.name, Path(args.model_path), Path(args.table), args.key_column, _settings(args).registry,
+                            features=features)
+    card = artifact.card()
+    parity, timing = card["parity"], card["inference_time"]
+    print(f"{artifact.name} version {artifact.version}")
+    print(f"  path: {artifact.path}")
+    print(f"  keys: {card['key_count']:,} from column {args.key_column!r}; features: {', '.join(card['features'])}")
+    print(f"  output: {card['output']['meaning']}")
+    if parity["max_abs_diff"] is None:
+        print(f"  parity: {parity['note']}")
+    else:
+        print(f"  parity max |onnx - sklearn| on {parity['rows']} rows: {parity['max_abs_diff']:.3g} (tolerance {parity['tolerance']:.3g})")
+    print(f"  inference: {timing['single_row_us']:.1f} us single row, {timing['batch_row_us']:.1f} us/row in batches of {timing['batch_size']}")
+    print(f"  serve it: hybridserve serve --mode hybrid --model {artifact.name}")
+    return 0
+
+
 def cmd_redis(args: argparse.Namespace) -> int:
     """Run an embedded Redis in the foreground until interrupted."""
     import time
@@ -319,6 +343,19 @@ def _train_redis_precompute(sub: Any) -> None:
     train.add_argument("--segments", type=int, default=200, help="road segments (key space = segments x 168)")
     train.add_argument("--seed", type=int, default=7, help="seed of the synthetic traffic data and the model")
     train.set_defaults(func=cmd_train)
+
+    imp = sub.add_parser("import", help="import your own model and feature table into the registry", description=cmd_import.__doc__)
+    imp.add_argument("--name", required=True, help="registry name of the model (letters, digits, '_', '.', '-'); "
+                     "serve it with --model NAME")
+    imp.add_argument("--model", dest="model_path", required=True, metavar="PATH",
+                     help="model file: .onnx, or a fitted scikit-learn estimator or Pipeline as .joblib / .pkl")
+    imp.add_argument("--table", required=True, metavar="PATH", help="feature table: .csv, .tsv or .parquet, one row per key")
+    imp.add_argument("--key-column", required=True, metavar="COL", help="the table's column of key ids (strings)")
+    imp.add_argument("--features", default=None, metavar="C1,C2,...",
+                     help="feature columns in the model's order (default: the model's feature_names_in_, else every "
+                     "column but the key, in table order)")
+    _setting(imp, "--registry", "registry", "model registry directory to publish into")
+    imp.set_defaults(func=cmd_import)
 
     red = sub.add_parser("redis", help="run an embedded redis-server in the foreground", description=cmd_redis.__doc__)
     red.add_argument("--port", type=int, default=None, help="TCP port on 127.0.0.1 (default: a free one)")

@@ -23,7 +23,7 @@ import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -78,10 +78,18 @@ validator, so the schema still shows minimum and maximum)."""
 
 
 class PredictRequest(BaseModel):
-    """Body of ``POST /v1/predict``."""
+    """Body of ``POST /v1/predict``: keys, or raw feature instances (one of the two)."""
 
     model_config = ConfigDict(extra="forbid")
-    keys: list[StrictStr] = Field(min_length=1, description="Keys '<segment>:<hour_of_week>', answered in order")
+    keys: list[StrictStr] | None = Field(None, min_length=1, description="Keys of the model's key space, answered in order")
+    instances: list[dict[str, Any]] | None = Field(
+        None, min_length=1, description="Feature vectors as objects {feature: number}, every feature of the model")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.keys is None) == (self.instances is None):
+            raise ValueError("give either 'keys' or 'instances'")
+        return self
 
 
 class FlushRequest(BaseModel):
@@ -288,12 +296,19 @@ def _add_prediction_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.post("/v1/predict")
     async def predict_many(body: PredictRequest, request: Request) -> Response:
-        """Predictions for a batch of keys, in request order: one Redis round trip, one model call."""
-        if len(body.keys) > settings.max_keys_per_request:
-            raise TooManyKeys(f"{len(body.keys)} keys in one request; the limit is {settings.max_keys_per_request}")
-        predictions = await _service(request).predict(body.keys)
-        version = predictions[0].model_version
-        return JSONBody({"model_version": version, "predictions": [p.as_dict() for p in predictions]})
+        """Predictions for a batch of keys, or of raw feature instances, in request order: one Redis
+        round trip, one model call."""
+        asked = body.keys if body.keys is not None else body.instances
+        assert asked is not None  # the model validator admits exactly one
+        if len(asked) > settings.max_keys_per_request:
+            raise TooManyKeys(f"{len(asked)} keys or instances in one request; the limit is {settings.max_keys_per_request}")
+        if body.keys is not None:
+            predictions = await _service(request).predict(body.keys)
+            answers = [p.as_dict() for p in predictions]
+        else:
+            predictions = await _service(request).predict_instances(asked)
+            answers = [{"prediction": p.prediction, "source": p.source, "model_version": p.model_version} for p in predictions]
+        return JSONBody({"model_version": predictions[0].model_version, "predictions": answers})
 
 
 def _add_operation_routes(app: FastAPI) -> None:

@@ -29,6 +29,13 @@ class InvalidRequest(ServingError):
     code = "invalid_request"
 
 
+class InvalidInstance(InvalidRequest):
+    """A raw-feature instance breaks the model's feature schema (missing, unknown, not a number,
+    not finite), or the mode cannot answer instances at all (static)."""
+
+    code = "invalid_instance"
+
+
 class MalformedKey(ServingError):
     """A key does not have the form ``<segment>:<hour_of_week>``."""
 

@@ -2,7 +2,7 @@
 
 The table is memory-mapped (``features.npy``), so a server holding ten million keys' features pays
 for the pages it reads, not for the file; rows are gathered per request into one contiguous block.
-Which key is which row is the key space's business (:mod:`serving.keyspace`).
+Which key is which row is the key space's business (:mod:`models.keyspace`).
 
 Example::
 
@@ -12,12 +12,28 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from serving.keyspace import KeySpace
+from models.keyspace import KeyNotFound, KeyRuleError, KeySpace
+from serving.errors import MalformedKey, UnknownKey
+
+
+def served_lookup(lookup: Callable[[str], int]) -> Callable[[str], int]:
+    """``lookup`` (a key space's ``index`` or ``check_key``) with the registry's key errors turned
+    into the server's: a malformed key is 422 ``malformed_key``, a key outside the space 404."""
+
+    def checked(key: str) -> int:
+        try:
+            return lookup(key)
+        except KeyRuleError as exc:
+            raise MalformedKey(str(exc)) from None
+        except KeyNotFound as exc:
+            raise UnknownKey(str(exc)) from None
+
+    return checked
 
 
 class FeatureTable:
@@ -30,7 +46,7 @@ class FeatureTable:
             raise ValueError(f"feature table must be float32, got {rows.dtype}")
         self._rows = rows
         self.key_space = key_space
-        self.index = key_space.index  # bound once: the hot path calls it per key
+        self.index = served_lookup(key_space.index)  # built once: the hot path calls it per key
 
     @classmethod
     def load(cls, path: Path, key_space: KeySpace) -> FeatureTable:

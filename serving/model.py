@@ -21,7 +21,7 @@ import numpy as np
 from models import runtime
 from models.registry import ModelArtifact, resolve
 from serving.features import FeatureTable
-from serving.keyspace import KeySpace, key_space_for
+from models.keyspace import KeySpace, key_space_for
 
 _log = logging.getLogger(__name__)
 RunFn = Callable[[np.ndarray], np.ndarray]

@@ -4,8 +4,9 @@ FastAPI's defaults instead of this server (schemathesis checks every answer agai
 - Every error answer is ``{"error": code, "detail": text}`` (:data:`ERROR_SCHEMA`): documented for
   the statuses each operation answers (:data:`ERRORS_BY_PATH`) and as ``default`` for the rest (the
   connection guard's 408/431/503, 405), replacing FastAPI's own 422 list;
-- the key format of the served key space (pattern, length) on ``/v1/predict/{key}`` and on the
-  batch's items, and the batch size limit, so a request the schema allows is never refused as malformed;
+- the key format of the served key space (pattern, length) on ``/v1/predict/{key}``, and the batch
+  body as exactly one of ``keys`` or ``instances`` (the card's features; not in static), with the
+  batch size limit, so a request the schema allows is never refused as malformed;
 - ``/metrics`` as Prometheus text, ``/readyz``'s 503 with the readiness body;
 - the admin operations' bearer token as a security scheme.
 
@@ -22,7 +23,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from models.registry import RegistryError, resolve
-from serving.keyspace import FORBIDDEN_KEY_CHARACTERS, GRID_KEY_PATTERN, GRID_MAX_LENGTH, MAX_KEY_LENGTH, key_space_for
+from models.keyspace import FORBIDDEN_KEY_CHARACTERS, GRID_KEY_PATTERN, GRID_MAX_LENGTH, MAX_KEY_LENGTH, KeySpace, key_space_for
+from serving.modes import computes
 from serving.settings import Settings
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -109,25 +111,47 @@ def _document_errors(path: str, operation: dict[str, Any]) -> None:
     responses["default"] = _error_response("Any other error, same body (e.g. 405, 408, 431, 503 too_many_connections)")
 
 
-def key_schema(settings: Settings) -> dict[str, Any]:
-    """The key format of the configured model's key space (its card says grid or table); the
-    general key rule when the registry does not have it (a static server without a registry)."""
+def _served_card(settings: Settings) -> tuple[dict[str, Any], KeySpace] | None:
+    """The configured version's card and key space; None when the registry does not have it (a
+    static server deployed without the registry)."""
     try:
         artifact = resolve(settings.registry, settings.model_name, settings.model_version)
-        kind = key_space_for(artifact.card(), artifact.path).kind
+        card = artifact.card()
+        return card, key_space_for(card, artifact.path)
     except (RegistryError, OSError, ValueError):
-        return ANY_KEY_SCHEMA
-    return GRID_KEY_SCHEMA if kind == "grid" else ANY_KEY_SCHEMA
+        return None
+
+
+def key_schema(space: KeySpace | None) -> dict[str, Any]:
+    """The key format of the served key space: the grid's pattern, else the general key rule."""
+    return GRID_KEY_SCHEMA if space is not None and space.kind == "grid" else ANY_KEY_SCHEMA
+
+
+def instance_schema(card: dict[str, Any]) -> dict[str, Any]:
+    """A raw-feature instance: every feature of the model as a number, nothing else."""
+    features = list(card["features"])
+    return {"type": "object", "required": features, "additionalProperties": False,
+            "properties": {name: {"type": "number"} for name in features}}
 
 
 def _document_keys(schema: dict[str, Any], settings: Settings) -> None:
-    key = key_schema(settings)
+    served = _served_card(settings)
+    key = key_schema(served[1] if served else None)
     for parameter in schema["paths"]["/v1/predict/{key}"]["get"].get("parameters", []):
         if parameter["name"] == "key":
             parameter["schema"] = {**key, "title": "Key"}
-    keys = schema["components"]["schemas"]["PredictRequest"]["properties"]["keys"]
-    keys["items"] = key
-    keys["maxItems"] = settings.max_keys_per_request
+    # "keys" or "instances", exactly one: pydantic's schema cannot say so; static answers keys only.
+    limit = settings.max_keys_per_request
+    bodies = [_one_field_body("keys", key, limit, "Keys of the model's key space, answered in order")]
+    if served is not None and computes(settings.mode):
+        bodies.append(_one_field_body("instances", instance_schema(served[0]), limit,
+                                      "Feature vectors as objects {feature: number}, every feature of the model"))
+    schema["components"]["schemas"]["PredictRequest"] = {"title": "PredictRequest", "oneOf": bodies}
+
+
+def _one_field_body(field: str, items: dict[str, Any], limit: int, description: str) -> dict[str, Any]:
+    array = {"type": "array", "minItems": 1, "maxItems": limit, "items": items, "description": description}
+    return {"type": "object", "required": [field], "additionalProperties": False, "properties": {field: array}}
 
 
 def _document_special_bodies(paths: dict[str, Any]) -> None:

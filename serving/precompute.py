@@ -26,8 +26,8 @@ import numpy as np
 from tqdm import tqdm
 
 from models.registry import versions
-from serving.errors import MalformedKey, ServingError
-from serving.keyspace import check_key
+from models.keyspace import KeyRuleError, check_key
+from serving.errors import ServingError
 from serving.logs import log_event
 from serving.model import LoadedModel
 from serving.settings import Settings
@@ -71,8 +71,8 @@ def top_keys_from_file(path: Path, top_k: int) -> list[str]:
     for key in counts:
         try:
             check_key(key)
-        except MalformedKey as exc:
-            raise ValueError(f"keys file {path}: {exc.detail}") from None
+        except KeyRuleError as exc:
+            raise ValueError(f"keys file {path}: {exc}") from None
     return [k for k, _ in counts.most_common(top_k)]
 
 

@@ -8,6 +8,7 @@ every answer (status, content type, body, headers) as the schema documents it.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
@@ -20,6 +21,7 @@ import httpx
 import pytest
 
 from loadtests.harness.redis_server import EmbeddedRedis
+from models.data import FEATURE_NAMES
 from serving.precompute import precompute
 from serving.settings import Settings
 from tests.helpers import ADMIN, running
@@ -27,6 +29,15 @@ from tests.helpers import ADMIN, running
 README = Path(__file__).resolve().parent.parent / "README.md"
 JSON = {"content-type": "application/json"}
 Send = Callable[[httpx.Client], httpx.Response]
+
+
+# A complete instance of the demo model: every feature, each a number.
+INSTANCE = {name: 1.0 for name in FEATURE_NAMES}
+
+
+def _with_nan() -> bytes:
+    """A JSON body with a NaN feature (Python's JSON reads the NaN token, so the server must refuse it)."""
+    return json.dumps({"instances": [{**INSTANCE, "lanes": float("nan")}]}).encode()
 
 
 def _chunked(total: int) -> Iterator[bytes]:
@@ -86,6 +97,11 @@ CASES: list[tuple[str, Send, int, str | None]] = [
     ("policy integer written 5.0", lambda c: c.put("/v1/admin/policy", json={"redis_ttl_s": 3600.0}, headers=ADMIN), 200, None),
     ("unknown model version", lambda c: c.post("/v1/admin/reload", json={"version": "nope"}, headers=ADMIN), 404, "unknown_version"),
     ("path in a version", lambda c: c.post("/v1/admin/reload", json={"version": "../x"}, headers=ADMIN), 422, "invalid_request"),
+    ("instance missing a feature", lambda c: c.post("/v1/predict", json={"instances": [{"lanes": 2}]}), 422, "invalid_instance"),
+    ("instance with an unknown feature", lambda c: c.post("/v1/predict", json={"instances": [{**INSTANCE, "x": 1}]}), 422, "invalid_instance"),
+    ("instance feature not a number", lambda c: c.post("/v1/predict", json={"instances": [{**INSTANCE, "lanes": "2"}]}), 422, "invalid_instance"),
+    ("instance feature not finite", lambda c: c.post("/v1/predict", content=_with_nan(), headers=JSON), 422, "invalid_instance"),
+    ("keys and instances together", lambda c: c.post("/v1/predict", json={"keys": ["1:1"], "instances": [INSTANCE]}), 422, "invalid_request"),
 ]
 
 

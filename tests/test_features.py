@@ -9,7 +9,7 @@ import pytest
 
 from serving.errors import UnknownKey
 from serving.features import FeatureTable
-from serving.keyspace import HOURS_PER_WEEK, GridKeySpace, TableKeySpace
+from models.keyspace import HOURS_PER_WEEK, GridKeySpace, TableKeySpace
 
 
 def test_grid_table_rows() -> None:

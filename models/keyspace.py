@@ -12,12 +12,13 @@ Two kinds, named in the model card's ``key_space``:
   keys of real traffic resolve with one dictionary lookup.
 
 Every key is checked before it goes near Redis or a log line: a key can never be a pattern, a
-command or another model's key.
+command or another model's key. This module belongs to the registry (a card names its key space);
+the server turns its two errors into 422 and 404 (:mod:`serving.features`).
 
 Example::
 
     space = key_space_for(card, version_dir)
-    row = space.index("user-000042")     # MalformedKey / UnknownKey otherwise
+    row = space.index("user-000042")     # KeyRuleError / KeyNotFound otherwise
     space.key(row)                       # "user-000042"
 """
 
@@ -30,7 +31,14 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from serving.errors import MalformedKey, UnknownKey
+
+
+class KeyRuleError(ValueError):
+    """A key is malformed: it breaks the key rule, or the grid's format."""
+
+
+class KeyNotFound(LookupError):
+    """A well-formed key that is not in the key space."""
 
 HOURS_PER_WEEK = 168
 KEYS_FILE = "keys.npy"
@@ -51,9 +59,9 @@ GRID_MAX_LENGTH = 13
 
 
 def check_key(key: object) -> str:
-    """``key`` itself if it follows :data:`KEY_RULE`; :class:`MalformedKey` naming the rule otherwise."""
+    """``key`` itself if it follows :data:`KEY_RULE`; :class:`KeyRuleError` naming the rule otherwise."""
     if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY_LENGTH or _FORBIDDEN.search(key) is not None:
-        raise MalformedKey(f"key {_shown(key)} breaks the key rule: {KEY_RULE}")
+        raise KeyRuleError(f"key {_shown(key)} breaks the key rule: {KEY_RULE}")
     return key
 
 
@@ -70,7 +78,7 @@ class KeySpace(Protocol):
     count: int
 
     def index(self, key: str) -> int:
-        """Row of ``key``; :class:`MalformedKey` or :class:`UnknownKey` if it has none."""
+        """Row of ``key``; :class:`KeyRuleError` or :class:`KeyNotFound` if it has none."""
         ...
 
     def key(self, row: int) -> str:
@@ -104,14 +112,14 @@ class GridKeySpace:
     def check(self, key: str) -> str:
         """``key`` if it is ``<segment>:<hour>`` in canonical integers."""
         if not isinstance(key, str) or len(key) > GRID_MAX_LENGTH or _GRID_KEY.fullmatch(key) is None:
-            raise MalformedKey(f"key {_shown(key)} is not '<segment>:<hour_of_week>' (canonical integers, e.g. '17:42')")
+            raise KeyRuleError(f"key {_shown(key)} is not '<segment>:<hour_of_week>' (canonical integers, e.g. '17:42')")
         return key
 
     def index(self, key: str) -> int:
         """``segment * 168 + hour``."""
         segment, hour = (int(part) for part in self.check(key).split(":"))
         if segment >= self.segments or hour >= HOURS_PER_WEEK:
-            raise UnknownKey(f"key {key!r} is outside the model's key space "
+            raise KeyNotFound(f"key {key!r} is outside the model's key space "
                              f"(segments 0..{self.segments - 1}, hours 0..{HOURS_PER_WEEK - 1})")
         return segment * HOURS_PER_WEEK + hour
 
@@ -166,7 +174,7 @@ class TableKeySpace:
         raw = check_key(key).encode()
         position = int(np.searchsorted(self._keys, raw))
         if position == self.count or self._keys[position] != raw:
-            raise UnknownKey(f"key {_shown(key)} is not in the model's key space ({self.count:,} keys)")
+            raise KeyNotFound(f"key {_shown(key)} is not in the model's key space ({self.count:,} keys)")
         if len(self._known) < KNOWN_KEYS_MAX:
             self._known[key] = position
         return position
