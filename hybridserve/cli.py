@@ -75,6 +75,17 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_example(args: argparse.Namespace) -> int:
+    """Write the second shipped example (purchase propensity keyed by user ids, a binary
+    classifier) as files, and import it like a user's own model."""
+    from models.examples import KEY_COLUMN, write_propensity_example
+
+    model_path, table_path = write_propensity_example(Path(args.out), args.users, args.seed)
+    print(f"wrote {model_path} and {table_path} ({args.users:,} users)")
+    args.name, args.model_path, args.table, args.key_column, args.features = "propensity", str(model_path), str(table_path), KEY_COLUMN, None
+    return cmd_import(args)
+
+
 def cmd_redis(args: argparse.Namespace) -> int:
     """Run an embedded Redis in the foreground until interrupted."""
     import time
@@ -219,8 +230,10 @@ def _run_and_report(args: argparse.Namespace, specs: list[Any], extra_sections: 
 def _matrix(args: argparse.Namespace) -> list[Any]:
     from loadtests import runner
 
-    _ensure_models(_settings(args).registry)
     duration = args.duration or (runner.QUICK_DURATION_S if args.quick else runner.FULL_DURATION_S)
+    if args.model:  # a user's own model, as registered (hybridserve import)
+        return runner.matrix(duration, args.rate, args.dist, models=(args.model,))
+    _ensure_models(_settings(args).registry)
     return runner.matrix(duration, args.rate, args.dist)
 
 
@@ -235,9 +248,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return _run_and_report(args, specs, lambda: [_demo_tuning_section(args)])
 
 
+def _model_key_space(registry: Path, name: str) -> Any:
+    """The key space of a registered model (its latest version)."""
+    from models.keyspace import key_space_for
+    from models.registry import resolve
+
+    artifact = resolve(registry, name)
+    return key_space_for(artifact.card(), artifact.path)
+
+
 def _demo_tuning_section(args: argparse.Namespace) -> str:
     """Tune the cache for a synthetic Zipf trace of the demo's traffic and render it for the report."""
-    from models.registry import resolve
     from tuning.report_section import tuning_section
     from tuning.synth import write_synthetic_trace
     from tuning.tune import run_tune
@@ -245,8 +266,8 @@ def _demo_tuning_section(args: argparse.Namespace) -> str:
     out = Path(args.out) / "tune"
     out.mkdir(parents=True, exist_ok=True)
     registry = _settings(args).registry
-    segments = int(resolve(registry, "traffic-heavy").card()["segments"])
-    trace = write_synthetic_trace(args.dist, requests=DEMO_TRACE_REQUESTS, segments=segments, seed=11, out=out / "trace.keys")
+    space = _model_key_space(registry, "traffic-heavy")
+    trace = write_synthetic_trace(args.dist, requests=DEMO_TRACE_REQUESTS, space=space, seed=11, out=out / "trace.keys")
     print(f"\ntuning the heavy profile's cache for {DEMO_TRACE_REQUESTS:,} requests of {args.dist} ...", flush=True)
     settings = Settings(registry=registry, model_name="traffic-heavy")
     run_tune(Path(trace), settings, slo_p99_ms=DEMO_SLO_P99_MS, qps=args.target_qps or 1000.0, out=out,
@@ -258,8 +279,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     """One load test: one profile, one mode, one distribution."""
     from loadtests.runner import RunSpec
 
-    _ensure_models(_settings(args).registry)
-    spec = RunSpec(args.profile, args.mode, args.dist, rate=args.rate, users=args.users, duration_s=args.duration,
+    if not args.model:
+        _ensure_models(_settings(args).registry)
+    spec = RunSpec(args.model or args.profile, args.mode, args.dist, rate=args.rate, users=args.users, duration_s=args.duration,
                    batch_size=args.batch_size, seed=args.seed, head_size=args.run_head_size, l1_size=args.run_l1_size)
     return _run_and_report(args, [spec])
 
@@ -268,7 +290,8 @@ def cmd_trace_synth(args: argparse.Namespace) -> int:
     """Write a synthetic trace (one model key per line) drawn from a load-test key distribution."""
     from tuning.synth import write_synthetic_trace
 
-    path = write_synthetic_trace(args.dist, requests=args.requests, segments=args.segments, seed=args.seed, out=args.out)
+    space = _model_key_space(_settings(args).registry, args.model) if args.model else args.segments
+    path = write_synthetic_trace(args.dist, requests=args.requests, space=space, seed=args.seed, out=args.out)
     print(f"wrote {args.requests} requests of {args.dist} to {path}")
     return 0
 
@@ -357,6 +380,15 @@ def _train_redis_precompute(sub: Any) -> None:
     _setting(imp, "--registry", "registry", "model registry directory to publish into")
     imp.set_defaults(func=cmd_import)
 
+    ex = sub.add_parser("example", help="write and import the second example: purchase propensity by user id",
+                        description=cmd_example.__doc__)
+    ex.add_argument("name", choices=("propensity",), help="which example")
+    ex.add_argument("--users", type=int, default=1_000_000, help="users (keys) in the table")
+    ex.add_argument("--seed", type=int, default=3, help="seed of the synthetic users and the model")
+    ex.add_argument("--out", default="examples", help="directory for the model and table files")
+    _setting(ex, "--registry", "registry", "model registry directory to publish into")
+    ex.set_defaults(func=cmd_example)
+
     red = sub.add_parser("redis", help="run an embedded redis-server in the foreground", description=cmd_redis.__doc__)
     red.add_argument("--port", type=int, default=None, help="TCP port on 127.0.0.1 (default: a free one)")
     red.set_defaults(func=cmd_redis)
@@ -403,7 +435,10 @@ def _trace_tune(sub: Any) -> None:
     synth = commands.add_parser("synth", help="write a synthetic trace from a key distribution", description=cmd_trace_synth.__doc__)
     synth.add_argument("--dist", default="zipf:1.1", help="zipf:S, uniform, drift:... (see loadtests.keys)")
     synth.add_argument("--requests", type=int, default=100_000, help="requests (lines) to write")
-    synth.add_argument("--segments", type=int, default=200, help="key space = segments x 168")
+    synth.add_argument("--model", default=None, metavar="NAME",
+                       help="draw from this registry model's keys (default: the demo grid of --segments)")
+    _setting(synth, "--registry", "registry", "model registry directory (with --model)")
+    synth.add_argument("--segments", type=int, default=200, help="without --model: demo key space = segments x 168")
     synth.add_argument("--seed", type=int, default=0, help="random seed")
     synth.add_argument("--out", required=True, help="file to write")
     synth.set_defaults(func=cmd_trace_synth)
@@ -424,8 +459,11 @@ def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     """Options shared by compare, demo and loadtest."""
     _setting(parser, "--registry", "registry", "model registry directory (missing profiles are trained into it)")
     parser.add_argument("--out", default="out", help="where results.json and report.html go")
+    parser.add_argument("--model", default=None, metavar="NAME",
+                        help="a registered model (e.g. from hybridserve import) instead of the demo profiles")
     parser.add_argument("--rate", type=float, default=400.0, help="offered requests/s per run (open loop)")
-    parser.add_argument("--dist", default="zipf:1.1", help="key distribution: zipf:S, uniform, drift:..., trace:FILE")
+    parser.add_argument("--dist", default="zipf:1.1", help="key distribution: zipf:S, uniform, drift:..., trace:FILE "
+                        "(the trace's own keys; trace:map:FILE maps them onto the model's)")
     parser.add_argument("--target-qps", type=float, default=None, help="project cost to this many predictions/s "
                         "(default: the measured rate)")
     parser.add_argument("--target-keys", type=int, default=1_680_000, help="... and this key space")

@@ -41,7 +41,8 @@ import psutil
 import redis
 
 from loadtests import cost
-from loadtests.keys import key_stream
+from loadtests.keys import TraceKeys, key_stream
+from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, key_space_for
 from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
 from loadtests.harness.redis_server import EmbeddedRedis
@@ -54,6 +55,7 @@ WARMUP_REQUESTS = 300
 HEAD_SAMPLE_REQUESTS = 100_000
 # Achieved below this share of the offered rate means the generator (or server) could not keep up.
 SATURATION_SHARE = 0.95
+DEMO_PROFILES = ("light", "heavy")
 LOCUST_CPU_SATURATED = 90.0
 SCAN_COUNT = 1000
 CPU_SAMPLE_S = 1.0
@@ -64,6 +66,7 @@ class RunSpec:
     """One cell of the comparison matrix."""
 
     profile: str
+    """A demo profile (``light``, ``heavy``) or the registry name of any model (``hybridserve import``)."""
     mode: str
     distribution: str = "zipf:1.1"
     rate: float = 400.0
@@ -76,8 +79,8 @@ class RunSpec:
 
     @property
     def model_name(self) -> str:
-        """Registry name of the profile's model."""
-        return model_name(self.profile)
+        """Registry name of the model: the demo profile's, or the name given."""
+        return model_name(self.profile) if self.profile in DEMO_PROFILES else self.profile
 
     @property
     def label(self) -> str:
@@ -122,6 +125,10 @@ class RunResult:
     load_generator_cpu_percent: float
     """Locust's peak CPU percent over one-second intervals inside the traffic window."""
     cost: dict[str, Any] = field(default_factory=dict)
+    unknown_key_share: float = 0.0
+    """A trace replay: share of its requests for keys the model does not have (answered 404)."""
+    trace_keys_mapped: bool = False
+    """A trace replay whose keys were mapped onto the model's (``trace:map:``), not its own."""
 
     def as_record(self) -> dict[str, Any]:
         """Flat JSON-ready record: the spec's fields, then the measured ones.
@@ -153,26 +160,36 @@ def _redis_cpu_s(client: redis.Redis) -> float:
 
 # ----- preparation -------------------------------------------------------------------------------
 
-def _head_keys(spec: RunSpec, segments: int, workdir: Path) -> list[str]:
-    """The head: most frequent keys of a sample of earlier traffic (another stream, same seed)."""
-    sample = key_stream(spec.distribution, segments, seed=spec.seed, stream=99).take(HEAD_SAMPLE_REQUESTS)
+def _head_keys(spec: RunSpec, space: KeySpace, workdir: Path) -> list[str]:
+    """The head: most frequent keys of a sample of earlier traffic (another stream, same seed),
+    among those the model has (a trace's unknown keys cannot be precomputed)."""
+    sample = key_stream(spec.distribution, space, seed=spec.seed, stream=99).take(HEAD_SAMPLE_REQUESTS)
+    sample = [key for key in sample if _in_space(space, key)]
     path = workdir / "head-sample.keys"
     path.write_text("\n".join(sample) + "\n")
     return top_keys_from_file(path, spec.head_size)
 
 
-def _prepare(spec: RunSpec, settings: Settings, segments: int, workdir: Path) -> tuple[float, float]:
+def _in_space(space: KeySpace, key: str) -> bool:
+    try:
+        space.index(key)
+    except (KeyNotFound, KeyRuleError):
+        return False
+    return True
+
+
+def _prepare(spec: RunSpec, settings: Settings, space: KeySpace, workdir: Path) -> tuple[float, float]:
     """Precompute what the mode needs; returns (wall seconds, CPU seconds)."""
     needed = precomputes(spec.mode)
     if needed is None:
         return 0.0, 0.0
-    keys = None if needed == "table" else _head_keys(spec, segments, workdir)
+    keys = None if needed == "table" else _head_keys(spec, space, workdir)
     report = precompute(settings, keys, progress=False)
     return report.seconds, report.cpu_seconds
 
 
-def _warm_up(url: str, spec: RunSpec, segments: int) -> None:
-    keys = key_stream(spec.distribution, segments, seed=spec.seed, stream=98).take(WARMUP_REQUESTS)
+def _warm_up(url: str, spec: RunSpec, space: KeySpace) -> None:
+    keys = key_stream(spec.distribution, space, seed=spec.seed, stream=98).take(WARMUP_REQUESTS)
     with httpx.Client(base_url=url, timeout=10.0) as client:
         for key in keys:
             client.get(f"/v1/predict/{key}")
@@ -180,13 +197,14 @@ def _warm_up(url: str, spec: RunSpec, segments: int) -> None:
 
 # ----- measurement -------------------------------------------------------------------------------
 
-def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[dict[str, Any], float]:
+def _run_locust(spec: RunSpec, url: str, registry: Path, workdir: Path) -> tuple[dict[str, Any], float]:
     """Run Locust headless; returns its final statistics and its peak CPU percent in the traffic window."""
     # --json prints the complete final statistics on stdout (the --csv files are rewritten only
     # once a second and miss the last second of a run); failure reasons still go to stderr.
     argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--json",
             "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
-            "--key-dist", spec.distribution, "--segments", str(segments), "--batch-size", str(spec.batch_size),
+            "--key-dist", spec.distribution, "--model", spec.model_name, "--registry", str(registry),
+            "--batch-size", str(spec.batch_size),
             "--rate", str(spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
             "--latency-file", str(workdir / "latency.json")]
     stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
@@ -358,7 +376,8 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
     """Run one cell of the matrix end to end and measure it."""
     artifact = resolve(registry, spec.model_name)
     card = artifact.card()
-    segments, key_count = int(card["segments"]), int(card["key_count"])
+    space = key_space_for(card, artifact.path)
+    key_count = space.count
     server_cores, load_cores = _cores()
     with tempfile.TemporaryDirectory(prefix="hybridserve-run-") as tmp, EmbeddedRedis() as redis_server:
         os.sched_setaffinity(redis_server.pid or 0, load_cores)  # Redis shares the generator's core
@@ -366,17 +385,21 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
         client = redis.Redis.from_url(redis_server.url)
         settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
                             l1_size=spec.l1_size, head_size=spec.head_size)
-        pre_s, pre_cpu = _prepare(spec, settings, segments, workdir)
+        pre_s, pre_cpu = _prepare(spec, settings, space, workdir)
         with ServerProcess(settings, server_cores) as server:
-            _warm_up(server.url, spec, segments)
+            _warm_up(server.url, spec, space)
             stored0 = StoredKeys.read(client, settings.redis_namespace)
             before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
-            locust, locust_cpu = _run_locust(spec, server.url, segments, workdir)
+            locust, locust_cpu = _run_locust(spec, server.url, registry, workdir)
             after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
             stored1 = StoredKeys.read(client, settings.redis_namespace)
         client.close()
-    return _result(spec, artifact.version, key_count, locust, locust_cpu, before, after,
-                   (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), (pre_s, pre_cpu), prices, target)
+    result = _result(spec, artifact.version, key_count, locust, locust_cpu, before, after,
+                     (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), (pre_s, pre_cpu), prices, target)
+    stream = key_stream(spec.distribution, space, seed=spec.seed)
+    if isinstance(stream, TraceKeys):
+        result.unknown_key_share, result.trace_keys_mapped = stream.unknown_share, stream.remap
+    return result
 
 
 def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float,
@@ -420,11 +443,13 @@ QUICK_DURATION_S = 8.0
 FULL_DURATION_S = 25.0
 
 
-def matrix(duration_s: float, rate: float, distribution: str = "zipf:1.1") -> list[RunSpec]:
-    """Both profiles x three modes on Zipf traffic, plus hybrid on uniform traffic per profile."""
-    specs = [RunSpec(p, m, distribution, rate=rate, duration_s=duration_s)
-             for p in ("light", "heavy") for m in ("static", "dynamic", "hybrid")]
-    specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s) for p in ("light", "heavy")]
+def matrix(duration_s: float, rate: float, distribution: str = "zipf:1.1",
+           models: tuple[str, ...] = DEMO_PROFILES) -> list[RunSpec]:
+    """Each model (demo profiles, or registered names) x three modes on ``distribution``, plus
+    hybrid on uniform traffic per model (unless ``distribution`` is uniform already)."""
+    specs = [RunSpec(p, m, distribution, rate=rate, duration_s=duration_s) for p in models for m in ("static", "dynamic", "hybrid")]
+    if distribution != "uniform":
+        specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s) for p in models]
     return specs
 
 
