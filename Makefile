@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench soak report-check clean
+.PHONY: demo test fuzz bench soak report-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hybridserve needs Python 3.11+, found " + sys.version.split()[0] + " (set PYTHON=python3.x)")'
@@ -20,6 +20,12 @@ demo: $(STAMP)
 # Every test, slow ones included; the ten slowest are listed at the end so growth shows in CI logs.
 test: $(STAMP)
 	$(BIN)/python -m pytest --durations=10
+
+# schemathesis with all checks against a server of each mode, FUZZ_EXAMPLES per operation and phase
+# (CI runs the same test with 25). About 2-3 minutes on 2 cores.
+FUZZ_EXAMPLES ?= 300
+fuzz: $(STAMP)
+	HYBRIDSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_bad_input.py -k schemathesis
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py

@@ -93,6 +93,7 @@ def cmd_redis(args: argparse.Namespace) -> int:
     from loadtests.harness.redis_server import EmbeddedRedis
 
     with EmbeddedRedis(port=args.port) as server:
+        # The full URL, password included, for the user who started it: their terminal, not a log.
         print(server.url, flush=True)
         try:
             while server.pid is not None:
@@ -134,6 +135,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from serving import logs
     from serving.precompute import precompute
     from loadtests.harness.redis_server import EmbeddedRedis
+    from serving.http_server import uvicorn_options
 
     settings = _settings(args)
     logs.configure(settings.log_level)
@@ -145,7 +147,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.redis_url is None and uses_store(settings.mode):
         embedded = EmbeddedRedis().start()
         settings = settings.model_copy(update={"redis_url": embedded.url})
-        print(f"embedded Redis at {embedded.url}", flush=True)
+        print(f"embedded Redis at {embedded.address} (password-protected)", flush=True)
     try:
         if embedded is not None and not args.no_precompute:
             head = precomputes(settings.mode) == "head"
@@ -156,9 +158,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         os.environ.update(settings.as_env())
         print(f"serving {settings.mode} on http://{settings.host}:{settings.port}", flush=True)
         uvicorn.run("serving.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                    workers=settings.workers, loop="uvloop", http="httptools", access_log=False,
+                    workers=settings.workers, loop="uvloop", access_log=False,
                     # log_config=None: uvicorn's own lines go through serving.logs as JSON too.
-                    log_config=None, log_level=settings.log_level)
+                    log_config=None, log_level=settings.log_level, **uvicorn_options(settings))
     finally:
         if embedded is not None:
             embedded.close()

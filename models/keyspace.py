@@ -52,10 +52,14 @@ KNOWN_KEYS_MAX = 1_000_000
 FENCE_STRIDE = 64
 # What a key may not contain: whitespace and control characters (log lines, HTTP paths), Redis glob
 # characters (SCAN patterns) and "/" (a GET /v1/predict/{key} path segment cannot hold it).
-_FORBIDDEN = re.compile(r"[\s\x00-\x1f\x7f*?\[\]/]")
+FORBIDDEN_KEY_CHARACTERS = r"\s\x00-\x1f\x7f*?\[\]/"
+"""A regex character class body (also published in the OpenAPI schema)."""
+_FORBIDDEN = re.compile(f"[{FORBIDDEN_KEY_CHARACTERS}]")
 KEY_RULE = f"1-{MAX_KEY_LENGTH} characters, no whitespace or control characters, none of * ? [ ] /"
-_GRID_KEY = re.compile(r"(0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,2})")
-_GRID_MAX_LENGTH = 13
+GRID_KEY_PATTERN = r"(0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,2})"
+"""A grid key in canonical integers (also published in the OpenAPI schema)."""
+_GRID_KEY = re.compile(GRID_KEY_PATTERN)
+GRID_MAX_LENGTH = 13
 
 
 def check_key(key: object) -> str:
@@ -111,7 +115,7 @@ class GridKeySpace:
 
     def check(self, key: str) -> str:
         """``key`` if it is ``<segment>:<hour>`` in canonical integers."""
-        if not isinstance(key, str) or len(key) > _GRID_MAX_LENGTH or _GRID_KEY.fullmatch(key) is None:
+        if not isinstance(key, str) or len(key) > GRID_MAX_LENGTH or _GRID_KEY.fullmatch(key) is None:
             raise KeyRuleError(f"key {_shown(key)} is not '<segment>:<hour_of_week>' (canonical integers, e.g. '17:42')")
         return key
 

@@ -12,27 +12,44 @@ Example::
 from __future__ import annotations
 
 import hmac
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.registry import RegistryError, resolve
 from serving import logs
-from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, InvalidRequest, ServingError, TooManyKeys, Unauthorized
+from serving.errors import (
+    AdminDisabled,
+    BodyTooLarge,
+    Forbidden,
+    InvalidRequest,
+    ServingError,
+    StoreUnavailable,
+    TooManyKeys,
+    Unauthorized,
+    UnknownVersion,
+)
 from serving.modes import uses_store
+from serving.openapi import install_openapi
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import build_store
 from serving.v2 import router as v2_router
 
+OUTAGE_LOG_INTERVAL_S = 1.0
+_log = logging.getLogger(__name__)
 PREDICTION_EXAMPLE = {"key": "17:42", "prediction": 812.5, "source": "l1", "model_version": "a16b398c84f1"}
 
 
@@ -47,6 +64,17 @@ class JSONBody(Response):
 
 def _error(status: int, code: str, detail: str) -> JSONBody:
     return JSONBody({"error": code, "detail": detail}, status_code=status)
+
+
+def _integral_float_as_int(value: object) -> object:
+    """JSON Schema counts ``5.0`` as an integer (the published schema says "integer"): take it as 5."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+ADMISSION_PATTERN = r"^\s*([Aa][Ll][Ww][Aa][Yy][Ss]|[Aa][Ff][Tt][Ee][Rr]:0*[1-9][0-9]*)\s*$"
+PolicyCount = Annotated[StrictInt, Field(ge=0, le=100_000_000), BeforeValidator(_integral_float_as_int)]
+"""A size or TTL of the policy: 5 and 5.0 pass; true, 5.5 and "5" do not (constraints before the
+validator, so the schema still shows minimum and maximum)."""
 
 
 class PredictRequest(BaseModel):
@@ -77,10 +105,11 @@ class PolicyRequest(BaseModel):
     the same rules as the ``HYBRIDSERVE_*`` settings of the same names (one source of truth)."""
 
     model_config = ConfigDict(extra="forbid")
-    l1_size: StrictInt | None = None
-    l1_ttl_s: float | None = None
-    redis_ttl_s: StrictInt | None = None
-    admission: StrictStr | None = Field(None, description="'always' or 'after:N'")
+    l1_size: PolicyCount | None = None
+    l1_ttl_s: StrictFloat | None = Field(None, ge=0, le=10_000_000)
+    redis_ttl_s: PolicyCount | None = None
+    # The pattern documents what the settings rule accepts (any case, spaces around): /docs and the fuzzer.
+    admission: StrictStr | None = Field(None, pattern=ADMISSION_PATTERN, description="'always' or 'after:N'")
 
 
 class ReloadRequest(BaseModel):
@@ -164,10 +193,12 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _install_error_handlers(app)
+    _install_outage_handler(app, settings)
     _add_prediction_routes(app, settings)
     _add_operation_routes(app)
     _add_admin_routes(app)
     app.include_router(v2_router)  # Open Inference Protocol (KServe V2), serving/v2.py
+    install_openapi(app, settings)
     return app
 
 
@@ -182,8 +213,57 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: BodyTooLarge.code}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        return _http_error(exc)
+
+
+def _http_error(exc: StarletteHTTPException) -> Response:
+    """Starlette's and FastAPI's own HTTP errors in this API's shape, with their headers (405: Allow)."""
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode (invalid UTF-8, JSON nested past the parser's
+        # recursion limit): the same 422 invalid_request as any other body that is not valid JSON.
+        return _error(422, "invalid_request", "body: not valid JSON (UTF-8, nested at most a few hundred levels)")
+    code = {404: "not_found", 405: "method_not_allowed", 413: BodyTooLarge.code}.get(exc.status_code, "http_error")
+    response = _error(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+class _OutageLog:
+    """Logs a Redis outage's cause at most once per ``interval_s``: a 503 storm must not flood the log."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = -interval_s
+
+    def warning(self, address: str, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            _log.warning("answering 503 cache unavailable: Redis at %s: %s (logged at most every %gs)",
+                         address, detail, self.interval_s)
+
+
+def _redis_address(url: str | None) -> str:
+    """``host:port`` of a Redis URL, never its password."""
+    parts = urlsplit(url or "")
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
+def _without_password(text: str, url: str | None) -> str:
+    """``text`` with the Redis URL's password masked, should an error message ever quote it."""
+    password = urlsplit(url or "").password
+    return text.replace(password, "***") if password else text
+
+
+def _install_outage_handler(app: FastAPI, settings: Settings) -> None:
+    """503 for an unreachable Redis says "cache unavailable"; its address goes to the log only."""
+    outages = _OutageLog(OUTAGE_LOG_INTERVAL_S)
+    address = _redis_address(settings.redis_url)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        outages.warning(address, _without_password(exc.detail, settings.redis_url))
+        return _error(exc.status, exc.code, "cache unavailable")
 
 
 def _validation_detail(errors: Sequence[Any]) -> str:
@@ -274,6 +354,8 @@ def _add_admin_routes(app: FastAPI) -> None:
     async def reload(body: ReloadRequest, request: Request) -> Response:
         """Load another model version (``latest`` re-reads the registry pointer)."""
         service = _service(request)
+        if not service.computes:
+            _require_published(request.app.state.settings, body.version)
         before = _version(service)
         loaded = await service.reload(body.version)
         logs.log_event("reload", requested=body.version, previous_version=before, model_version=loaded)
@@ -283,6 +365,20 @@ def _add_admin_routes(app: FastAPI) -> None:
 def _version(service: PredictionService) -> str | None:
     """The version served now (None before there is one), from the stats: no Redis round trip."""
     return service.stats()["model_version"]  # type: ignore[no-any-return]
+
+
+def _require_published(settings: Settings, version: str) -> None:
+    """:class:`UnknownVersion` unless ``version`` is ``latest`` or published in the registry.
+
+    Static reload re-reads the table pointer and has no model to load, so nothing else checks the
+    version; ``latest`` is not resolved, as a static server may run without a local registry.
+    """
+    if version == "latest":
+        return
+    try:
+        resolve(settings.registry, settings.model_name, version)
+    except RegistryError as exc:
+        raise UnknownVersion(f"model {settings.model_name!r} has no version {version!r}") from exc
 
 
 def app_from_env() -> FastAPI:

@@ -75,6 +75,26 @@ class BodyTooLarge(ServingError):
     code = "body_too_large"
 
 
+class InvalidHTTP(ServingError):
+    """Bytes that are not an HTTP/1.1 request (unknown method, raw non-ASCII in the path, ...)."""
+
+    code = "invalid_http"
+
+
+class HeaderTooLarge(ServingError):
+    """A request line plus headers over the configured byte limit."""
+
+    status = 431
+    code = "header_too_large"
+
+
+class RequestTimeout(ServingError):
+    """A request head (line and headers) that did not arrive in full within the configured time."""
+
+    status = 408
+    code = "request_timeout"
+
+
 class Unauthorized(ServingError):
     """No bearer token on an admin endpoint."""
 
@@ -101,6 +121,12 @@ class Unavailable(ServingError):
 
     status = 503
     code = "unavailable"
+
+
+class TooManyConnections(Unavailable):
+    """A connection over the per-worker limit: answered at once and closed."""
+
+    code = "too_many_connections"
 
 
 class StoreError(Unavailable):

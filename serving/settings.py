@@ -45,7 +45,7 @@ class Settings(BaseSettings):
 
     mode: str = "hybrid"
     """Serving architecture: static (precomputed table), dynamic (model per request) or hybrid."""
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, repr=False)  # it may carry a password: never in a repr or a log
     """Redis URL (redis://, rediss:// for TLS, password in the URL); None: the CLI starts an embedded Redis."""
     redis_timeout_s: float = Field(0.25, gt=0, le=30)
     """Socket and connect timeout of every Redis call, in seconds."""
@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     """The trace file stops growing at this size."""
     precompute_batch_size: int = Field(4096, ge=1)
     """Rows per model call and per Redis pipeline in the precompute job."""
+    max_head_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    """Largest request line plus headers accepted; a larger head is answered 431 and closed."""
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    """Seconds a connection has to send a complete request head (after connecting or starting a request)."""
+    keepalive_timeout_s: float = Field(5.0, gt=0, le=3600)
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    """Open connections per worker; one more is answered 503 and closed (keep it under the fd limit)."""
     host: str = "127.0.0.1"
     """Interface to bind; loopback unless told otherwise."""
     port: int = Field(8000, ge=0, le=65535)

@@ -18,6 +18,7 @@ import httpx
 import uvicorn
 
 from serving.app import create_app
+from serving.http_server import uvicorn_options
 from serving.settings import Settings
 
 TEST_SEGMENTS = 20  # 3,360 keys: big enough for real distributions, quick to train
@@ -49,7 +50,7 @@ class ServerThread:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=self.port, log_level="warning",
-                                access_log=False, loop="asyncio", lifespan="on")
+                                access_log=False, loop="asyncio", lifespan="on", **uvicorn_options(settings))
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 

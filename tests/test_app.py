@@ -22,12 +22,17 @@ def _static_ready(settings) -> None:  # type: ignore[no-untyped-def]
     precompute(settings, progress=False)
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
-def test_each_mode_end_to_end(make_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
+def _ready_settings(make_settings, mode: str):  # type: ignore[no-untyped-def]
+    """Settings of ``mode``, with the full table precomputed when the mode is static."""
     settings = make_settings(mode=mode)
     if mode == "static":
         _static_ready(settings)
-    with running(settings) as (_, client):
+    return settings
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
+def test_each_mode_end_to_end(make_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
+    with running(_ready_settings(make_settings, mode)) as (_, client):
         body = client.get("/v1/predict/3:17").json()
         assert body["key"] == "3:17" and isinstance(body["prediction"], float)
         assert body["source"] == {"static": "redis", "dynamic": "model", "hybrid": "model"}[mode]
@@ -151,6 +156,17 @@ def test_parity_across_modes(make_settings, profile: str) -> None:  # type: igno
         wrong = [k for k in sample if values[k] != static_values[k]]
         assert not wrong, f"hybrid {tier} differs from static on {len(wrong)} keys, e.g. {wrong[:3]}"
     assert refilled == {k: static_values[k] for k in single}
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
+def test_reload_unknown_version_is_404_in_every_mode(make_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
+    with running(_ready_settings(make_settings, mode)) as (_, client):
+        served = client.get(f"/v1/predict/{KEYS[0]}").json()["model_version"]
+        unknown = client.post("/v1/admin/reload", json={"version": "nope"}, headers=ADMIN)
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_version", unknown.text
+        for version in ("latest", served):
+            again = client.post("/v1/admin/reload", json={"version": version}, headers=ADMIN)
+            assert again.status_code == 200 and again.json() == {"model_version": served}, again.text
 
 
 def test_version_namespacing(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

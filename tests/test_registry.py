@@ -1,6 +1,9 @@
 """models/registry.py, train.py and export.py: layout, card, parity, version stability, latest."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +49,30 @@ def test_heavy_is_slower_than_light(registry: Path) -> None:
 def test_same_training_same_version(tmp_path: Path, registry: Path) -> None:
     again = build_and_publish("light", tmp_path, segments=20)
     assert again.version == resolve(registry, "traffic-light").version
+
+
+# skl2onnx orders opset_import by set iteration, so by string hash: with skl2onnx 1.x these two
+# seeds give different orders (checked by removing the sort in export._canonicalize).
+HASH_SEEDS = ("0", "1")
+_PUBLISH_HEAVY = (
+    "import sys; from pathlib import Path; from models.publish import build_and_publish; "
+    "print(build_and_publish('heavy', Path(sys.argv[1]), segments=5, seed=3).version)"
+)
+
+
+@pytest.mark.slow
+def test_heavy_version_is_the_same_in_every_process(tmp_path: Path) -> None:
+    """The same training in fresh interpreters with different PYTHONHASHSEED: one version."""
+    root = Path(__file__).resolve().parent.parent
+    runs = [
+        subprocess.Popen([sys.executable, "-c", _PUBLISH_HEAVY, str(tmp_path / seed)], cwd=root, text=True,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "PYTHONHASHSEED": seed})
+        for seed in HASH_SEEDS
+    ]
+    outputs = [run.communicate(timeout=300) for run in runs]
+    assert all(run.returncode == 0 for run in runs), [err[-1000:] for _, err in outputs]
+    versions_seen = {out.strip() for out, _ in outputs}
+    assert len(versions_seen) == 1, versions_seen
 
 
 @pytest.mark.slow

@@ -54,6 +54,11 @@ def test_token_never_shown(make_settings) -> None:  # type: ignore[no-untyped-de
     assert "very-secret-token" not in repr(settings) and "very-secret-token" not in str(settings.model_dump())
 
 
+def test_redis_password_never_shown() -> None:
+    settings = Settings(redis_url="redis://:very-secret-pw@127.0.0.1:6379/0")
+    assert "very-secret-pw" not in repr(settings) and "very-secret-pw" not in str(settings)
+
+
 def _hits_redis(settings: Settings) -> None:
     """A hybrid server on ``settings`` computes, admits to Redis, then answers from Redis."""
     # A generous timeout: a TLS handshake on a loaded 2-core machine can outlast the 0.25 s default,
