@@ -24,6 +24,7 @@ from fastapi import FastAPI
 
 from models.registry import RegistryError, resolve
 from models.keyspace import FORBIDDEN_KEY_CHARACTERS, GRID_KEY_PATTERN, GRID_MAX_LENGTH, MAX_KEY_LENGTH, KeySpace, key_space_for
+from serving.instances import FLOAT32_MAX
 from serving.modes import computes
 from serving.settings import Settings
 
@@ -131,7 +132,8 @@ def instance_schema(card: dict[str, Any]) -> dict[str, Any]:
     """A raw-feature instance: every feature of the model as a number, nothing else."""
     features = list(card["features"])
     return {"type": "object", "required": features, "additionalProperties": False,
-            "properties": {name: {"type": "number"} for name in features}}
+            # Features are served as float32: a finite JSON number past its range is refused.
+            "properties": {name: {"type": "number", "minimum": -FLOAT32_MAX, "maximum": FLOAT32_MAX} for name in features}}
 
 
 def _document_keys(schema: dict[str, Any], settings: Settings) -> None:
