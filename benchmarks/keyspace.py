@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from loadtests.harness.server_process import ServerProcess  # noqa: E402
 from models import export  # noqa: E402
-from models.keyspace import GridKeySpace, TableKeySpace  # noqa: E402
+from models.keyspace import FENCES_FILE, KEYS_FILE, GridKeySpace, TableKeySpace  # noqa: E402
 from models.publish import build_and_publish, write_version  # noqa: E402
 from models.registry import set_latest  # noqa: E402
 from serving.settings import Settings  # noqa: E402
@@ -60,7 +60,8 @@ def _write_big_version(registry: Path, keys: int) -> str:
             "key_space": {"kind": "table", "count": keys, "key_column": "user_id", "max_length": 10},
             "inference_time": {"single_row_us": 5.0, "batch_row_us": 1.0, "batch_size": 64}}
     version = "bench10m"
-    write_version(registry / "big" / version, onnx_bytes, np.load(staging / "features.npy", mmap_mode="r"), card, {"keys.npy": ids})
+    write_version(registry / "big" / version, onnx_bytes, np.load(staging / "features.npy", mmap_mode="r"), card,
+                  {KEYS_FILE: ids, FENCES_FILE: TableKeySpace.fences_of(ids)})
     set_latest(registry, "big", version)
     return version
 
@@ -88,12 +89,23 @@ def _server_rss(registry: Path, model: str, keys: list[str]) -> dict[str, float]
     with ServerProcess(settings) as server, httpx.Client(base_url=server.url, timeout=30.0) as client:
         process = psutil.Process(server.pid)
         idle = process.memory_info().rss / 2**20
+        idle_anon = _anonymous_mb(process)
         start = time.perf_counter()
         for key in keys:
             assert client.get(f"/v1/predict/{key}").status_code == 200
         elapsed = time.perf_counter() - start
         return {"rss_idle_mb": idle, "rss_after_mb": process.memory_info().rss / 2**20,
-                "request_ms": elapsed / len(keys) * 1000}
+                "anon_idle_mb": idle_anon, "anon_after_mb": _anonymous_mb(process), "request_ms": elapsed / len(keys) * 1000}
+
+
+def _anonymous_mb(process: psutil.Process) -> float:
+    """Memory the process owns (heap, stacks): RSS less pages mapped from files, which the kernel
+    shares and can drop (the memory-mapped keys and features among them)."""
+    total = 0
+    for line in Path(f"/proc/{process.pid}/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            total = int(line.split()[1])
+    return total / 1024
 
 
 def main() -> int:
@@ -135,7 +147,9 @@ def _write_markdown(r: dict) -> None:  # type: ignore[type-arg]
         f"| key lookup, first time (binary search in the mapped keys) | {lk['table_first_us']:.2f} µs | {lk['grid_us']:.2f} µs (parse) |",
         f"| key lookup, again (memo) | {lk['table_repeat_us']:.2f} µs | - |",
         f"| server RSS, idle after start (`serve --mode dynamic`) | {big['rss_idle_mb']:.0f} MiB | {light['rss_idle_mb']:.0f} MiB |",
+        f"| ... of which its own (RssAnon: heap, stacks; the rest is mapped files) | {big['anon_idle_mb']:.0f} MiB | {light['anon_idle_mb']:.0f} MiB |",
         f"| server RSS after {REQUESTS:,} requests over the key space | {big['rss_after_mb']:.0f} MiB | {light['rss_after_mb']:.0f} MiB |",
+        f"| ... of which its own | {big['anon_after_mb']:.0f} MiB | {light['anon_after_mb']:.0f} MiB |",
         f"| request, client to answer, sequential (`GET /v1/predict/{{key}}`) | {big['request_ms']:.2f} ms | {light['request_ms']:.2f} ms |",
         "",
         "The keys and features are memory-mapped: the server's RSS grows by the pages it touches, not by the "

@@ -249,7 +249,19 @@ def _setup(records: Sequence[Record]) -> str:
     cache = (f" Hybrid: head of {hybrid['head_size']:,} keys precomputed (most frequent in a sample of earlier traffic), "
              f"L1 of {hybrid['l1_size']:,} entries, filled by a warm-up before the measured window." if hybrid else "")
     return (f"<p>Key space: {r['key_count']:,} keys; {r['users']} Locust users, {r['batch_size']} key(s) per request, "
-            f"seed {r['seed']}.{html.escape(cache)}</p>")
+            f"seed {r['seed']}.{html.escape(cache)}{html.escape(_trace_note(records))}</p>")
+
+
+def _trace_note(records: Sequence[Record]) -> str:
+    """What a trace replay sent: its keys mapped onto the model's, or its own (with the share the
+    model lacks, answered 404 as users' requests would be)."""
+    traces = [r for r in records if str(r.get("distribution", "")).startswith("trace:")]
+    if not traces:
+        return ""
+    if any(r.get("trace_keys_mapped") for r in traces):
+        return " Trace keys were MAPPED onto the model's keys (trace:map:), not replayed as they are."
+    share = max(float(r.get("unknown_key_share", 0.0)) for r in traces)
+    return f" The trace replayed its own keys; {share:.1%} of its requests were for keys the model does not have (404)."
 
 
 def _img(src: str, alt: str) -> str:

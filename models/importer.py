@@ -45,7 +45,7 @@ from models import export
 from models.publish import write_version
 from models.registry import CARD_FILE, ModelArtifact, content_version, set_latest
 from models.runtime import input_dtype, run, session
-from models.keyspace import KEY_RULE, KEYS_FILE, MAX_KEY_LENGTH, KeyRuleError, TableKeySpace, check_key
+from models.keyspace import FENCES_FILE, KEY_RULE, KEYS_FILE, MAX_KEY_LENGTH, KeyRuleError, TableKeySpace, check_key
 
 PARITY_SAMPLE_ROWS = 2000
 # Columns with at most this many distinct values list them in the schema (categorical codes).
@@ -355,7 +355,8 @@ def import_model(
     if not (target / CARD_FILE).exists():
         card = _card(name, imported, table, key_column, keys, parity, export.measure(sess, table.features[sample_rows]),
                      model_path, table_path)
-        write_version(target, imported.onnx_bytes, features_sorted, card, {KEYS_FILE: keys})
+        write_version(target, imported.onnx_bytes, features_sorted, card,
+                      {KEYS_FILE: keys, FENCES_FILE: TableKeySpace.fences_of(keys)})
     set_latest(registry, name, version)
     return ModelArtifact(name, version, target)
 

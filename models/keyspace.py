@@ -44,6 +44,7 @@ class KeyNotFound(LookupError):
 
 HOURS_PER_WEEK = 168
 KEYS_FILE = "keys.npy"
+FENCES_FILE = "key_fences.npy"
 MAX_KEY_LENGTH = 128
 # A server remembers the rows of this many looked-up keys; past it, lookups still work (binary
 # search), the memo just stops growing, so an attacker sending every key cannot grow the heap.
@@ -146,7 +147,7 @@ class TableKeySpace:
 
     kind = "table"
 
-    def __init__(self, sorted_keys: np.ndarray, key_column: str = "key") -> None:
+    def __init__(self, sorted_keys: np.ndarray, key_column: str = "key", fences: np.ndarray | None = None) -> None:
         if sorted_keys.dtype.kind != "S" or sorted_keys.ndim != 1 or len(sorted_keys) == 0:
             raise ValueError("a table key space needs a non-empty 1-D array of key bytes")
         # A plain view of the mapped file: slicing an np.memmap costs microseconds of bookkeeping.
@@ -158,12 +159,21 @@ class TableKeySpace:
         # these, then searches one stride of the mapped array, so it touches one or two pages of the
         # file instead of one per step of a binary search over all of it (an SSTable's index block,
         # in miniature). Measured: 6 us a first lookup at 2M keys, against 22 us for a plain search.
-        self._fences: list[bytes] = sorted_keys[::FENCE_STRIDE].tolist()
+        # Stored beside the keys by the importer, so loading them does not read the whole key file.
+        self._fences: list[bytes] = (fences if fences is not None else self.fences_of(sorted_keys)).tolist()
 
     @classmethod
     def load(cls, path: Path, key_column: str = "key") -> TableKeySpace:
-        """The ``keys.npy`` of a registry version, memory-mapped for random access."""
-        return cls(random_access(np.load(path, mmap_mode="r")), key_column)
+        """The ``keys.npy`` of a registry version, memory-mapped for random access (with its
+        ``key_fences.npy`` when the version has one)."""
+        fences_path = path.with_name(FENCES_FILE)
+        fences = np.load(fences_path) if fences_path.is_file() else None
+        return cls(random_access(np.load(path, mmap_mode="r")), key_column, fences)
+
+    @staticmethod
+    def fences_of(sorted_keys: np.ndarray) -> np.ndarray:
+        """Every :data:`FENCE_STRIDE`-th key: what ``key_fences.npy`` holds."""
+        return np.array(sorted_keys[::FENCE_STRIDE])
 
     @staticmethod
     def encode(keys: list[str]) -> np.ndarray:

@@ -65,3 +65,12 @@ def test_the_check_sees_overflow_and_broken_images(page: Path, tmp_path: Path) -
         "</body>", '<div style="width:2000px">wide</div><img src="data:image/png;base64,AAAA" alt="broken"></body>'))
     problems = check_page(bad, tmp_path / "bad.png").problems
     assert any("horizontal overflow" in p for p in problems) and any("1 of 8 images broken" in p for p in problems)
+
+
+def test_the_report_says_how_a_trace_was_replayed() -> None:
+    from loadtests.report import _trace_note
+
+    own = {"distribution": "trace:t.keys", "unknown_key_share": 0.125, "trace_keys_mapped": False}
+    assert "12.5% of its requests were for keys the model does not have" in _trace_note([own])
+    assert "MAPPED" in _trace_note([{**own, "distribution": "trace:map:t.keys", "trace_keys_mapped": True}])
+    assert _trace_note([{"distribution": "zipf:1.1"}]) == ""
