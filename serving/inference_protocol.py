@@ -6,8 +6,9 @@ default (a JSON header of ``Inference-Header-Content-Length`` bytes, then the ra
 element is a 4-byte little-endian length and its bytes). The answer comes back in the encoding the
 request asked for (``binary_data_output`` or an output's ``binary_data``), JSON otherwise.
 
-This model takes one input, ``key`` (BYTES, keys ``<segment>:<hour_of_week>``), and gives one
-output, ``prediction`` (FP64, one per key). Feature tensors (FP32/FP64) are refused with a 400 that
+This model takes one input: ``key`` (BYTES, keys of the model's key space), or ``features`` (FP32 or
+FP64, shape ``[N, F]`` with the model's F features in its order: raw-feature requests), and gives
+one output, ``prediction`` (FP64, one per row). Other tensors are refused with a 400 that
 says what is supported.
 
 Example::
@@ -25,9 +26,11 @@ from math import prod
 from typing import Annotated, Any
 
 import orjson
+import numpy as np
 from pydantic import BaseModel, Field, StrictInt, ValidationError
 
 from serving.errors import BadRequest, UnsupportedInput
+from serving.modes import computes
 
 HEADER_LENGTH = "inference-header-content-length"
 KEY_INPUT = "key"
@@ -35,7 +38,10 @@ PREDICTION_OUTPUT = "prediction"
 PREDICTION_DATATYPE = "FP64"  # the served float32 widened without loss: the same float as /v1/predict
 FEATURE_DATATYPES = ("FP32", "FP64")
 MAX_DIMS = 4
-SUPPORTED = f"send the keys as one BYTES tensor named '{KEY_INPUT}', e.g. [\"17:42\", \"3:8\"]"
+FEATURES_INPUT = "features"
+SUPPORTED = (f"send the keys as one BYTES tensor named '{KEY_INPUT}', e.g. [\"17:42\", \"3:8\"], or feature rows "
+             f"as one FP32/FP64 tensor named '{FEATURES_INPUT}' of shape [N, number of features]")
+_FLOAT_TYPES = {"FP32": np.dtype("<f4"), "FP64": np.dtype("<f8")}
 _LENGTH = struct.Struct("<I")
 
 
@@ -80,13 +86,41 @@ def parse_infer_request(body: bytes, header_length: str | None) -> tuple[InferRe
         raise BadRequest(f"invalid inference request: {problems}") from None
 
 
+def request_input(request: InferRequest, binary: bytes) -> list[str] | np.ndarray:
+    """The request's one input: keys (a list, in row-major order) or feature rows (a 2-D float64
+    array, for a ``features`` tensor)."""
+    if len(request.inputs) != 1:
+        raise UnsupportedInput(f"{len(request.inputs)} input tensors; this model takes one: {SUPPORTED}")
+    tensor = request.inputs[0]
+    if tensor.datatype in FEATURE_DATATYPES and tensor.name == FEATURES_INPUT:
+        return _feature_rows(tensor, binary)
+    return request_keys(request, binary)
+
+
+def _feature_rows(tensor: TensorIn, binary: bytes) -> np.ndarray:
+    """A ``features`` tensor as rows: shape [N, F] (or [F], one row), JSON numbers or raw bytes."""
+    shape = tensor.shape if len(tensor.shape) == 2 else [1, *tensor.shape] if len(tensor.shape) == 1 else None
+    if shape is None or 0 in shape:
+        raise BadRequest(f"input '{FEATURES_INPUT}' must have shape [N, F] with N, F > 0, got {tensor.shape}")
+    if "binary_data_size" in tensor.parameters:
+        raw = _binary_part(tensor, binary)
+        dtype = _FLOAT_TYPES[tensor.datatype]
+        if len(raw) != prod(shape) * dtype.itemsize:
+            raise BadRequest(f"input '{FEATURES_INPUT}' of shape {tensor.shape} needs {prod(shape) * dtype.itemsize} bytes, got {len(raw)}")
+        return np.frombuffer(raw, dtype=dtype).astype(np.float64).reshape(shape)
+    values = np.asarray(tensor.data, dtype=object).reshape(-1) if isinstance(tensor.data, list) else None
+    if values is None or len(values) != prod(shape) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in values.tolist()
+    ):
+        raise BadRequest(f"input '{FEATURES_INPUT}' needs {prod(shape)} numbers as its data (shape {tensor.shape})")
+    return np.array(values.tolist(), dtype=np.float64).reshape(shape)
+
+
 def request_keys(request: InferRequest, binary: bytes) -> list[str]:
     """The keys of the request's one input, in tensor (row-major) order."""
     if len(request.inputs) != 1:
         raise UnsupportedInput(f"{len(request.inputs)} input tensors; this model takes one: {SUPPORTED}")
     tensor = request.inputs[0]
-    if tensor.datatype in FEATURE_DATATYPES:
-        raise UnsupportedInput(f"{tensor.datatype} feature tensors are not served yet (raw-feature requests come later); {SUPPORTED}")
     if tensor.datatype != "BYTES" or tensor.name != KEY_INPUT:
         raise UnsupportedInput(f"input {tensor.name!r} of {tensor.datatype} is not supported; {SUPPORTED}")
     if "binary_data_size" in tensor.parameters:
@@ -154,7 +188,10 @@ def render_infer_response(
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and its headers, binary (see :func:`wants_binary`) or JSON.
     ``parameters.source`` lists each key's tier, comma-separated, in key order."""
-    output: dict[str, Any] = {"name": PREDICTION_OUTPUT, "datatype": PREDICTION_DATATYPE, "shape": request.inputs[0].shape}
+    given = request.inputs[0]
+    # One prediction per key (the keys' own shape), or per feature row ([N]).
+    shape = [len(values)] if given.name == FEATURES_INPUT and given.datatype in FEATURE_DATATYPES else given.shape
+    output: dict[str, Any] = {"name": PREDICTION_OUTPUT, "datatype": PREDICTION_DATATYPE, "shape": shape}
     head: dict[str, Any] = {"model_name": model_name, "model_version": model_version,
                             "parameters": {"source": ",".join(sources)}, "outputs": [output]}
     if request.id is not None:
@@ -174,7 +211,8 @@ def model_metadata(name: str, version: str, mode: str, card: dict[str, Any]) -> 
         "name": name,
         "versions": [version],
         "platform": "onnxruntime_onnx",
-        "inputs": [{"name": KEY_INPUT, "datatype": "BYTES", "shape": [-1]}],
+        "inputs": [{"name": KEY_INPUT, "datatype": "BYTES", "shape": [-1]}]
+        + ([{"name": FEATURES_INPUT, "datatype": "FP32", "shape": [-1, len(card.get("features", []))]}] if computes(mode) else []),
         "outputs": [{"name": PREDICTION_OUTPUT, "datatype": PREDICTION_DATATYPE, "shape": [-1]}],
         "parameters": {"mode": mode, "key_format": card.get("key_format", ""), "target": card.get("target", ""),
                        "features": list(card.get("features", []))},

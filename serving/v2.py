@@ -25,7 +25,7 @@ from fastapi.responses import Response
 
 from models.registry import RegistryError, resolve
 from serving import inference_protocol as oip
-from serving.errors import NotReady, TooManyKeys, UnknownVersion
+from serving.errors import BadRequest, NotReady, TooManyKeys, UnknownVersion
 from serving.service import PredictionService
 from serving.settings import Settings
 
@@ -154,11 +154,14 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     settings = service.settings
     _check_name(settings, name)
     infer, binary = oip.parse_infer_request(await request.body(), request.headers.get(oip.HEADER_LENGTH))
-    keys = oip.request_keys(infer, binary)
-    if len(keys) > settings.max_keys_per_request:
-        raise TooManyKeys(f"{len(keys)} keys in one request; the limit is {settings.max_keys_per_request}")
+    asked = oip.request_input(infer, binary)
+    if len(asked) > settings.max_keys_per_request:
+        raise TooManyKeys(f"{len(asked)} keys or rows in one request; the limit is {settings.max_keys_per_request}")
     binary_out = oip.wants_binary(infer)  # before any work: an unknown requested output is a 400
-    predictions = await service.predict(keys)
+    if isinstance(asked, list):
+        predictions = await service.predict(asked)
+    else:
+        predictions = await service.predict_instances(_instances(service, asked))
     served = predictions[0].model_version
     # Checked on the answer rather than before it: a reload between a check and the prediction
     # could otherwise answer from a version the client did not ask for.
@@ -167,6 +170,18 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
         infer, binary_out, name, served, [p.prediction for p in predictions], [p.source for p in predictions]
     )
     return Response(body, headers=headers)
+
+
+def _instances(service: PredictionService, rows: Any) -> list[dict[str, float]]:
+    """Feature rows as the instances /v1/predict takes, named by the served model's features (in
+    its order), so both protocols go through the same schema checks."""
+    schema = service.state.schema
+    if schema is None:
+        return [{}] * len(rows)  # no model: predict_instances answers that the mode cannot compute
+    if rows.shape[1] != len(schema.names):
+        raise BadRequest(f"input 'features' has {rows.shape[1]} columns; the model takes {len(schema.names)}: "
+                         f"{', '.join(schema.names)}")
+    return [dict(zip(schema.names, row)) for row in rows.tolist()]
 
 
 @router.post("/models/{name}/infer", openapi_extra=_INFER_DOC)

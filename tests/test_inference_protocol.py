@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 
+import numpy as np
 import pytest
 
 from serving import inference_protocol as oip
@@ -60,14 +61,27 @@ def test_binary_size_must_match() -> None:
         oip.request_keys(request, binary)
 
 
-@pytest.mark.parametrize(("name", "datatype", "supported"), [("features", "FP32", "feature tensors"), ("key", "INT64", "not supported"),
+@pytest.mark.parametrize(("name", "datatype", "supported"), [("rows", "FP32", "not supported"), ("key", "INT64", "not supported"),
                                                             ("other", "BYTES", "not supported")])
 def test_unsupported_inputs_name_what_is_supported(name: str, datatype: str, supported: str) -> None:
     body = json.dumps({"inputs": [{"name": name, "shape": [1], "datatype": datatype, "data": [1]}]}).encode()
     request, binary = oip.parse_infer_request(body, None)
     with pytest.raises(UnsupportedInput, match=supported) as raised:
-        oip.request_keys(request, binary)
-    assert "BYTES tensor named 'key'" in raised.value.detail
+        oip.request_input(request, binary)
+    assert "BYTES tensor named 'key'" in raised.value.detail and "'features'" in raised.value.detail
+
+
+def test_feature_rows_from_json_and_binary() -> None:
+    rows = np.array([[1.5, 2.0], [3.0, -4.25]], dtype=np.float32)
+    as_json = json.dumps({"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP64", "data": rows.tolist()}]}).encode()
+    assert oip.request_input(*oip.parse_infer_request(as_json, None)).tolist() == rows.tolist()
+    header = json.dumps({"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32",
+                                      "parameters": {"binary_data_size": rows.nbytes}}]}).encode()
+    got = oip.request_input(*oip.parse_infer_request(header + rows.tobytes(), str(len(header))))
+    assert got.tolist() == rows.tolist()
+    with pytest.raises(BadRequest, match="needs 4 numbers"):
+        oip.request_input(*oip.parse_infer_request(json.dumps(
+            {"inputs": [{"name": "features", "shape": [2, 2], "datatype": "FP32", "data": [1, 2, 3]}]}).encode(), None))
 
 
 def test_header_length_beyond_body_is_400() -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from serving.model import LoadedModel
 from tests.helpers import running
 
 PROBE = Path(__file__).with_name("tritonclient_probe.py")
@@ -23,8 +24,14 @@ FIRST_SOURCE = {"static": "redis", "dynamic": "model", "hybrid": "model"}
 SECOND_SOURCE = {"static": "redis", "dynamic": "model", "hybrid": "l1"}
 
 
-def _probe(url: str, model: str, keys: list[str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, str(PROBE), url, model, *keys], capture_output=True, text=True,
+def _rows(registry: Path, keys: list[str]) -> list[list[float]]:
+    """The feature rows of ``keys`` (what a raw-feature request for them sends)."""
+    model = LoadedModel.from_registry(registry, "traffic-light")
+    return model.features.rows([model.features.index(k) for k in keys]).tolist()  # type: ignore[no-any-return]
+
+
+def _probe(url: str, model: str, keys: list[str], rows: list[list[float]]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, str(PROBE), url, model, json.dumps(rows), *keys], capture_output=True, text=True,
                           timeout=PROBE_TIMEOUT_S, check=False)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout)  # type: ignore[no-any-return]
@@ -34,7 +41,7 @@ def _probe(url: str, model: str, keys: list[str]) -> dict[str, Any]:
 def test_tritonclient_gets_the_v1_floats(ready_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
     settings = ready_settings(mode)
     with running(settings) as (server, client):
-        got = _probe(server.url, settings.model_name, KEYS)
+        got = _probe(server.url, settings.model_name, KEYS, _rows(settings.registry, KEYS))
         v1 = client.post("/v1/predict", json={"keys": KEYS}).json()
     expected = [p["prediction"] for p in v1["predictions"]]
     assert got["live"] and got["ready"] and got["model_ready"]
@@ -47,7 +54,10 @@ def test_tritonclient_gets_the_v1_floats(ready_settings, mode: str) -> None:  # 
     assert got["binary"]["source"] == ",".join([FIRST_SOURCE[mode]] * len(KEYS))
     assert got["json"]["source"] == ",".join([SECOND_SOURCE[mode]] * len(KEYS))
     assert got["wrong_version"]["status"] == got["wrong_model"]["status"] == "404"
-    assert got["features"]["status"] == "400" and got["features"]["message"] == "unsupported_input"
+    if mode == "static":  # a precomputed table cannot answer feature rows it has never seen
+        assert got["features"]["status"] == "422" and got["features"]["message"] == "invalid_instance"
+    else:  # the same rows as features: the same floats as the keys
+        assert got["features"]["values"] == expected
 
 
 def test_the_server_imports_no_client_side_code() -> None:
@@ -59,15 +69,17 @@ def test_the_server_imports_no_client_side_code() -> None:
                          "libcachesim"}
 
 
-def test_feature_tensor_error_names_what_is_supported(make_settings) -> None:  # type: ignore[no-untyped-def]
+def test_feature_tensor_of_the_wrong_width_names_the_features(make_settings) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(mode="dynamic")
     body = {"inputs": [{"name": "features", "shape": [1, 2], "datatype": "FP64", "data": [1.0, 2.0]}]}
     with running(settings) as (_, client):
         response = client.post(f"/v2/models/{settings.model_name}/infer", json=body)
-    assert response.status_code == 400
-    error = response.json()
-    assert error["error"] == "unsupported_input"
-    assert "FP64" in error["detail"] and "BYTES tensor named 'key'" in error["detail"]
+        other = client.post(f"/v2/models/{settings.model_name}/infer",
+                            json={"inputs": [{"name": "rows", "shape": [1], "datatype": "FP32", "data": [1.0]}]})
+    assert response.status_code == 400 and response.json()["error"] == "bad_request"
+    assert "2 columns; the model takes 11" in response.json()["detail"] and "lanes" in response.json()["detail"]
+    assert other.status_code == 400 and other.json()["error"] == "unsupported_input"
+    assert "BYTES tensor named 'key'" in other.json()["detail"] and "'features'" in other.json()["detail"]
 
 
 def test_static_without_table_is_not_ready(make_settings) -> None:  # type: ignore[no-untyped-def]

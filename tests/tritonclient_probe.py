@@ -1,6 +1,6 @@
 """Drive a server with the real ``tritonclient.http`` client and print what it got as JSON.
 
-Run as a script by tests/test_v2.py (``python tests/tritonclient_probe.py URL MODEL KEY...``), never
+Run as a script by tests/test_v2.py (``python tests/tritonclient_probe.py URL MODEL ROWS KEY...``), never
 imported there: tritonclient runs on gevent, which must stay out of the pytest process.
 """
 
@@ -39,14 +39,22 @@ def _error(call: Any) -> dict[str, Any]:
     return {"status": None, "message": "no error"}
 
 
-def main(url: str, model: str, keys: list[str]) -> dict[str, Any]:
+def _features(client: httpclient.InferenceServerClient, model: str, rows: np.ndarray) -> dict[str, Any]:
+    tensor = httpclient.InferInput("features", list(rows.shape), "FP32")
+    tensor.set_data_from_numpy(rows.astype(np.float32))
+    try:
+        result = client.infer(model, [tensor])
+    except InferenceServerException as exc:
+        return {"status": exc.status(), "message": exc.message()}
+    return {"status": "200", "values": [float(v) for v in result.as_numpy("prediction")]}
+
+
+def main(url: str, model: str, keys: list[str], rows: np.ndarray) -> dict[str, Any]:
     """Everything the test compares, from one client session."""
     client = httpclient.InferenceServerClient(url.removeprefix("http://"))
     try:
         metadata = client.get_model_metadata(model)
         version = metadata["versions"][0]
-        features = httpclient.InferInput("features", [1, 11], "FP32")
-        features.set_data_from_numpy(np.zeros((1, 11), dtype=np.float32))
         return {
             "live": client.is_server_live(),
             "ready": client.is_server_ready(),
@@ -58,11 +66,12 @@ def main(url: str, model: str, keys: list[str]) -> dict[str, Any]:
             "versioned": _infer(client, model, keys, binary=False, version=version),
             "wrong_version": _error(lambda: client.infer(model, [_keys_input(keys, False)], model_version="0" * 12)),
             "wrong_model": _error(lambda: client.infer("no-such-model", [_keys_input(keys, False)])),
-            "features": _error(lambda: client.infer(model, [features])),
+            "features": _features(client, model, rows),
         }
     finally:
         client.close()
 
 
 if __name__ == "__main__":
-    print(json.dumps(main(sys.argv[1], sys.argv[2], sys.argv[3:])))
+    # argv: URL MODEL ROWS_JSON KEY... (ROWS_JSON: the feature rows of the keys, as a JSON list)
+    print(json.dumps(main(sys.argv[1], sys.argv[2], sys.argv[4:], np.array(json.loads(sys.argv[3])))))
