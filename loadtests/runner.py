@@ -46,6 +46,7 @@ from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
 from loadtests.harness.redis_server import EmbeddedRedis
 from loadtests.harness.server_process import ServerProcess, pinned
+from serving.cache import measure_l1_bytes_per_entry
 from serving.modes import precomputes
 from serving.settings import Settings
 
@@ -122,6 +123,9 @@ class RunResult:
     load_generator_cpu_percent: float
     """Locust's peak CPU percent over one-second intervals inside the traffic window."""
     cost: dict[str, Any] = field(default_factory=dict)
+    l1_bytes: int = 0
+    """L1 memory at the end: ``l1_entries`` x the bytes of one entry, measured with tracemalloc on
+    the run's own warm-up keys (:func:`serving.cache.measure_l1_bytes_per_entry`); priced with Redis'."""
 
     def as_record(self) -> dict[str, Any]:
         """Flat JSON-ready record: the spec's fields, then the measured ones.
@@ -375,13 +379,18 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
             after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
             stored1 = StoredKeys.read(client, settings.redis_namespace)
         client.close()
+    # The warm-up's keys: the same shape as those L1 held.
+    l1_entry_bytes = measure_l1_bytes_per_entry(
+        key_stream(spec.distribution, segments, seed=spec.seed, stream=98).take(WARMUP_REQUESTS))
     return _result(spec, artifact.version, key_count, locust, locust_cpu, before, after,
-                   (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), (pre_s, pre_cpu), prices, target)
+                   (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), (pre_s, pre_cpu), prices, target,
+                   l1_entry_bytes=l1_entry_bytes)
 
 
 def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float,
             before: dict[str, Any], after: dict[str, Any], cpu: tuple[float, float], stored: tuple[StoredKeys, StoredKeys],
-            pre: tuple[float, float], prices: cost.Prices, target: cost.Scenario | None) -> RunResult:
+            pre: tuple[float, float], prices: cost.Prices, target: cost.Scenario | None,
+            l1_entry_bytes: float = 0.0) -> RunResult:
     counts = _delta_counts(before, after)
     requests = max(1, counts["requests"] + counts["errors"])
     achieved = locust["rps"]
@@ -396,6 +405,7 @@ def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any],
         redis_bytes_added=stored[1].bytes - stored[0].bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
         precompute_cpu_s=pre[1], load_generator_saturated=saturated, load_generator_cpu_percent=locust_cpu,
     )
+    result.l1_bytes = round(result.l1_entries * l1_entry_bytes)
     result.cost = _cost(result, prices, target)
     return result
 
@@ -407,7 +417,7 @@ def _cost(result: RunResult, prices: cost.Prices, target: cost.Scenario | None) 
         mode=result.spec.mode, predictions=predictions, duration_s=duration,
         server_cpu_s=result.server_cpu_us_per_request * max(1, result.tier_counts["requests"]) / 1e6,
         redis_cpu_s=result.redis_cpu_us_per_request * max(1, result.tier_counts["requests"]) / 1e6,
-        cache_bytes=float(result.redis_bytes), key_count=result.key_count, precompute_cpu_s=result.precompute_cpu_s,
+        cache_bytes=float(result.redis_bytes + result.l1_bytes), key_count=result.key_count, precompute_cpu_s=result.precompute_cpu_s,
     )
     scenario = target or cost.measured_scenario(usage)
     estimate = cost.estimate(usage, scenario, prices)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serving.cache import Admission, AdmissionRule, L1Cache
+from serving.cache import Admission, AdmissionRule, L1Cache, measure_l1_bytes_per_entry
 
 
 class FakeClock:
@@ -84,3 +84,13 @@ def test_admission_memory_is_bounded() -> None:
     for i in range(100):
         admission.admit(str(i))
     assert len(admission._counts) <= 10  # noqa: SLF001
+
+
+def test_l1_entry_bytes_are_measured_and_grow_with_the_key() -> None:
+    short = measure_l1_bytes_per_entry([f"{i}:{i % 168}" for i in range(5000)])
+    long = measure_l1_bytes_per_entry([f"user-{i:08d}-" + "x" * 200 for i in range(5000)])
+    # A float (24 B) and a tuple (56 B) alone exceed 50 B; the 200 extra characters show up in full.
+    assert 50 < short < 1000
+    assert long - short == pytest.approx(200, abs=40)
+    with pytest.raises(ValueError, match="at least one key"):
+        measure_l1_bytes_per_entry([])

@@ -112,3 +112,26 @@ def test_options_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
     args = _parser().parse_args(["serve", "--top-k", "5"])
     settings = _settings(args)
     assert settings.model_name == "from-env" and settings.head_size == 5
+
+
+@pytest.mark.parametrize("name", ["folder", "garbage.txt", "garbage.bin", "noextension"])
+def test_tune_refuses_a_bad_trace_in_one_line(name: str, registry: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / name
+    if name == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(bytes(range(256)) * 24)  # whole 24-byte records, none of them valid
+    assert main(["tune", "--trace", str(path), "--registry", str(registry), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hybridserve: {path}") and "Traceback" not in err and "format=" not in err
+
+
+@pytest.mark.parametrize("count", ["0", "-5", "1"])
+def test_tune_refuses_too_few_verify_requests(count: str, registry: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "t.keys"
+    trace.write_text("1:1\n2:2\n")
+    argv = ["tune", "--trace", str(trace), "--registry", str(registry), "--verify", "--verify-requests", count]
+    assert main(argv) == 2
+    assert "--verify-requests must be at least 2" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from tuning.calibrate import calibrate
 from tuning.plots import plot_costs, plot_miss_ratio_curves
 from tuning.recommend import Recommendation, format_table, recommend
 from tuning.traces import Trace, read_trace
-from tuning.verify import DEFAULT_VERIFY_REQUESTS, verify
+from tuning.verify import DEFAULT_VERIFY_REQUESTS, MIN_VERIFY_REQUESTS, verify
 
 # Exit status when no configuration meets the SLO: the report is still written.
 EXIT_SLO_UNREACHABLE = 3
@@ -34,6 +34,10 @@ def run_tune(
     verify_requests: int = DEFAULT_VERIFY_REQUESTS,
 ) -> int:
     """Run the whole tuning flow, print a table and the settings to use; returns the exit status."""
+    if verify_live and verify_requests < MIN_VERIFY_REQUESTS:
+        # Checked before minutes of calibration, not after.
+        raise ValueError(f"--verify-requests must be at least {MIN_VERIFY_REQUESTS} (half warms the caches, "
+                         f"half is measured), got {verify_requests}")
     trace = read_trace(trace_path)
     key_count = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version).features.key_count
     print(f"trace {trace_path}: {trace.n_requests:,} requests, {trace.n_unique:,} keys; calibrating {settings.model_name} ...",

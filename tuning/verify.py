@@ -33,6 +33,8 @@ from tuning.simulate import DEFAULT_TRAIN_FRACTION, ServerPolicy, simulate_serve
 from tuning.traces import Trace
 
 DEFAULT_VERIFY_REQUESTS = 20_000
+# Half of the replay warms the caches and half is measured: two requests at the very least.
+MIN_VERIFY_REQUESTS = 2
 TOLERANCE_PP = 2.0
 
 
@@ -73,6 +75,8 @@ def verify(
     trace: Trace, candidate: Candidate, settings: Settings, *, limit: int = DEFAULT_VERIFY_REQUESTS, seed: int = 0
 ) -> VerifyResult:
     """Replay up to ``limit`` requests on a live server running ``candidate``; compare with simulation."""
+    if limit < MIN_VERIFY_REQUESTS:
+        raise ValueError(f"verify needs at least {MIN_VERIFY_REQUESTS} requests, got {limit}")
     if candidate.mode != "hybrid":
         raise ValueError(f"verify replays hybrid configurations; got {candidate.mode}")
     model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
