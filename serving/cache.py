@@ -1,4 +1,4 @@
-"""The hybrid cache tiers: an in-process L1 (bounded LRU with TTL), admission, and the Redis L2.
+"""The hybrid cache tiers: an in-process L1 (bounded, LRU or S3-FIFO, with TTL), admission, and the Redis L2.
 
 L1 and the admission rule are plain synchronous classes with no I/O so that the tuner can replay
 access traces through exactly the code the server runs (``tuning.simulate``). The Redis tier is
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 import tracemalloc
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -95,19 +95,181 @@ class L1Cache:
         """Drop every entry."""
         self._entries.clear()
 
+    def _shrink(self) -> None:
+        """Evict down to the capacity (after it was lowered)."""
+        while len(self._entries) > self._capacity:
+            self._entries.popitem(last=False)
+            self.evictions += 1
+
     def reconfigure(self, capacity: int | None = None, ttl_s: float | None = None) -> None:
         """Change size and/or TTL at run time; shrinking evicts the least recently used."""
         if capacity is not None:
             if capacity < 0:
                 raise ValueError(f"L1 capacity must be >= 0, got {capacity}")
             self._capacity = capacity
-            while len(self._entries) > capacity:
-                self._entries.popitem(last=False)
-                self.evictions += 1
+            self._shrink()
         if ttl_s is not None:
             if ttl_s < 0:
                 raise ValueError(f"L1 TTL must be >= 0, got {ttl_s}")
             self._ttl_s = ttl_s
+
+
+# Frequency counters of S3-FIFO saturate here (two bits, as in the paper).
+S3FIFO_MAX_FREQ = 3
+# S3-FIFO's small queue holds this share of the capacity, its ghost keys this share (libCacheSim's
+# defaults: fifo_size_ratio=0.1, ghost_size_ratio=0.9); an entry read at least this many times in
+# the small queue moves on to the main one (move_to_main_threshold=2).
+S3FIFO_SMALL_SHARE = 0.1
+S3FIFO_GHOST_SHARE = 0.9
+S3FIFO_MOVE_TO_MAIN = 2
+
+
+class S3FIFOCache(L1Cache):
+    """S3-FIFO (Yang et al., SOSP 2023): scan-resistant, with no reordering on a hit.
+
+    New keys enter a small FIFO (10% of the capacity); one read there at least twice moves on to
+    the main FIFO when it reaches the small queue's end, the others leave and their keys are
+    remembered in a ghost FIFO. A key that comes back while its ghost is remembered goes straight
+    to main. Main evicts like CLOCK: an entry read since it was last passed gets another round.
+    One-hit wonders (a scan) so pass through the small queue without pushing out the main queue.
+
+    Same interface, TTL and clock as :class:`L1Cache`. Queues hold ``(key, token)``; an entry
+    deleted early (expired, overwritten by a shrink) leaves a stale token that is skipped when it
+    reaches the queue's end.
+    """
+
+    def __init__(self, capacity: int, ttl_s: float = 0.0, clock: Clock = time.monotonic) -> None:
+        super().__init__(capacity, ttl_s, clock)
+        # key -> [value, expiry, frequency, in main, token]
+        self._items: dict[str, list] = {}
+        self._small: deque[tuple[str, int]] = deque()
+        self._main: deque[tuple[str, int]] = deque()
+        self._ghost: OrderedDict[str, None] = OrderedDict()
+        self._small_len = 0
+        self._token = 0
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def peek(self, key: str) -> float | None:
+        """The cached value without counting a read; ``None`` if absent or expired."""
+        item = self._items.get(key)
+        if item is None or (item[1] and item[1] <= self._clock()):
+            return None
+        return item[0]  # type: ignore[no-any-return]
+
+    def get(self, key: str) -> float | None:
+        """The cached value, counting one read of it; ``None`` on a miss."""
+        item = self._items.get(key)
+        if item is None:
+            return None
+        if item[1] and item[1] <= self._clock():
+            self._drop(key, item)
+            return None
+        if item[2] < S3FIFO_MAX_FREQ:
+            item[2] += 1
+        return item[0]  # type: ignore[no-any-return]
+
+    def put(self, key: str, value: float) -> None:
+        """Insert (into main if its ghost is remembered, else the small queue) or refresh ``key``."""
+        if self._capacity == 0:
+            return
+        expires = self._clock() + self._ttl_s if self._ttl_s else 0.0
+        item = self._items.get(key)
+        if item is not None:
+            item[0], item[1] = value, expires
+            return
+        self._token += 1
+        to_main = self._ghost.pop(key, 0) is None
+        self._items[key] = [value, expires, 0, to_main, self._token]
+        (self._main if to_main else self._small).append((key, self._token))
+        self._small_len += not to_main
+        while len(self._items) > self._capacity:
+            self._evict_one()
+
+    def clear(self) -> None:
+        """Drop every entry and every ghost."""
+        self._items.clear()
+        self._small.clear()
+        self._main.clear()
+        self._ghost.clear()
+        self._small_len = 0
+
+    def _shrink(self) -> None:
+        """Evict down to the capacity by the S3-FIFO rules."""
+        while len(self._items) > self._capacity:
+            self._evict_one()
+
+    def _drop(self, key: str, item: list) -> None:
+        del self._items[key]
+        self._small_len -= not item[3]
+
+    def _evict_one(self) -> None:
+        # As libCacheSim decides: main gives way only once it holds more than its share (or the
+        # small queue is empty); otherwise the small queue does.
+        if len(self._items) - self._small_len > (1 - S3FIFO_SMALL_SHARE) * self._capacity or not self._small_len:
+            self._evict_main()
+        else:
+            self._evict_small()
+
+    def _oldest(self, queue: deque[tuple[str, int]]) -> tuple[str, list] | None:
+        """Pop the oldest live entry of ``queue`` (stale tokens skipped); ``None`` when it is empty."""
+        while queue:
+            key, token = queue.popleft()
+            item = self._items.get(key)
+            if item is not None and item[4] == token:
+                return key, item
+        return None
+
+    def _evict_small(self) -> None:
+        oldest = self._oldest(self._small)
+        if oldest is None:
+            self._evict_main()
+            return
+        key, item = oldest
+        self._small_len -= 1
+        if item[2] >= S3FIFO_MOVE_TO_MAIN:
+            item[2], item[3] = 0, True
+            self._main.append((key, item[4]))
+            return  # moved, not evicted: the caller's loop evicts again
+        del self._items[key]
+        self.evictions += 1
+        self._remember(key)
+
+    def _evict_main(self) -> None:
+        while (oldest := self._oldest(self._main)) is not None:
+            key, item = oldest
+            if item[2] > 0:  # read since it was last passed: another round, one read fewer
+                item[2] -= 1
+                self._main.append((key, item[4]))
+                continue
+            del self._items[key]
+            self.evictions += 1
+            return
+
+    def _remember(self, key: str) -> None:
+        self._ghost[key] = None
+        while len(self._ghost) > S3FIFO_GHOST_SHARE * self._capacity:
+            self._ghost.popitem(last=False)
+
+
+# The L1 policies the server runs (Settings.l1_policy), and the class of each.
+L1_POLICY_CLASSES: dict[str, type[L1Cache]] = {"lru": L1Cache, "s3fifo": S3FIFOCache}
+L1_POLICIES: tuple[str, ...] = tuple(L1_POLICY_CLASSES)
+
+
+def make_l1(capacity: int, ttl_s: float = 0.0, policy: str = "lru", clock: Clock = time.monotonic) -> L1Cache:
+    """An L1 of ``policy`` (one of :data:`L1_POLICIES`); ``ValueError`` naming them otherwise.
+
+    Example::
+
+        make_l1(10_000, ttl_s=300.0, policy="s3fifo").put("17:42", 123.5)
+    """
+    try:
+        cls = L1_POLICY_CLASSES[policy]
+    except KeyError:
+        raise ValueError(f"L1 policy must be one of {', '.join(L1_POLICIES)}, got {policy!r}") from None
+    return cls(capacity, ttl_s=ttl_s, clock=clock)
 
 
 def measure_l1_bytes_per_entry(keys: Sequence[str]) -> float:
