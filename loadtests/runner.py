@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -58,6 +59,8 @@ SATURATION_SHARE = 0.95
 LOCUST_CPU_SATURATED = 90.0
 SCAN_COUNT = 1000
 CPU_SAMPLE_S = 1.0
+# Two-sided 95% normal quantile: the confidence interval reported with every p99.
+P99_CI_Z = 1.96
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,12 @@ class RunSpec:
     seed: int = 7
     head_size: int = 5000
     l1_size: int = 10_000
+    settings: tuple[tuple[str, Any], ...] = ()
+    """More server settings as ``(field, value)`` pairs (``l1_policy``, ``admission``, ``redis_ttl_s``...)."""
+    redis_maxmemory: int | None = None
+    """Redis memory budget for the predictions in bytes (``maxmemory`` = Redis' own baseline + this); None: unbounded."""
+    redis_eviction: str = "allkeys-lru"
+    """``maxmemory-policy`` when ``redis_maxmemory`` is set."""
 
     @property
     def model_name(self) -> str:
@@ -157,6 +166,13 @@ def _redis_cpu_s(client: redis.Redis) -> float:
 
 # ----- preparation -------------------------------------------------------------------------------
 
+def _limit_memory(client: redis.Redis, budget: int, eviction: str) -> None:
+    """``maxmemory`` = what Redis uses empty + ``budget``, so the budget is what predictions get."""
+    baseline = int(client.info("memory")["used_memory"])
+    client.config_set("maxmemory-policy", eviction)
+    client.config_set("maxmemory", str(baseline + budget))
+
+
 def _head_keys(spec: RunSpec, segments: int, workdir: Path) -> list[str]:
     """The head: most frequent keys of a sample of earlier traffic (another stream, same seed)."""
     sample = key_stream(spec.distribution, segments, seed=spec.seed, stream=99).take(HEAD_SAMPLE_REQUESTS)
@@ -209,9 +225,38 @@ def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[
 
 
 def precise_percentiles(buckets: list[list[float]]) -> dict[str, float]:
-    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histogram."""
+    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histogram, and the 95%
+    confidence interval of the p99 (``p99_low``, ``p99_high``; see :func:`quantile_interval`)."""
     histogram: Counter[float] = Counter({float(bound): int(count) for bound, count in buckets})
-    return {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+    out = {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+    out["p99_low"], out["p99_high"] = quantile_interval(histogram, 0.99)
+    return out
+
+
+def quantile_interval(histogram: Counter[float], q: float, z: float = P99_CI_Z) -> tuple[float, float]:
+    """Distribution-free confidence interval of the ``q`` quantile of ``n`` samples: the values at
+    the order-statistic ranks ``n q -/+ z sqrt(n q (1 - q))`` (normal approximation of the
+    binomial count of samples below the true quantile). ``inf`` for the upper end when the rank
+    lies past the largest sample: too few requests to bound the quantile from above.
+
+    Example::
+
+        quantile_interval(Counter({1.0: 990, 50.0: 10}), 0.99)   # (1.0, 50.0): 10 slow requests
+    """
+    total = sum(histogram.values())
+    spread = z * math.sqrt(total * q * (1 - q))
+    low, high = math.floor(total * q - spread), math.ceil(total * q + spread) + 1
+    return _ranked(histogram, max(low, 1)), (_ranked(histogram, high) if high <= total else math.inf)
+
+
+def _ranked(histogram: Counter[float], rank: int) -> float:
+    """The ``rank``-th smallest value (1-based) of a histogram of values."""
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+    return 0.0
 
 
 def _watch_cpu(proc: psutil.Popen, timeout_s: float) -> list[tuple[float, float]]:
@@ -369,7 +414,9 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
         workdir = Path(tmp)
         client = redis.Redis.from_url(redis_server.url)
         settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
-                            l1_size=spec.l1_size, head_size=spec.head_size)
+                            l1_size=spec.l1_size, head_size=spec.head_size, **dict(spec.settings))
+        if spec.redis_maxmemory is not None:
+            _limit_memory(client, spec.redis_maxmemory, spec.redis_eviction)
         pre_s, pre_cpu = _prepare(spec, settings, segments, workdir)
         with ServerProcess(settings, server_cores) as server:
             _warm_up(server.url, spec, segments)

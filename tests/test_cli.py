@@ -127,11 +127,11 @@ def test_tune_refuses_a_bad_trace_in_one_line(name: str, registry: Path, tmp_pat
     assert err.startswith(f"hybridserve: {path}") and "Traceback" not in err and "format=" not in err
 
 
-@pytest.mark.parametrize("count", ["0", "-5", "1"])
-def test_tune_refuses_too_few_verify_requests(count: str, registry: Path, tmp_path: Path,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("seconds", ["0", "-5"])
+def test_tune_refuses_a_verification_of_no_time(seconds: str, registry: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
     trace = tmp_path / "t.keys"
     trace.write_text("1:1\n2:2\n")
-    argv = ["tune", "--trace", str(trace), "--registry", str(registry), "--verify", "--verify-requests", count]
+    argv = ["tune", "--trace", str(trace), "--registry", str(registry), "--verify", "--verify-seconds", seconds]
     assert main(argv) == 2
-    assert "--verify-requests must be at least 2" in capsys.readouterr().err
+    assert "--verify-seconds must be > 0" in capsys.readouterr().err

@@ -253,3 +253,15 @@ def test_head_keys_never_expire() -> None:
 def test_server_policy_errors(call: Callable[[Trace], object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call(_zipf_trace(n_requests=100))
+
+
+def test_policy_gap_names_the_best_of_each_side() -> None:
+    from tuning.curves import policy_gap, trace_curves
+
+    curves = trace_curves(_scan_heavy_trace(), fractions=[0.01, 0.1])
+    assert {"server L1 lru", "server L1 s3fifo", "redis-allkeys-lru", "S3-FIFO", "Belady", "static head"} <= curves.keys()
+    for gap in policy_gap(curves):
+        assert gap["library_policy"] != "Belady"
+        assert gap["gap_pp"] == pytest.approx((gap["server_miss_ratio"] - gap["library_miss_ratio"]) * 100)
+        assert gap["gap_pp"] <= 2.0  # the server's S3-FIFO closes the gap on a scan-heavy trace
+    assert "first half" in curves["static head"]["basis"]
