@@ -302,36 +302,99 @@ def measure_l1_bytes_per_entry(keys: Sequence[str]) -> float:
 
 @dataclass(frozen=True)
 class AdmissionRule:
-    """When a computed prediction enters the cache: ``always``, or after ``N`` requests (misses).
+    """When a computed prediction enters the cache: ``always``, after ``N`` requests (misses), or
+    ``tinylfu``: after two misses as estimated by a frequency sketch that ages (TinyLFU's filter).
 
-    Parse from text with :meth:`parse`: ``"always"`` or ``"after:N"`` (N >= 1; ``after:1`` is
-    the same as ``always``).
+    Parse from text with :meth:`parse`: ``"always"``, ``"after:N"`` (N >= 1; ``after:1`` is the
+    same as ``always``) or ``"tinylfu"``.
     """
 
     min_requests: int = 1
+    sketch: bool = False
+    """Count misses in a :class:`FrequencySketch` (bounded memory, aged by halving) instead of per key."""
 
     @classmethod
     def parse(cls, text: str) -> AdmissionRule:
-        """Parse ``always`` or ``after:N``; raise ``ValueError`` with the accepted forms otherwise."""
+        """Parse ``always``, ``after:N`` or ``tinylfu``; raise ``ValueError`` with the accepted forms otherwise."""
         value = text.strip().lower()
         if value == "always":
             return cls(1)
+        if value == "tinylfu":
+            return cls(TINYLFU_MIN_REQUESTS, sketch=True)
         prefix, _, count = value.partition(":")
         if prefix == "after" and count.isdigit() and int(count) >= 1:
             return cls(int(count))
-        raise ValueError(f"admission must be 'always' or 'after:N' with N >= 1, got {text!r}")
+        raise ValueError(f"admission must be 'always' or 'after:N' with N >= 1, or 'tinylfu', got {text!r}")
 
     def __str__(self) -> str:
+        if self.sketch:
+            return "tinylfu"
         return "always" if self.min_requests <= 1 else f"after:{self.min_requests}"
 
 
+# TinyLFU admission: a key is admitted once the sketch estimates two misses of it.
+TINYLFU_MIN_REQUESTS = 2
+TINYLFU_ROWS = 4
+TINYLFU_MAX_COUNT = 15  # four-bit counters, as in TinyLFU
+# Every counter is halved after width x this many misses: old popularity fades (TinyLFU's reset).
+TINYLFU_SAMPLE_FACTOR = 10
+_HALVE = bytes(value >> 1 for value in range(256))
+_ROW_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0x27D4EB2F165667C5)
+_MASK64 = (1 << 64) - 1
+
+
+class FrequencySketch:
+    """Count-min sketch of how often keys were seen: fixed memory (``rows x width`` bytes), an
+    over-estimate only when keys share counters, aged by halving every counter periodically.
+
+    Example::
+
+        sketch = FrequencySketch(1024)
+        sketch.add("17:42"), sketch.add("17:42")   # (1, 2)
+    """
+
+    def __init__(self, width: int) -> None:
+        self._width = 1 << max(4, (width - 1).bit_length())  # a power of two: indexes by mask
+        self._mask = self._width - 1
+        self._table = bytearray(TINYLFU_ROWS * self._width)
+        self._added = 0
+        self._sample = self._width * TINYLFU_SAMPLE_FACTOR
+
+    def _slots(self, key: str) -> list[int]:
+        h = hash(key) & _MASK64
+        return [row * self._width + ((((h ^ seed) * seed) & _MASK64) >> 40 & self._mask)
+                for row, seed in enumerate(_ROW_SEEDS)]
+
+    def add(self, key: str) -> int:
+        """Count one sighting of ``key`` (conservative update: only its smallest counters grow);
+        returns its new estimate."""
+        slots = self._slots(key)
+        table = self._table
+        estimate = min(table[slot] for slot in slots)
+        if estimate < TINYLFU_MAX_COUNT:
+            for slot in slots:
+                if table[slot] == estimate:
+                    table[slot] = estimate + 1
+        self._added += 1
+        if self._added >= self._sample:
+            self._table = bytearray(table.translate(_HALVE))
+            self._added //= 2
+        return min(estimate + 1, TINYLFU_MAX_COUNT)
+
+    def clear(self) -> None:
+        """Forget every count."""
+        self._table = bytearray(len(self._table))
+        self._added = 0
+
+
 class Admission:
-    """Counts misses per key and says when a key has earned a cache slot."""
+    """Counts misses per key (or in a :class:`FrequencySketch`) and says when a key has earned a cache slot."""
 
     def __init__(self, rule: AdmissionRule, max_tracked: int = ADMISSION_MAX_TRACKED) -> None:
         self.rule = rule
         self._max_tracked = max_tracked
         self._counts: dict[str, int] = {}
+        self._sketch = FrequencySketch(max_tracked) if rule.sketch else None
         self.rejected = 0
 
     def admit(self, key: str) -> bool:
@@ -339,6 +402,11 @@ class Admission:
         need = self.rule.min_requests
         if need <= 1:
             return True
+        if self._sketch is not None:
+            if self._sketch.add(key) >= need:
+                return True
+            self.rejected += 1
+            return False
         count = self._counts.get(key, 0) + 1
         if count >= need:
             self._counts.pop(key, None)
@@ -352,3 +420,5 @@ class Admission:
     def reset(self) -> None:
         """Forget all counts (after a flush or a model change)."""
         self._counts.clear()
+        if self._sketch is not None:
+            self._sketch.clear()

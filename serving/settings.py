@@ -66,7 +66,7 @@ class Settings(BaseSettings):
     redis_ttl_s: int = Field(3600, ge=0, le=100_000_000)
     """Lifetime of predictions admitted into Redis on a miss (hybrid); 0: no expiry. The head never expires."""
     admission: str = "always"
-    """When a computed prediction is cached (hybrid): ``always`` or ``after:N`` misses."""
+    """When a computed prediction is cached (hybrid): ``always``, ``after:N`` misses, or ``tinylfu`` (two misses by an aging frequency sketch)."""
     head_size: int = Field(1000, ge=0)
     """Top-K keys precomputed into Redis for hybrid by ``hybridserve precompute --head``."""
     batching: bool = True

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from serving.cache import L1_POLICIES, Admission, AdmissionRule, L1Cache, S3FIFOCache, make_l1, measure_l1_bytes_per_entry
+from serving.cache import (
+    L1_POLICIES,
+    Admission,
+    AdmissionRule,
+    FrequencySketch,
+    L1Cache,
+    S3FIFOCache,
+    make_l1,
+    measure_l1_bytes_per_entry,
+)
 
 
 class FakeClock:
@@ -150,3 +159,29 @@ def test_make_l1_builds_each_policy(policy: str) -> None:
     assert len(l1) == 3 and l1.evictions == 3
     with pytest.raises(ValueError, match="lru, s3fifo"):
         make_l1(3, policy="mru")
+
+
+def test_tinylfu_admits_on_the_second_miss_and_forgets_with_age() -> None:
+    rule = AdmissionRule.parse("tinylfu")
+    assert str(rule) == "tinylfu" and rule.sketch
+    admission = Admission(rule, max_tracked=64)
+    assert not admission.admit("a") and admission.admit("a")
+    assert admission.rejected == 1
+    # Past width x TINYLFU_SAMPLE_FACTOR misses every count is halved: one old miss is forgotten.
+    admission.admit("b")
+    for _ in range(64 * 10):
+        admission.admit("filler")  # one key: its own counters saturate, the others are left alone
+    assert not admission.admit("b")
+    admission.reset()
+    assert not admission.admit("a")
+
+
+def test_frequency_sketch_counts_within_its_bound() -> None:
+    sketch = FrequencySketch(4096)
+    for n in range(1000):
+        for _ in range(n % 4):
+            sketch.add(f"k{n}")
+    estimates = [sketch.add(f"k{n}") - 1 for n in range(1000)]
+    exact = [n % 4 for n in range(1000)]
+    assert all(e >= x for e, x in zip(estimates, exact))  # count-min never under-counts
+    assert sum(e != x for e, x in zip(estimates, exact)) < 20  # and rarely over-counts at this width

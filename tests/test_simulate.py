@@ -265,3 +265,15 @@ def test_policy_gap_names_the_best_of_each_side() -> None:
         assert gap["gap_pp"] == pytest.approx((gap["server_miss_ratio"] - gap["library_miss_ratio"]) * 100)
         assert gap["gap_pp"] <= 2.0  # the server's S3-FIFO closes the gap on a scan-heavy trace
     assert "first half" in curves["static head"]["basis"]
+
+
+def test_tinylfu_admission_replays_like_after_two_on_a_fresh_sketch() -> None:
+    """The sketch filter runs in the replay through the same Admission the server builds; on a
+    trace far smaller than its width it admits what after:2 admits, give or take collisions."""
+    trace = _zipf_trace(5_000, 2_000)
+
+    def admissions(rule: str) -> int:
+        return simulate_server_policy(trace, ServerPolicy.hybrid(l1_capacity=100, admission=rule), train_fraction=0.0).admissions
+
+    assert admissions("tinylfu") == pytest.approx(admissions("after:2"), rel=0.02)
+    assert admissions("tinylfu") < admissions("always")

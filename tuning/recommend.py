@@ -52,7 +52,7 @@ HEAD_FRACTIONS: tuple[float, ...] = (0.0, 0.05)
 # Redis budgets as fractions of the memory the trace's distinct keys take; None: no maxmemory.
 REDIS_BUDGET_FRACTIONS: tuple[float | None, ...] = (0.01, 0.05, 0.2, None)
 REDIS_EVICTIONS: tuple[str, ...] = ("allkeys-lru", "allkeys-lfu")
-ADMISSIONS: tuple[str, ...] = ("always", "after:2")
+ADMISSIONS: tuple[str, ...] = ("always", "after:2", "tinylfu")
 # Redis TTLs tried on traces with timestamps (seconds; 0: no expiry).
 REDIS_TTLS_S: tuple[int, ...] = (0, 3600)
 # p99: the slowest tier that serves more than this share of requests sets the tail.
