@@ -5,9 +5,10 @@ concurrent load at a fixed offered rate, the way the comparison measures modes:
 
 - **redis** (a Redis hit): static runs, where every request is one;
 - **model** (a model call, batched as the run's rate batches it): dynamic runs;
-- **l1** (an L1 hit): hybrid runs, whose CPU is the sum over tiers of share x cost: with the Redis
-  and model costs known at the rates those tiers served in the run, what is left over is L1's
-  (the mean over hybrid runs, at least :data:`MIN_L1_SHARE` of whose requests L1 answered).
+- **l1** (an L1 hit): hybrid runs, whose CPU is the sum over tiers of share x cost (a miss there
+  also pays a Redis lookup and write: see :meth:`TierCosts.cpu_per_request`): with the Redis and
+  model costs known at the rates those tiers served in the run, what is left over is L1's (hybrid
+  runs where L1 answered at least :data:`MIN_L1_SHARE` of the requests).
 
 Each tier is a curve over the rate it serves (requests a second that tier answers): CPU per
 request falls and p99 grows with it (batching, queueing). :meth:`TierCosts.at` interpolates in
@@ -103,9 +104,27 @@ class TierCosts:
         p99 = _interpolate([(p.rate, p.p99_ms) for p in points], rate)
         return TierEstimate(tier, rate, cpu, p99, _outside(points, rate))
 
+    def cpu_per_request(self, shares: dict[str, float], rate: float, *, misses_pass_store: bool) -> float:
+        """CPU seconds per request of a mix of tiers (``shares``: tier -> fraction) at ``rate``
+        requests/s, each tier priced at the rate it serves. With ``misses_pass_store`` (hybrid) a
+        miss also pays the Redis lookup and write a dynamic run's model call never made: a Redis
+        hit's cost less an L1 hit's (the HTTP request around both)."""
+        at = {tier: self.at(tier, share * rate).cpu_s for tier, share in shares.items() if share > 0}
+        total = sum(shares[tier] * cpu for tier, cpu in at.items())
+        if misses_pass_store and shares.get("model", 0.0) > 0:
+            redis, l1 = self.at("redis", shares["redis"] * rate).cpu_s, self.at("l1", shares["l1"] * rate).cpu_s
+            total += shares["model"] * max(0.0, redis - l1)
+        return total
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (``tiers`` of tuning.json): every point with its request count."""
         return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TierCosts:
+        """The inverse of :meth:`as_dict` (tier costs read back from a tuning.json)."""
+        curves = {tier: [TierPoint(**point) for point in points] for tier, points in data["curves"].items()}
+        return cls(**{**data, "curves": curves})
 
 
 def tier_costs(records: Sequence[Record], model: str) -> TierCosts:
@@ -164,17 +183,20 @@ def _point(record: Record, share: float, cpu_s: float | None = None) -> TierPoin
 
 
 def _l1_points(costs: TierCosts, hybrids: Iterable[Record]) -> list[TierPoint]:
-    """An L1 hit's CPU: each hybrid run's CPU less its Redis and model shares, over its L1 share."""
+    """An L1 hit's CPU ``c1``: what each hybrid run's CPU leaves over once its Redis hits and its
+    misses are priced as :meth:`TierCosts.cpu_per_request` prices them (a miss: the model call plus
+    a Redis hit's cost less ``c1``), so ``cpu = l1 c1 + r cr + m (cm + cr - c1)``, solved for ``c1``."""
     points = []
     for record in hybrids:
         shares = record["hit_ratio"]
         l1, redis = shares["l1"], shares["redis"]
-        if l1 < MIN_L1_SHARE:
-            continue
+        model = 1 - l1 - redis
+        if l1 < MIN_L1_SHARE or l1 - model < MIN_L1_SHARE / 2:
+            continue  # too few L1 hits against misses to tell an L1 hit's cost apart
         rate = record["achieved_rps"] * record.get("batch_size", 1)
         redis_cost = costs.at("redis", redis * rate).cpu_s
-        rest = redis * redis_cost + (1 - l1 - redis) * costs.at("model", (1 - l1 - redis) * rate).cpu_s
-        leftover = (_cpu_per_request(record) - rest) / l1
+        rest = redis * redis_cost + model * (costs.at("model", model * rate).cpu_s + redis_cost)
+        leftover = (_cpu_per_request(record) - rest) / (l1 - model)
         floor = MIN_L1_COST_SHARE_OF_REDIS * redis_cost
         if leftover < floor:
             costs.notes.append(f"{_label(record)}: L1 hit CPU {leftover * 1e6:.0f} us left over after Redis and "

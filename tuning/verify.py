@@ -172,8 +172,8 @@ def verify(
         record = run_one(_spec(candidate, settings.model_name, path, rate, window.requests), settings.registry,
                          cost.Prices()).as_record()
     shares = simulate_run(replayed, candidate)[-1]
-    return VerifyResult(candidate.label, window, _measured(record), _predicted(shares, costs, record["achieved_rps"]),
-                        candidate.hit_ratio, slo_p99_ms)
+    predicted = _predicted(shares, costs, record["achieved_rps"], hybrid=candidate.mode == "hybrid")
+    return VerifyResult(candidate.label, window, _measured(record), predicted, candidate.hit_ratio, slo_p99_ms)
 
 
 def _spec(candidate: Candidate, model: str, path: Path, rate: float, requests: int) -> RunSpec:
@@ -199,10 +199,10 @@ def _measured(record: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _predicted(shares: Shares, costs: TierCosts, rate: float) -> dict[str, Any]:
+def _predicted(shares: Shares, costs: TierCosts, rate: float, *, hybrid: bool) -> dict[str, Any]:
     by_tier = {"l1": shares.l1, "redis": shares.redis, "model": shares.model}
     at = {tier: costs.at(tier, by_tier[tier] * rate) for tier in TIER_NAMES}
-    cpu = sum(by_tier[t] * at[t].cpu_s for t in TIER_NAMES)
+    cpu = costs.cpu_per_request(by_tier, rate, misses_pass_store=hybrid)
     return {"hit_ratio": shares.hit_ratio, "l1_hit_ratio": shares.l1, "cpu_us_per_request": cpu * 1e6,
             "p99_ms": estimate_p99(by_tier, {t: at[t].p99_ms for t in TIER_NAMES}), "rate": rate,
             "shares": by_tier}
