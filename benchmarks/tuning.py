@@ -52,13 +52,17 @@ def main() -> int:
         return 0
     registry = Path(args.registry)
     traces = _traces(Path(args.traces), registry)
+    rows: list[dict[str, Any]] = []
     costs = {}
-    for profile in PROFILES:
+    if args.resume:  # keep the rows written so far and their calibration; run the traces not done
+        rows = json.loads((HERE / "tuning.json").read_text())["rows"]
+        costs = {row["profile"]: TierCosts.from_dict(row["tiers"]) for row in rows}
+    for profile in (p for p in PROFILES if p not in costs):
         print(f"calibrating {profile} at {args.qps:g}/s ...", flush=True)
         costs[profile] = calibrate(Settings(registry=registry, model_name=model_name(profile)), args.qps,
                                    duration_s=args.calibration_seconds)
-    rows: list[dict[str, Any]] = []
-    for name, trace in traces.items():
+    done = {row["trace"] for row in rows}
+    for name, trace in ((n, t) for n, t in traces.items() if n not in done):
         model = LoadedModel.from_registry(registry, model_name("light"))
         fitted = fit_trace(trace, model.key_space, map_keys=not name.startswith("zipf"))
         started = time.perf_counter()
@@ -149,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--registry")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite tuning.md from tuning.json")
+    parser.add_argument("--resume", action="store_true", help="keep tuning.json's rows and calibration, run the rest")
     parser.add_argument("--traces", default=str(HERE.parents[1] / "shared" / "traces"))
     parser.add_argument("--qps", type=float, default=300.0)
     parser.add_argument("--slo-p99-ms", type=float, default=50.0)

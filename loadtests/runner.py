@@ -166,9 +166,8 @@ def _redis_cpu_s(client: redis.Redis) -> float:
 
 # ----- preparation -------------------------------------------------------------------------------
 
-def _limit_memory(client: redis.Redis, budget: int, eviction: str) -> None:
-    """``maxmemory`` = what Redis uses empty + ``budget``, so the budget is what predictions get."""
-    baseline = int(client.info("memory")["used_memory"])
+def _limit_memory(client: redis.Redis, baseline: int, budget: int, eviction: str) -> None:
+    """``maxmemory`` = what Redis used empty (``baseline``) + ``budget``, so the budget is what predictions get."""
     client.config_set("maxmemory-policy", eviction)
     client.config_set("maxmemory", str(baseline + budget))
 
@@ -415,9 +414,11 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
         client = redis.Redis.from_url(redis_server.url)
         settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
                             l1_size=spec.l1_size, head_size=spec.head_size, **dict(spec.settings))
-        if spec.redis_maxmemory is not None:
-            _limit_memory(client, spec.redis_maxmemory, spec.redis_eviction)
+        baseline = int(client.info("memory")["used_memory"])
         pre_s, pre_cpu = _prepare(spec, settings, segments, workdir)
+        if spec.redis_maxmemory is not None:
+            # After the precompute (a batch job must not meet OOM half-way); the head counts in the budget.
+            _limit_memory(client, baseline, spec.redis_maxmemory, spec.redis_eviction)
         with ServerProcess(settings, server_cores) as server:
             _warm_up(server.url, spec, segments)
             stored0 = StoredKeys.read(client, settings.redis_namespace)

@@ -33,7 +33,7 @@ def trace() -> Trace:
 @pytest.fixture(scope="module")
 def simulated(trace: Trace) -> list[Candidate]:
     """The candidates replayed once for the module (the slow part); each test prices its own copies."""
-    return simulate_candidates(trace, COSTS, KEY_COUNT)
+    return simulate_candidates(trace, COSTS, KEY_COUNT, min_budget_bytes=0)  # the test trace's budgets are tiny
 
 
 def _rank(simulated: list[Candidate], slo: float, key_count: int = KEY_COUNT) -> Recommendation:
@@ -130,3 +130,11 @@ def test_every_emitted_variable_is_a_real_setting(simulated: list[Candidate], mo
                 candidate.l1_size, candidate.l1_policy, candidate.admission, candidate.head_size, candidate.redis_ttl_s)
         for name in env:
             monkeypatch.delenv(name)
+
+
+def test_no_budget_below_the_floor() -> None:
+    """Budgets smaller than Redis' client-buffer noise are not offered (a 1 MB floor by default)."""
+    tiny = Trace.from_keys([f"{n % 300}:1" for n in range(2000)])
+    budgets = {c.redis_budget_bytes for c in simulate_candidates(tiny, COSTS, KEY_COUNT, l1_policies=("lru",))
+               if c.mode == "hybrid" and not c.full_table}
+    assert budgets == {None}  # 300 keys x 100 B: every budget would be under 1 MB

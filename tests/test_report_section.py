@@ -21,7 +21,7 @@ def trace() -> Trace:
 
 @pytest.fixture(scope="module")
 def simulated(trace: Trace) -> list[Candidate]:
-    return simulate_candidates(trace, COSTS, KEY_COUNT)
+    return simulate_candidates(trace, COSTS, KEY_COUNT, min_budget_bytes=0)
 
 
 @pytest.mark.parametrize("slo", [40.0, 0.1])

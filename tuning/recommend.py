@@ -53,6 +53,9 @@ HEAD_FRACTIONS: tuple[float, ...] = (0.0, 0.05)
 # Redis budgets as fractions of the memory the trace's distinct keys take; None: no maxmemory.
 REDIS_BUDGET_FRACTIONS: tuple[float | None, ...] = (0.01, 0.05, 0.2, None)
 REDIS_EVICTIONS: tuple[str, ...] = ("allkeys-lru", "allkeys-lfu")
+# No budget below this: Redis' client buffers (counted in used_memory) move by tens of kilobytes a
+# connection, so a smaller budget is mostly noise, and would leave nothing to evict (OOM on write).
+REDIS_MIN_BUDGET_BYTES = 1_000_000
 ADMISSIONS: tuple[str, ...] = ("always", "after:2", "tinylfu")
 # Redis TTLs tried on traces with timestamps (seconds; 0: no expiry).
 REDIS_TTLS_S: tuple[int, ...] = (0, 3600)
@@ -202,22 +205,23 @@ def recommend(
     model_name: str = "traffic-light",
     prices: Prices = Prices(),
     l1_policies: Sequence[str] = L1_POLICIES,
+    min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES,
 ) -> Recommendation:
     """Simulate, price and rank every candidate; choose the cheapest meeting ``slo_p99_ms``.
 
     ``trace`` holds only keys of the model's key space (:func:`tuning.key_fit.fit_trace`);
     ``key_count`` is the size of that key space.
     """
-    candidates = simulate_candidates(trace, costs, key_count, l1_policies)
+    candidates = simulate_candidates(trace, costs, key_count, l1_policies, min_budget_bytes)
     return rank(candidates, costs, slo_p99_ms=slo_p99_ms, qps=qps, key_count=max(key_count, trace.n_unique),
                 model_name=model_name, prices=prices)
 
 
-def simulate_candidates(trace: Trace, costs: TierCosts, key_count: int,
-                        l1_policies: Sequence[str] = L1_POLICIES) -> list[Candidate]:
+def simulate_candidates(trace: Trace, costs: TierCosts, key_count: int, l1_policies: Sequence[str] = L1_POLICIES,
+                        min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES) -> list[Candidate]:
     """Every candidate with its simulated tier shares (the slow part: one replay each), unpriced."""
     key_count = max(key_count, trace.n_unique)
-    return (hybrid_candidates(trace, costs, l1_policies) + full_table_candidates(trace, key_count, l1_policies)
+    return (hybrid_candidates(trace, costs, l1_policies, min_budget_bytes) + full_table_candidates(trace, key_count, l1_policies)
             + reference_candidates(key_count))
 
 
@@ -232,11 +236,12 @@ def rank(candidates: Sequence[Candidate], costs: TierCosts, *, slo_p99_ms: float
     return Recommendation(slo_p99_ms, qps, key_count, model_name, priced, chosen, costs)
 
 
-def hybrid_candidates(trace: Trace, costs: TierCosts, l1_policies: Sequence[str] = L1_POLICIES) -> list[Candidate]:
+def hybrid_candidates(trace: Trace, costs: TierCosts, l1_policies: Sequence[str] = L1_POLICIES,
+                      min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES) -> list[Candidate]:
     """The sized hybrid grid, each replayed on ``trace``."""
     counts = np.bincount(trace.ids, minlength=len(trace.keys))
     out = []
-    for template in _hybrid_grid(trace, costs, l1_policies):
+    for template in _hybrid_grid(trace, costs, l1_policies, min_budget_bytes):
         result = simulate_server_policy(trace, template.policy())
         template.l1_hit_ratio, template.l2_hit_ratio, template.miss_ratio = (
             result.l1_hit_ratio, result.l2_hit_ratio, result.miss_ratio)
@@ -246,13 +251,14 @@ def hybrid_candidates(trace: Trace, costs: TierCosts, l1_policies: Sequence[str]
     return out
 
 
-def _hybrid_grid(trace: Trace, costs: TierCosts, l1_policies: Sequence[str]) -> list[Candidate]:
+def _hybrid_grid(trace: Trace, costs: TierCosts, l1_policies: Sequence[str], min_budget_bytes: int) -> list[Candidate]:
     l1_sizes = sorted({0, *cache_sizes(trace.n_unique, [f for f in L1_FRACTIONS if f > 0])})
     heads = sorted({0, *cache_sizes(trace.n_unique, [f for f in HEAD_FRACTIONS if f > 0])})
     ttls = REDIS_TTLS_S if trace.times is not None else (0,)
     redis_options: list[tuple[int | None, int, str]] = [(None, 0, "allkeys-lru")]
-    for fraction in (f for f in REDIS_BUDGET_FRACTIONS if f is not None):
-        entries = max(1, int(fraction * trace.n_unique))
+    entries_of = {max(int(min_budget_bytes // costs.bytes_per_entry), int(fraction * trace.n_unique), 1)
+                  for fraction in REDIS_BUDGET_FRACTIONS if fraction is not None}
+    for entries in sorted(e for e in entries_of if e < trace.n_unique):  # a budget for every key is unbounded
         budget = int(entries * costs.bytes_per_entry)
         redis_options += [(budget, entries, eviction) for eviction in REDIS_EVICTIONS]
     grid = []
