@@ -196,6 +196,7 @@ def _measured(record: dict[str, Any]) -> dict[str, Any]:
         "p99_ms": latency["p99"], "p99_low_ms": latency.get("p99_low"), "p99_high_ms": latency.get("p99_high"),
         "requests": record["requests"], "failures": record["failures"], "achieved_rps": record["achieved_rps"],
         "saturated": record["load_generator_saturated"],
+        "tier_counts": counts,  # redis_fallbacks: misses the model answered because Redis timed out
     }
 
 
