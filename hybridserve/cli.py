@@ -25,7 +25,7 @@ LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEMO_TRACE_REQUESTS = 100_000
-DEMO_VERIFY_REQUESTS = 6_000
+DEMO_VERIFY_SECONDS = 30.0
 DEMO_SLO_P99_MS = 50.0
 
 
@@ -204,7 +204,8 @@ def _prices_and_target(args: argparse.Namespace) -> tuple[Any, Any]:
     return prices, target
 
 
-def _run_and_report(args: argparse.Namespace, specs: list[Any], extra_sections: Callable[[], list[str]] | None = None) -> int:
+def _run_and_report(args: argparse.Namespace, specs: list[Any],
+                    extra_sections: Callable[[list[dict[str, Any]]], list[str]] | None = None) -> int:
     """Run load-test specs, then write results.json and report.html and print the summary."""
     import platform
     from datetime import datetime, timezone
@@ -216,7 +217,7 @@ def _run_and_report(args: argparse.Namespace, specs: list[Any], extra_sections: 
     context = {"machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": specs[0].duration_s,
                "prices": prices, "target": {"qps": args.target_qps, "key_count": args.target_keys} if target else "as measured"}
-    sections = extra_sections() if extra_sections else []
+    sections = extra_sections(records) if extra_sections else []
     results, html_path = report.write_report(records, Path(args.out), context, sections)
     print()
     print(report.summary_table(records))
@@ -245,7 +246,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train both profiles if needed, run the comparison and a tuning pass (``make demo``)."""
     specs = _matrix(args)
-    return _run_and_report(args, specs, lambda: [_demo_tuning_section(args)])
+    return _run_and_report(args, specs, lambda records: [_demo_tuning_section(args, records)])
 
 
 def _model_key_space(registry: Path, name: str) -> Any:
@@ -257,8 +258,9 @@ def _model_key_space(registry: Path, name: str) -> Any:
     return key_space_for(artifact.card(), artifact.path)
 
 
-def _demo_tuning_section(args: argparse.Namespace) -> str:
-    """Tune the cache for a synthetic Zipf trace of the demo's traffic and render it for the report."""
+def _demo_tuning_section(args: argparse.Namespace, records: list[dict[str, Any]]) -> str:
+    """Tune the cache for a synthetic Zipf trace of the demo's traffic and render it for the report; the
+    tier costs are those of the comparison's own runs (``records``), so both price a tier alike."""
     from tuning.report_section import tuning_section
     from tuning.synth import write_synthetic_trace
     from tuning.tune import run_tune
@@ -270,8 +272,10 @@ def _demo_tuning_section(args: argparse.Namespace) -> str:
     trace = write_synthetic_trace(args.dist, requests=DEMO_TRACE_REQUESTS, space=space, seed=11, out=out / "trace.keys")
     print(f"\ntuning the heavy profile's cache for {DEMO_TRACE_REQUESTS:,} requests of {args.dist} ...", flush=True)
     settings = Settings(registry=registry, model_name="traffic-heavy")
+    runs = out / "comparison-runs.json"
+    runs.write_text(json.dumps({"runs": records}, default=str))
     run_tune(Path(trace), settings, slo_p99_ms=DEMO_SLO_P99_MS, qps=args.target_qps or 1000.0, out=out,
-             verify_live=True, verify_requests=DEMO_VERIFY_REQUESTS)
+             verify_live=True, verify_seconds=DEMO_VERIFY_SECONDS, results=runs)
     return tuning_section(out)
 
 
@@ -302,9 +306,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     from models.registry import model_name
 
-    settings = _settings(args, model_name=model_name(args.profile))
+    settings = _settings(args, model_name=args.model or model_name(args.profile))
     return run_tune(Path(args.trace), settings, slo_p99_ms=args.slo_p99_ms, qps=args.qps, out=Path(args.out),
-                    verify_live=args.verify, verify_requests=args.verify_requests)
+                    verify_live=args.verify, verify_seconds=args.verify_seconds,
+                    results=Path(args.results) if args.results else None, map_keys=args.map_keys)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -448,9 +453,16 @@ def _trace_tune(sub: Any) -> None:
     tune.add_argument("--slo-p99-ms", type=float, default=50.0, help="p99 latency objective, in ms")
     tune.add_argument("--qps", type=float, default=1000.0, help="predictions per second to price")
     tune.add_argument("--out", default="out/tune", help="where tuning.json and the plots go")
-    tune.add_argument("--verify", action="store_true", help="replay the trace on a live server running the result")
-    tune.add_argument("--verify-requests", type=int, default=20_000, help="requests replayed by --verify")
-    tune.add_argument("--profile", choices=("light", "heavy"), default="light", help="model profile the trace is for")
+    tune.add_argument("--verify", action="store_true", help="load-test the recommended configuration with the trace's keys")
+    tune.add_argument("--verify-seconds", type=float, default=240.0,
+                      help="longest replay of --verify (the whole trace if it fits, else its steady-state prefix)")
+    tune.add_argument("--results", default=None, help="take tier costs from this results.json of the same model "
+                      "(hybridserve compare) instead of calibrating by new load tests")
+    tune.add_argument("--map-keys", action="store_true", help="map the trace's distinct keys onto the model's key "
+                      "space (default: use the keys it has, report the share it has not)")
+    tune.add_argument("--profile", choices=("light", "heavy"), default="light", help="demo model profile the trace is for")
+    tune.add_argument("--model", default=None, metavar="NAME",
+                      help="a registered model (e.g. from hybridserve import) instead of a demo profile")
     _setting(tune, "--registry", "registry")
     tune.set_defaults(func=cmd_tune)
 

@@ -26,6 +26,7 @@ Example::
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import tempfile
@@ -47,6 +48,7 @@ from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
 from loadtests.harness.redis_server import EmbeddedRedis
 from loadtests.harness.server_process import ServerProcess, pinned
+from serving.cache import measure_l1_bytes_per_entry
 from serving.modes import precomputes
 from serving.settings import Settings
 
@@ -59,6 +61,8 @@ DEMO_PROFILES = ("light", "heavy")
 LOCUST_CPU_SATURATED = 90.0
 SCAN_COUNT = 1000
 CPU_SAMPLE_S = 1.0
+# Two-sided 95% normal quantile: the confidence interval reported with every p99.
+P99_CI_Z = 1.96
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,12 @@ class RunSpec:
     seed: int = 7
     head_size: int = 5000
     l1_size: int = 10_000
+    settings: tuple[tuple[str, Any], ...] = ()
+    """More server settings as ``(field, value)`` pairs (``l1_policy``, ``admission``, ``redis_ttl_s``...)."""
+    redis_maxmemory: int | None = None
+    """Redis memory budget for the predictions in bytes (``maxmemory`` = Redis' own baseline + this); None: unbounded."""
+    redis_eviction: str = "allkeys-lru"
+    """``maxmemory-policy`` when ``redis_maxmemory`` is set."""
 
     @property
     def model_name(self) -> str:
@@ -129,6 +139,9 @@ class RunResult:
     """A trace replay: share of its requests for keys the model does not have (answered 404)."""
     trace_keys_mapped: bool = False
     """A trace replay whose keys were mapped onto the model's (``trace:map:``), not its own."""
+    l1_bytes: int = 0
+    """L1 memory at the end: ``l1_entries`` x the bytes of one entry, measured with tracemalloc on
+    the run's own warm-up keys (:func:`serving.cache.measure_l1_bytes_per_entry`); priced with Redis'."""
 
     def as_record(self) -> dict[str, Any]:
         """Flat JSON-ready record: the spec's fields, then the measured ones.
@@ -159,6 +172,11 @@ def _redis_cpu_s(client: redis.Redis) -> float:
 
 
 # ----- preparation -------------------------------------------------------------------------------
+
+def _limit_memory(redis_server: EmbeddedRedis, baseline: int, budget: int, eviction: str) -> None:
+    """``maxmemory`` = what Redis used empty (``baseline``) + ``budget``, so the budget is what predictions get."""
+    redis_server.set_memory_limit(baseline + budget, eviction)
+
 
 def _head_keys(spec: RunSpec, space: KeySpace, workdir: Path) -> list[str]:
     """The head: most frequent keys of a sample of earlier traffic (another stream, same seed),
@@ -223,9 +241,38 @@ def _run_locust(spec: RunSpec, url: str, registry: Path, workdir: Path) -> tuple
 
 
 def precise_percentiles(buckets: list[list[float]]) -> dict[str, float]:
-    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histogram."""
+    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histogram, and the 95%
+    confidence interval of the p99 (``p99_low``, ``p99_high``; see :func:`quantile_interval`)."""
     histogram: Counter[float] = Counter({float(bound): int(count) for bound, count in buckets})
-    return {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+    out = {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+    out["p99_low"], out["p99_high"] = quantile_interval(histogram, 0.99)
+    return out
+
+
+def quantile_interval(histogram: Counter[float], q: float, z: float = P99_CI_Z) -> tuple[float, float]:
+    """Distribution-free confidence interval of the ``q`` quantile of ``n`` samples: the values at
+    the order-statistic ranks ``n q -/+ z sqrt(n q (1 - q))`` (normal approximation of the
+    binomial count of samples below the true quantile). ``inf`` for the upper end when the rank
+    lies past the largest sample: too few requests to bound the quantile from above.
+
+    Example::
+
+        quantile_interval(Counter({1.0: 990, 50.0: 10}), 0.99)   # (1.0, 50.0): 10 slow requests
+    """
+    total = sum(histogram.values())
+    spread = z * math.sqrt(total * q * (1 - q))
+    low, high = math.floor(total * q - spread), math.ceil(total * q + spread) + 1
+    return _ranked(histogram, max(low, 1)), (_ranked(histogram, high) if high <= total else math.inf)
+
+
+def _ranked(histogram: Counter[float], rank: int) -> float:
+    """The ``rank``-th smallest value (1-based) of a histogram of values."""
+    seen = 0
+    for value in sorted(histogram):
+        seen += histogram[value]
+        if seen >= rank:
+            return value
+    return 0.0
 
 
 def _watch_cpu(proc: psutil.Popen, timeout_s: float) -> list[tuple[float, float]]:
@@ -384,8 +431,12 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
         workdir = Path(tmp)
         client = redis.Redis.from_url(redis_server.url)
         settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
-                            l1_size=spec.l1_size, head_size=spec.head_size)
+                            l1_size=spec.l1_size, head_size=spec.head_size, **dict(spec.settings))
+        baseline = int(client.info("memory")["used_memory"])
         pre_s, pre_cpu = _prepare(spec, settings, space, workdir)
+        if spec.redis_maxmemory is not None:
+            # After the precompute (a batch job must not meet OOM half-way); the head counts in the budget.
+            _limit_memory(redis_server, baseline, spec.redis_maxmemory, spec.redis_eviction)
         with ServerProcess(settings, server_cores) as server:
             _warm_up(server.url, spec, space)
             stored0 = StoredKeys.read(client, settings.redis_namespace)
@@ -394,8 +445,12 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
             after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
             stored1 = StoredKeys.read(client, settings.redis_namespace)
         client.close()
+    # The warm-up's keys: the same shape as those L1 held.
+    l1_entry_bytes = measure_l1_bytes_per_entry(
+        key_stream(spec.distribution, space, seed=spec.seed, stream=98).take(WARMUP_REQUESTS))
     result = _result(spec, artifact.version, key_count, locust, locust_cpu, before, after,
-                     (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), (pre_s, pre_cpu), prices, target)
+                     (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), (pre_s, pre_cpu), prices, target,
+                     l1_entry_bytes=l1_entry_bytes)
     stream = key_stream(spec.distribution, space, seed=spec.seed)
     if isinstance(stream, TraceKeys):
         result.unknown_key_share, result.trace_keys_mapped = stream.unknown_share, stream.remap
@@ -404,7 +459,8 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
 
 def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float,
             before: dict[str, Any], after: dict[str, Any], cpu: tuple[float, float], stored: tuple[StoredKeys, StoredKeys],
-            pre: tuple[float, float], prices: cost.Prices, target: cost.Scenario | None) -> RunResult:
+            pre: tuple[float, float], prices: cost.Prices, target: cost.Scenario | None,
+            l1_entry_bytes: float = 0.0) -> RunResult:
     counts = _delta_counts(before, after)
     requests = max(1, counts["requests"] + counts["errors"])
     achieved = locust["rps"]
@@ -419,6 +475,7 @@ def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any],
         redis_bytes_added=stored[1].bytes - stored[0].bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
         precompute_cpu_s=pre[1], load_generator_saturated=saturated, load_generator_cpu_percent=locust_cpu,
     )
+    result.l1_bytes = round(result.l1_entries * l1_entry_bytes)
     result.cost = _cost(result, prices, target)
     return result
 
@@ -430,7 +487,7 @@ def _cost(result: RunResult, prices: cost.Prices, target: cost.Scenario | None) 
         mode=result.spec.mode, predictions=predictions, duration_s=duration,
         server_cpu_s=result.server_cpu_us_per_request * max(1, result.tier_counts["requests"]) / 1e6,
         redis_cpu_s=result.redis_cpu_us_per_request * max(1, result.tier_counts["requests"]) / 1e6,
-        cache_bytes=float(result.redis_bytes), key_count=result.key_count, precompute_cpu_s=result.precompute_cpu_s,
+        cache_bytes=float(result.redis_bytes + result.l1_bytes), key_count=result.key_count, precompute_cpu_s=result.precompute_cpu_s,
     )
     scenario = target or cost.measured_scenario(usage)
     estimate = cost.estimate(usage, scenario, prices)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from models.registry import RegistryError, resolve
-from serving.cache import Admission, L1Cache
+from serving.cache import Admission, L1Cache, make_l1
 from serving.errors import InvalidInstance, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
 from models.keyspace import KeySpace, check_key, key_space_for
 from serving.features import served_lookup
@@ -187,7 +187,7 @@ class PredictionService:
     def _served_state(self, version: str, model: LoadedModel | None) -> ServedState:
         """Build the configured mode's tiers for one version (the only place tiers are made)."""
         batcher = self._batcher_for(model) if model is not None else None
-        l1 = L1Cache(self.settings.l1_size, self.settings.l1_ttl_s) if "l1" in self.tier_names else None
+        l1 = make_l1(self.settings.l1_size, self.settings.l1_ttl_s, self.settings.l1_policy) if "l1" in self.tier_names else None
         # One factory per tier name of serving.modes; a mode only calls those it lists, so each
         # factory finds what its tier needs (the L1, the store, the model) in place.
         factories: dict[str, Callable[[], Tier]] = {

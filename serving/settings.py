@@ -59,12 +59,14 @@ class Settings(BaseSettings):
     """Version to serve; ``latest`` follows the registry pointer."""
     l1_size: int = Field(10_000, ge=0, le=100_000_000)
     """Entries in the in-process L1 cache (hybrid); 0 disables L1."""
+    l1_policy: Literal["lru", "s3fifo"] = "lru"
+    """L1 eviction policy (hybrid): lru, or s3fifo (scan-resistant: one-hit keys do not push out the others)."""
     l1_ttl_s: float = Field(0.0, ge=0, le=10_000_000)
     """L1 entry lifetime in seconds; 0: no age limit (entries still leave on eviction or model change)."""
     redis_ttl_s: int = Field(3600, ge=0, le=100_000_000)
     """Lifetime of predictions admitted into Redis on a miss (hybrid); 0: no expiry. The head never expires."""
     admission: str = "always"
-    """When a computed prediction is cached (hybrid): ``always`` or ``after:N`` misses."""
+    """When a computed prediction is cached (hybrid): ``always``, ``after:N`` misses, or ``tinylfu`` (two misses by an aging frequency sketch)."""
     head_size: int = Field(1000, ge=0)
     """Top-K keys precomputed into Redis for hybrid by ``hybridserve precompute --head``."""
     batching: bool = True

@@ -164,3 +164,26 @@ def test_serve_shows_the_embedded_redis_address_never_its_url(registry: Path) ->
         _stop(process)
     assert any("embedded Redis at 127.0.0.1:" in line for line in lines), lines
     assert not any("redis://" in line for line in lines), lines
+
+
+@pytest.mark.parametrize("name", ["folder", "garbage.txt", "garbage.bin", "noextension"])
+def test_tune_refuses_a_bad_trace_in_one_line(name: str, registry: Path, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / name
+    if name == "folder":
+        path.mkdir()
+    else:
+        path.write_bytes(bytes(range(256)) * 24)  # whole 24-byte records, none of them valid
+    assert main(["tune", "--trace", str(path), "--registry", str(registry), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"hybridserve: {path}") and "Traceback" not in err and "format=" not in err
+
+
+@pytest.mark.parametrize("seconds", ["0", "-5"])
+def test_tune_refuses_a_verification_of_no_time(seconds: str, registry: Path, tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "t.keys"
+    trace.write_text("1:1\n2:2\n")
+    argv = ["tune", "--trace", str(trace), "--registry", str(registry), "--verify", "--verify-seconds", seconds]
+    assert main(argv) == 2
+    assert "--verify-seconds must be > 0" in capsys.readouterr().err

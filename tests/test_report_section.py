@@ -9,25 +9,32 @@ import pytest
 
 from loadtests.keys import key_stream
 from tests.test_recommend import COSTS, KEY_COUNT
-from tuning.recommend import recommend
+from tuning.recommend import Candidate, rank, simulate_candidates
 from tuning.report_section import tuning_section
 from tuning.traces import Trace
 
 
 @pytest.fixture(scope="module")
 def trace() -> Trace:
-    return Trace.from_keys(key_stream("zipf:1.1", 20, seed=3).take(6000))
+    return Trace.from_keys(key_stream("zipf:1.1", 20, seed=3).take(2000))
+
+
+@pytest.fixture(scope="module")
+def simulated(trace: Trace) -> list[Candidate]:
+    return simulate_candidates(trace, COSTS, KEY_COUNT, min_budget_bytes=0)
 
 
 @pytest.mark.parametrize("slo", [40.0, 0.1])
-def test_renders_recommendation_and_verification(tmp_path: Path, trace: Trace, slo: float) -> None:
-    rec = recommend(trace, COSTS, slo_p99_ms=slo, qps=500, key_count=KEY_COUNT)
+def test_renders_recommendation_and_verification(tmp_path: Path, simulated: list[Candidate], slo: float) -> None:
+    rec = rank(simulated, COSTS, slo_p99_ms=slo, qps=500, key_count=KEY_COUNT)
     report = rec.as_dict() | {"trace": "demo.keys", "plots": []}
-    report["verify"] = {"candidate": "hybrid l1=10 head=0 always", "measured_hit_ratio": 0.5,
-                        "simulated_hit_ratio": 0.51, "difference_pp": 1.0}
+    report["verify"] = {"candidate": "hybrid l1=10 head=0 always", "window": {"requests": 6000, "rule": "the whole trace"},
+                        "measured": {"hit_ratio": 0.5, "cpu_us_per_request": 300.0, "p99_ms": 12.0},
+                        "predicted": {"hit_ratio": 0.51, "cpu_us_per_request": 280.0, "p99_ms": 10.0},
+                        "hit_ratio_pp": 1.0, "within_tolerance": True}
     (tmp_path / "tuning.json").write_text(json.dumps(report, default=str))
     html = tuning_section(tmp_path)
-    assert "Cache tuning" in html and "0.51" not in html and "51.00%" in html
+    assert "Cache tuning" in html and "0.51" not in html and "51.00%" in html and "within the tolerances" in html
     if rec.chosen is not None:
         assert f"HYBRIDSERVE_MODE={rec.chosen.mode}" in html and "Recommended" in html
     else:

@@ -141,6 +141,20 @@ def test_redis_bytes_are_the_stored_keys(records: list[Record]) -> None:
 
 
 @pytest.mark.slow
+def test_cost_includes_l1_memory(records: list[Record]) -> None:
+    """The report says all cache memory, L1 included, is priced: the measured cache memory cost
+    is Redis' bytes plus L1's, and only hybrid has L1 entries."""
+    for r in records:
+        assert (r["l1_bytes"] > 0) == (r["mode"] == "hybrid" and r["l1_entries"] > 0)
+        if r["l1_entries"]:
+            assert 50 < r["l1_bytes"] / r["l1_entries"] < 1000  # an entry: a short key, a float, dict overhead
+        measured = r["cost"]["measured"]
+        hours_per_million = 1e6 / measured["qps"] / 3600
+        expected = (r["redis_bytes"] + r["l1_bytes"]) / cost.BYTES_PER_GB * hours_per_million * cost.Prices().cache_gb_hour
+        assert r["cost"]["per_million_measured"]["cache_memory"] == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.slow
 def test_saturation_is_flagged_only_when_the_offered_rate_is_out_of_reach(records: list[Record]) -> None:
     flooded = _by_mode(records, "static")
     assert flooded["load_generator_saturated"] is True

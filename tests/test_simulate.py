@@ -135,6 +135,35 @@ def test_server_l1_matches_libcachesim_lru(web07: Trace, fraction: float) -> Non
     assert 1.0 - result.l1_hit_ratio == pytest.approx(lru, abs=TOLERANCE)
 
 
+def _scan_heavy_trace(seed: int = 4) -> Trace:
+    """Zipf traffic over 2,000 keys with a one-pass scan of 500 new keys after every 2,000 requests:
+    the shape where LRU loses its hot keys and S3-FIFO does not."""
+    zipf = _zipf_trace(16_000, 2_000, seed)
+    keys = [zipf.keys[i] for i in zipf.ids.tolist()]
+    mixed: list[str] = []
+    for start in range(0, len(keys), 2_000):
+        mixed += keys[start:start + 2_000] + [f"scan-{start}-{n}" for n in range(500)]
+    return Trace.from_keys(mixed)
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.1])
+def test_server_s3fifo_matches_libcachesim_s3fifo_and_beats_lru_on_scans(fraction: float) -> None:
+    """The server's S3-FIFO L1 is the algorithm libCacheSim simulates (same defaults), so the
+    tuner can recommend what it measured; and it is the scan-resistant choice."""
+    trace = _scan_heavy_trace()
+    size = cache_sizes(trace.n_unique, [fraction])[0]
+    curves = _by_policy(miss_ratio_curves(trace, ["LRU", "S3-FIFO"], [fraction]))
+
+    def server(policy: str) -> float:
+        replay = ServerPolicy.hybrid(l1_capacity=max(size, MIN_CACHE_SIZE["S3-FIFO"]), l1_policy=policy)
+        return 1.0 - simulate_server_policy(trace, replay, train_fraction=0.0).l1_hit_ratio
+
+    # Within 2 pp, the issue's goal: on this trace the server's S3-FIFO measured 0.1 pp (1%) and
+    # 1.3 pp (10%) above libCacheSim's, on cache2k-web07 within 0.1 pp at both sizes.
+    assert server("s3fifo") == pytest.approx(curves["S3-FIFO"][0], abs=0.02)
+    assert server("s3fifo") < server("lru") - 0.02
+
+
 def test_admission_after_two_admits_less(web07: Trace) -> None:
     def admissions(rule: str) -> int:
         policy = ServerPolicy.hybrid(l1_capacity=1_000, admission=rule)
@@ -224,3 +253,27 @@ def test_head_keys_never_expire() -> None:
 def test_server_policy_errors(call: Callable[[Trace], object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         call(_zipf_trace(n_requests=100))
+
+
+def test_policy_gap_names_the_best_of_each_side() -> None:
+    from tuning.curves import policy_gap, trace_curves
+
+    curves = trace_curves(_scan_heavy_trace(), fractions=[0.01, 0.1])
+    assert {"server L1 lru", "server L1 s3fifo", "redis-allkeys-lru", "S3-FIFO", "Belady", "static head"} <= curves.keys()
+    for gap in policy_gap(curves):
+        assert gap["library_policy"] != "Belady"
+        assert gap["gap_pp"] == pytest.approx((gap["server_miss_ratio"] - gap["library_miss_ratio"]) * 100)
+        assert gap["gap_pp"] <= 2.0  # the server's S3-FIFO closes the gap on a scan-heavy trace
+    assert "first half" in curves["static head"]["basis"]
+
+
+def test_tinylfu_admission_replays_like_after_two_on_a_fresh_sketch() -> None:
+    """The sketch filter runs in the replay through the same Admission the server builds; on a
+    trace far smaller than its width it admits what after:2 admits, give or take collisions."""
+    trace = _zipf_trace(5_000, 2_000)
+
+    def admissions(rule: str) -> int:
+        return simulate_server_policy(trace, ServerPolicy.hybrid(l1_capacity=100, admission=rule), train_fraction=0.0).admissions
+
+    assert admissions("tinylfu") == pytest.approx(admissions("after:2"), rel=0.02)
+    assert admissions("tinylfu") < admissions("always")

@@ -170,8 +170,54 @@ def test_detect_format(name: str, kind: TraceFormat) -> None:
     assert detect_format(name) is kind
 
 
-def test_unknown_extension_says_what_works(tmp_path: Path) -> None:
-    path = _write(tmp_path / "trace.log", "a\n")
-    with pytest.raises(TraceFormatError, match=r"extension '\.log'.*\.csv.*format="):
+@pytest.mark.parametrize(("name", "what"), [("trace.log", r"extension '\.log'"), ("trace", "without an extension")])
+def test_unknown_extension_says_what_works(tmp_path: Path, name: str, what: str) -> None:
+    path = _write(tmp_path / name, "a\n")
+    with pytest.raises(TraceFormatError, match=rf"{what}.*\.csv") as error:
         read_trace(path)
+    # The CLI has no format option: the message must not send a user to one.
+    assert "format=" not in str(error.value)
     assert _keys(read_trace(path, format="text")) == ["a"]
+
+
+def test_directory_is_refused_with_a_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "traces.txt"
+    folder.mkdir()
+    with pytest.raises(TraceFormatError, match="is a directory"):
+        read_trace(folder)
+
+
+RANDOM_BYTES = np.random.default_rng(5).integers(0, 256, 24 * 400, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("name", ["garbage.txt", "garbage.csv"])
+def test_binary_bytes_named_as_text_are_refused_with_a_reason(tmp_path: Path, name: str) -> None:
+    path = tmp_path / name
+    path.write_bytes(RANDOM_BYTES)
+    with pytest.raises(TraceFormatError, match="not a text trace.*oracleGeneral"):
+        read_trace(path)
+
+
+def test_ascii_control_bytes_are_not_a_text_trace(tmp_path: Path) -> None:
+    """Bytes below 0x80 decode as UTF-8, so decoding alone does not catch them."""
+    path = tmp_path / "garbage.keys"
+    path.write_bytes(bytes(b % 128 for b in RANDOM_BYTES).replace(b"\n", b"\x01"))
+    with pytest.raises(TraceFormatError, match="control character"):
+        read_trace(path)
+
+
+def test_random_bytes_are_not_an_oracle_trace(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.bin"
+    path.write_bytes(RANDOM_BYTES)  # a whole number of 24-byte records
+    with pytest.raises(TraceFormatError, match="not an oracleGeneral trace: record"):
+        read_trace(path)
+
+
+def test_oracle_next_access_must_name_the_same_object(tmp_path: Path) -> None:
+    path = write_oracle_trace(Trace.from_keys(["1", "2", "1", "3"]), tmp_path / "t.bin")
+    records = np.fromfile(path, dtype=ORACLE_RECORD)
+    read_oracle_trace(path)  # as written: valid
+    records["next_access"][0] = 2  # request 2 is object 2, not object 1
+    records.tofile(path)
+    with pytest.raises(TraceFormatError, match="record 1: next access 2 is a request for another object"):
+        read_oracle_trace(path)

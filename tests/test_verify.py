@@ -1,49 +1,78 @@
-"""tuning.verify and tuning.calibrate against a live server (embedded Redis, uvicorn subprocess)."""
+"""tuning/verify.py and tuning/calibrate.py: a recommendation checked by a real load test (Locust,
+server and Redis processes), tier costs measured by load tests; the window choice and the
+simulation of what a run sends, without one."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
+from loadtests.keys import key_stream
+from loadtests.tier_costs import TIERS, tier_costs
 from serving.settings import Settings
-from tuning.calibrate import TIERS, calibrate
+from tuning.calibrate import calibrate
 from tuning.recommend import Candidate
-from tuning.traces import read_trace
-from tuning.verify import TOLERANCE_PP, verify
+from tuning.traces import Trace
+from tuning.verify import TOLERANCE_PP, choose_window, simulate_run, verify
 
-WEB_TRACE = Path(__file__).resolve().parents[2] / "shared" / "traces" / "cache2k-web07.keys.txt"
-# 3,000 requests hold fewer distinct keys than the 3,360-key test registry, so they map 1:1.
-SAMPLE_REQUESTS = 3000
+RESULTS = Path(__file__).parent / "data" / "results_small.json"
+
+
+@pytest.fixture(scope="module")
+def trace() -> Trace:
+    return Trace.from_keys(key_stream("zipf:1.1", 20, seed=5).take(3000))
+
+
+def _hybrid(l1: int = 100, head: int = 50, policy: str = "lru") -> Candidate:
+    return Candidate("hybrid", head, l1, "always", 0.0, 0.0, 0.0, 0, l1_policy=policy)
+
+
+def test_the_whole_trace_is_replayed_when_it_fits(trace: Trace) -> None:
+    window = choose_window(trace, _hybrid(), rate=100, max_seconds=60)
+    assert window.requests == len(trace) and window.steady
+
+
+def test_a_long_trace_is_cut_where_its_hit_ratio_has_settled(trace: Trace) -> None:
+    window = choose_window(trace, _hybrid(), rate=100, max_seconds=25)  # 2,500 of 3,000 fit
+    shares = simulate_run(trace, _hybrid(), checkpoints=10)
+    assert window.requests <= 2500 and window.requests % 300 == 0
+    if window.steady:  # its prefix's hit ratio is within 1 pp of the whole trace's
+        assert abs(shares[window.requests // 300 - 1].hit_ratio - shares[-1].hit_ratio) <= 0.01
+    assert "prefix" in window.rule
+
+
+def test_simulated_run_counts_every_mode(trace: Trace) -> None:
+    static = Candidate("static", 3360, 0, "always", 0.0, 1.0, 0.0, 3360)
+    dynamic = Candidate("dynamic", 0, 0, "always", 0.0, 0.0, 1.0, 0)
+    assert simulate_run(trace, static)[-1].hit_ratio == 1.0
+    assert simulate_run(trace, dynamic)[-1].hit_ratio == 0.0
+    hybrid = simulate_run(trace, _hybrid())[-1]
+    assert 0.0 < hybrid.l1 < hybrid.hit_ratio < 1.0
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not WEB_TRACE.is_file(), reason=f"real trace {WEB_TRACE} not present")
-@pytest.mark.parametrize("l1_size, head_size, admission", [(200, 100, "after:2")])
-def test_server_wiring_counts_the_hits_the_simulation_counts_on_sequential_requests(
-    registry: Path, l1_size: int, head_size: int, admission: str
-) -> None:
-    """The live server, fed the trace one GET at a time, counts the hits the simulator counts.
-
-    Server and simulation run the same L1 and admission code (``serving.cache``) on the same
-    sequential requests, so this cannot show that a recommendation holds under real traffic.
-    What it proves is the wiring around that code: the head the simulation picks is the one
-    precomputed, the server's tiers are consulted in the simulated order, L1 size and admission
-    reach the server, and ``/v1/cache/stats`` counts every tier. A recommendation is verified
-    under concurrent load by the load-test verification, not here.
-    """
-    candidate = Candidate("hybrid", head_size, l1_size, admission, 0.0, 0.0, 0.0, 0)
-    result = verify(read_trace(WEB_TRACE), candidate, Settings(registry=registry), limit=SAMPLE_REQUESTS)
-    assert result.requests == SAMPLE_REQUESTS and result.evaluated == SAMPLE_REQUESTS // 2
-    assert result.difference_pp <= TOLERANCE_PP, result.as_dict()
-    assert abs(result.measured_l1_hit_ratio - result.simulated_l1_hit_ratio) * 100 <= TOLERANCE_PP
-    assert 0.0 < result.measured_hit_ratio < 1.0
+def test_load_test_verifies_a_hybrid_recommendation(registry: Path, trace: Trace) -> None:
+    """The configuration runs under Locust with the trace's keys; the measured hit ratio is the
+    simulated one within 2 pp (different code paths: concurrency, HTTP, Redis) and both sides are kept."""
+    costs = tier_costs(json.loads(RESULTS.read_text())["runs"], "traffic-light")
+    short = trace.split(0.5)[0]  # 1,500 requests, about 8 s at 200/s
+    result = verify(short, _hybrid(policy="s3fifo"), costs, Settings(registry=registry), slo_p99_ms=1000.0, rate=200.0)
+    m, p = result.measured, result.predicted
+    assert result.window.requests == len(short) and m["failures"] == 0
+    assert m["requests"] == len(short)
+    assert result.hit_ratio_pp <= TOLERANCE_PP, result.as_dict()
+    assert 0.0 < m["hit_ratio"] < 1.0 and m["cpu_us_per_request"] > 0 and p["cpu_us_per_request"] > 0
+    assert {"measured", "predicted", "within_tolerance", "window"} <= result.as_dict().keys()
 
 
-def test_calibration_measures_every_tier(registry: Path) -> None:
-    costs = calibrate(Settings(registry=registry, model_name="traffic-heavy"), requests=60)
-    assert set(costs.tiers) == set(TIERS)
-    assert all(t.cpu_s > 0 and t.p99_ms >= t.p50_ms > 0 for t in costs.tiers.values())
-    # The heavy model costs more than a dict lookup: the premise of caching it.
-    assert costs.tiers["model"].p50_ms > costs.tiers["l1"].p50_ms
+@pytest.mark.slow
+def test_calibration_measures_every_tier_by_load_tests(registry: Path) -> None:
+    costs = calibrate(Settings(registry=registry, model_name="traffic-heavy"), qps=80.0, duration_s=2.0, progress=False)
+    assert set(costs.curves) == set(TIERS)
+    assert len(costs.curves["redis"]) == 1 and len(costs.curves["model"]) == 2  # the model at two rates
+    assert all(p.cpu_s > 0 and p.p99_ms >= p.p50_ms > 0 and p.requests > 0 for ps in costs.curves.values() for p in ps)
+    # The heavy model costs more than a Redis hit: the premise of caching it.
+    assert costs.at("model", 50).cpu_s > costs.at("redis", 50).cpu_s
     assert 20 < costs.bytes_per_entry < 1000 and costs.precompute_cpu_s_per_key > 0

@@ -1,101 +1,75 @@
-"""What each cache tier costs on this machine: server CPU, latency and memory, measured live.
+"""What each cache tier costs on this machine, measured the way the load test measures it.
 
-One hybrid server answers three phases of sequential GETs, each served entirely by one tier:
-
-- L1 hits: one head key over and over (its first request fills L1 from Redis);
-- Redis hits: a cycle over ``CYCLE_KEYS`` head keys through an L1 of ``CALIBRATION_L1_SIZE``
-  entries, so LRU always has evicted the key again before it comes back;
-- model misses: a cycle over keys outside the head, with admission ``after:N`` for an ``N`` no
-  phase reaches, so nothing is ever cached.
-
-Per phase: server-process CPU (per-thread schedstat, ns resolution) and Redis CPU per request, and the p50/p99 of the
-client-measured request latency (HTTP included: that is what a user's SLO is about). Memory per
-cached entry is the ``used_memory`` delta of precomputing the head, divided by its keys.
+Calibration *is* a small comparison: :func:`loadtests.runner.run_one` runs of the served model, each
+a fresh server and Redis under Locust at a fixed offered rate, read by
+:func:`loadtests.tier_costs.tier_costs` (static runs: the Redis tier; dynamic: the model; hybrid: L1).
+Dynamic runs at :data:`RATE_SHARES` of the calibration rate, so the model tier gets a latency- and
+CPU-vs-rate curve (batching and queueing as the target rate produces them); static and hybrid run
+once, at the full rate. The
+calibration rate is the target QPS, capped at :data:`MAX_CALIBRATION_RATE` (what one Locust process
+offers on a small machine; above it the curves hold their last measured point, and the candidates
+say so). A ``results.json`` of the same model (``hybridserve compare``) can stand in for all of it.
 
 Example::
 
-    costs = calibrate(Settings(model_name="traffic-heavy"), requests=300)
-    costs.tiers["model"].p99_ms, costs.bytes_per_entry
+    costs = calibrate(Settings(model_name="traffic-heavy"), qps=500)
+    costs.at("model", rate=100).p99_ms, costs.bytes_per_entry
+    costs = costs_from_results(Path("out/results.json"), "traffic-heavy")
 """
 
 from __future__ import annotations
 
-import itertools
-import time
-from dataclasses import dataclass
+import json
+from pathlib import Path
+from typing import Any
 
-import numpy as np
-
-from serving.model import LoadedModel
+from loadtests.runner import RunSpec, compare
+from loadtests.tier_costs import TierCosts, tier_costs
+from models.registry import model_name
 from serving.settings import Settings
-from tuning.live import LiveServer
 
-TIERS: tuple[str, ...] = ("l1", "redis", "model")
-CALIBRATION_REQUESTS = 400
-CYCLE_KEYS = 64
-CALIBRATION_L1_SIZE = 8
-# Far beyond any phase's request count, so a missed key is never admitted during calibration.
-NEVER_ADMIT = f"after:{10**9}"
-# An L1 entry is a key string and a float in an OrderedDict: ~200 bytes in CPython (estimate, not
-# measured live: the server's heap is not observable per entry from outside).
-L1_BYTES_PER_ENTRY = 200.0
+# One Locust process offers this much reliably on a loaded 2-core machine.
+MAX_CALIBRATION_RATE = 400.0
+# Static and dynamic are measured at these shares of the calibration rate: their tier curves.
+RATE_SHARES: tuple[float, ...] = (0.25, 1.0)
+CALIBRATION_SECONDS = 12.0
+PROFILES: tuple[str, ...] = ("light", "heavy")
 
 
-@dataclass(frozen=True)
-class TierCost:
-    """One tier's cost per request: server + Redis CPU seconds, latency percentiles in ms."""
-
-    cpu_s: float
-    p50_ms: float
-    p99_ms: float
-
-
-@dataclass(frozen=True)
-class TierCosts:
-    """Costs of the three tiers, memory per Redis entry and precompute CPU per key."""
-
-    tiers: dict[str, TierCost]
-    bytes_per_entry: float
-    precompute_cpu_s_per_key: float
-    l1_bytes_per_entry: float = L1_BYTES_PER_ENTRY
-    source: str = "calibrated"
+def calibration_specs(model: str, qps: float, duration_s: float = CALIBRATION_SECONDS) -> list[RunSpec]:
+    """The runs that measure ``model``'s tiers: static and dynamic at each rate share, hybrid at the
+    full rate. ``ValueError`` for a model that is not a load-test profile."""
+    profile = profile_of(model)
+    rate = min(qps, MAX_CALIBRATION_RATE)
+    # Static once, at the full rate: a Redis hit is not batched, so its cost hardly moves with the
+    # rate, and every static run pays a precompute of the whole table.
+    specs = [RunSpec(profile, "static", rate=rate, duration_s=duration_s)]
+    specs += [RunSpec(profile, "dynamic", rate=max(1.0, rate * share), duration_s=duration_s) for share in RATE_SHARES]
+    return specs + [RunSpec(profile, "hybrid", rate=rate, duration_s=duration_s)]
 
 
-def calibrate(settings: Settings, requests: int = CALIBRATION_REQUESTS) -> TierCosts:
-    """Measure per-tier costs against a live hybrid server of ``settings``' model."""
-    keys = _calibration_keys(settings)
-    head, tail = keys[:CYCLE_KEYS], keys[CYCLE_KEYS : 2 * CYCLE_KEYS]
-    live_settings = settings.model_copy(update={
-        "mode": "hybrid", "l1_size": CALIBRATION_L1_SIZE, "admission": NEVER_ADMIT, "trace_path": None,
-    })
-    with LiveServer(live_settings, head_keys=head) as live:
-        live.predict(head[0])  # fills L1 for the L1 phase
-        tiers = {
-            "l1": _phase(live, itertools.repeat(head[0]), requests, "l1"),
-            "redis": _phase(live, itertools.cycle(head[1:]), requests, "redis"),  # head[0] is in L1
-            "model": _phase(live, itertools.cycle(tail), requests, "model"),
-        }
-        return TierCosts(tiers, live.bytes_per_entry, live.precompute_cpu_s_per_key)
+def calibrate(settings: Settings, qps: float, duration_s: float = CALIBRATION_SECONDS,
+              progress: bool = True) -> TierCosts:
+    """Measure ``settings``' model's tier costs by load tests (see the module doc)."""
+    records = compare(settings.registry, calibration_specs(settings.model_name, qps, duration_s), progress=progress)
+    costs = tier_costs(records, settings.model_name)
+    costs.source = f"calibrated: {len(records)} load-test runs of {duration_s:g} s"
+    return costs
 
 
-def _calibration_keys(settings: Settings) -> list[str]:
-    """``2 * CYCLE_KEYS`` distinct keys of the served model (features index order)."""
-    model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
-    if model.features.key_count < 2 * CYCLE_KEYS:
-        raise ValueError(f"calibration needs {2 * CYCLE_KEYS} keys; the model has {model.features.key_count}")
-    return [model.key_space.key(i) for i in range(2 * CYCLE_KEYS)]
+def costs_from_results(path: Path, model: str) -> TierCosts:
+    """Tier costs of ``model`` from a comparison's ``results.json`` (its own runs, not new ones)."""
+    runs: list[dict[str, Any]] = json.loads(path.read_text())["runs"]
+    costs = tier_costs(runs, model)
+    costs.source = f"{path}: {sum(1 for r in runs if r.get('profile') in PROFILES and model_name(r['profile']) == model)} runs"
+    return costs
 
 
-def _phase(live: LiveServer, keys: itertools.repeat[str] | itertools.cycle[str], requests: int, tier: str) -> TierCost:
-    """Send ``requests`` sequential GETs, checking every answer came from ``tier``."""
-    latencies = np.empty(requests)
-    cpu0, redis0 = live.server_cpu_s(), live.redis_cpu_s()
-    for i, key in zip(range(requests), keys):
-        start = time.perf_counter()
-        source = live.predict(key)["source"]
-        latencies[i] = time.perf_counter() - start
-        if source != tier:
-            raise RuntimeError(f"calibration of tier {tier!r}: {key} was served from {source!r}")
-    cpu = (live.server_cpu_s() - cpu0) + (live.redis_cpu_s() - redis0)
-    p50, p99 = np.percentile(latencies * 1000, [50, 99])
-    return TierCost(cpu_s=cpu / requests, p50_ms=float(p50), p99_ms=float(p99))
+def profile_of(model: str) -> str:
+    """What a load-test spec names for ``model``: its demo profile, or the registered name itself
+    (``RunSpec`` takes any model of the registry, e.g. one from ``hybridserve import``)."""
+    for profile in PROFILES:
+        if model_name(profile) == model:
+            return profile
+    return model
+

@@ -1,93 +1,78 @@
-"""PNG plots for ``hybridserve tune``: miss-ratio curves and cost against cache size.
+"""PNG plots for ``hybridserve tune``: miss-ratio curves, and cost against cache memory.
 
 matplotlib runs on the Agg backend: no display is needed, and nothing opens a window.
 
 Example::
 
-    plot_miss_ratio_curves(trace, "out/miss_ratio.png")
-    plot_costs(recommendation, "out/cost.png")
+    plot_miss_ratio_curves(curves, "web07", "out/miss_ratio.png")
+    plot_costs(recommendation, "web07", "out/cost.png")
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")  # before pyplot: headless servers and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from tuning.curves import STATIC_HEAD, STATIC_HEAD_BASIS  # noqa: E402
 from tuning.recommend import Recommendation  # noqa: E402
-from tuning.simulate import DEFAULT_FRACTIONS, ServerPolicy, cache_sizes, miss_ratio_curves, simulate_server_policy  # noqa: E402
-from tuning.traces import Trace  # noqa: E402
 
-PLOT_POLICIES: tuple[str, ...] = ("LRU", "LFU", "S3-FIFO", "W-TinyLFU", "Belady")
-FIGURE_SIZE = (8, 5)
+PLOT_POLICIES: tuple[str, ...] = ("LRU", "LFU", "S3-FIFO", "W-TinyLFU", "Belady", "server L1 lru", "server L1 s3fifo",
+                                  "redis-allkeys-lru", "redis-allkeys-lfu", STATIC_HEAD)
+FIGURE_SIZE = (9, 5.5)
 
 
-def plot_miss_ratio_curves(
-    trace: Trace, out: str | Path, policies: Sequence[str] = PLOT_POLICIES, fractions: Sequence[float] = DEFAULT_FRACTIONS
-) -> Path:
-    """libCacheSim policies (Belady included) and the server's own tiers, miss ratio vs cache size.
-
-    Server curves: ``static head`` (only the precomputed head, sized on the x axis) and ``server L1``
-    (the L1's own miss ratio at that capacity, admission ``always`` and ``after:2``, cold start).
-    """
+def plot_miss_ratio_curves(curves: dict[str, dict[str, Any]], trace_name: str, out: str | Path) -> Path:
+    """Library and server curves, miss ratio vs cache size; clamped sizes ringed, the static head's
+    basis written under the plot."""
     fig, ax = plt.subplots(figsize=FIGURE_SIZE)
-    for curve in miss_ratio_curves(trace, list(policies), list(fractions)):
-        ax.plot([p.cache_size for p in curve.points], [p.miss_ratio for p in curve.points], marker=".", label=curve.policy)
-    sizes = cache_sizes(trace.n_unique, fractions)
-    for label, policy_of in _server_curves().items():
-        ratios = [_server_miss_ratio(trace, policy_of(size)) for size in sizes]
-        ax.plot(sizes, ratios, linestyle="--", marker="x", label=label)
+    clamped_shown = False
+    for policy in (p for p in PLOT_POLICIES if p in curves):
+        curve = curves[policy]
+        style = "--" if curve["runnable"] else "-"
+        ax.plot(curve["sizes"], curve["miss_ratios"], linestyle=style, marker=".", label=policy)
+        clamped = [(s, m) for s, m, c in zip(curve["sizes"], curve["miss_ratios"], curve["clamped_from"]) if c is not None]
+        if clamped:
+            ax.scatter(*zip(*clamped), s=90, facecolors="none", edgecolors="black",
+                       label=None if clamped_shown else "size raised to the library minimum (S3-FIFO: 20 objects)")
+            clamped_shown = True
     ax.set(xscale="log", xlabel="cache size (objects)", ylabel="miss ratio", ylim=(0, 1),
-           title=f"miss-ratio curves ({trace.n_requests:,} requests, {trace.n_unique:,} keys)")
-    ax.legend(fontsize="small")
-    return _save(fig, out)
+           title=f"{trace_name}: miss-ratio curves (dashed: what the server runs)")
+    ax.legend(fontsize="x-small", ncol=2)
+    fig.text(0.01, 0.01, STATIC_HEAD_BASIS, fontsize="x-small", wrap=True)
+    fig.subplots_adjust(bottom=0.17)
+    return _save(fig, out, tight=False)
 
 
-def _server_curves() -> dict[str, Callable[[int], ServerPolicy]]:
-    return {
-        "server static head": lambda size: ServerPolicy.static(head_size=size),
-        "server L1 (always)": lambda size: ServerPolicy.hybrid(l1_capacity=size, admission="always"),
-        "server L1 (after:2)": lambda size: ServerPolicy.hybrid(l1_capacity=size, admission="after:2"),
-    }
-
-
-def _server_miss_ratio(trace: Trace, policy: ServerPolicy) -> float:
-    """Static: requests outside the head, which is chosen on the first half of the trace and
-    evaluated on the second (so it skips the first half's compulsory misses and can fall below
-    Belady at small sizes). L1 curves: requests L1 did not answer over the whole trace from cold,
-    on the same basis as the libCacheSim curves."""
-    if policy.mode == "static":
-        return simulate_server_policy(trace, policy).miss_ratio
-    return 1.0 - simulate_server_policy(trace, policy, train_fraction=0.0).l1_hit_ratio
-
-
-def plot_costs(rec: Recommendation, out: str | Path) -> Path:
-    """Monthly cost against L1 size, one line per admission rule and head size; static and dynamic
-    as horizontal reference lines; the chosen configuration circled."""
+def plot_costs(rec: Recommendation, trace_name: str, out: str | Path) -> Path:
+    """Monthly cost against cache memory for every candidate, those meeting the SLO filled, the
+    cheapest-per-memory curve drawn, the chosen configuration marked."""
     fig, ax = plt.subplots(figsize=FIGURE_SIZE)
-    hybrids = [c for c in rec.candidates if c.mode == "hybrid"]
-    for admission, head in sorted({(c.admission, c.head_size) for c in hybrids}):
-        line = sorted((c for c in hybrids if (c.admission, c.head_size) == (admission, head)), key=lambda c: c.l1_size)
-        ax.plot([max(c.l1_size, 1) for c in line], [c.monthly_usd for c in line], marker="o",
-                label=f"hybrid {admission} head={head}")
-    for ref in (c for c in rec.candidates if c.mode != "hybrid"):
-        ax.axhline(ref.monthly_usd, linestyle=":", color="grey")
-        ax.annotate(ref.mode, (1, ref.monthly_usd), fontsize="small")
-    if rec.chosen is not None and rec.chosen.mode == "hybrid":
-        ax.scatter([max(rec.chosen.l1_size, 1)], [rec.chosen.monthly_usd], s=200, facecolors="none", edgecolors="red")
-    ax.set(xscale="log", xlabel="L1 size (entries; 0 shown at 1)", ylabel="USD per month",
-           title=f"cost at {rec.qps:g} QPS, p99 SLO {rec.slo_p99_ms:g} ms")
-    ax.legend(fontsize="small")
+    for meets, marker in ((True, "o"), (False, "x")):
+        picked = [c for c in rec.candidates if c.meets_slo == meets]
+        ax.scatter([max(c.memory_bytes, 1) / 1e6 for c in picked], [c.monthly_usd for c in picked], marker=marker, s=18,
+                   alpha=0.6, label=f"{'meets' if meets else 'misses'} p99 <= {rec.slo_p99_ms:g} ms")
+    frontier = rec.cost_memory_curve()
+    ax.plot([max(p["memory_bytes"], 1) / 1e6 for p in frontier], [p["monthly_usd"] for p in frontier], color="grey",
+            linewidth=0.8, label="cheapest at each memory size")
+    if rec.chosen is not None:
+        c = rec.chosen
+        ax.scatter([max(c.memory_bytes, 1) / 1e6], [c.monthly_usd], s=250, facecolors="none", edgecolors="red",
+                   label=f"chosen: {c.label}")
+    ax.set(xscale="symlog", xlabel="cache memory (MB, Redis + L1)", ylabel="USD per month",
+           title=f"{trace_name}: cost at {rec.qps:g} QPS vs cache memory, p99 SLO {rec.slo_p99_ms:g} ms")
+    ax.legend(fontsize="x-small")
     return _save(fig, out)
 
 
-def _save(fig: plt.Figure, out: str | Path) -> Path:
+def _save(fig: plt.Figure, out: str | Path, tight: bool = True) -> Path:
     target = Path(out)
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     fig.savefig(target, dpi=100)
     plt.close(fig)
     return target

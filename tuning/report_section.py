@@ -37,12 +37,17 @@ def tuning_section(out: Path) -> str:
                if chosen else f"No configuration meets p99 ≤ {report['slo_p99_ms']:g} ms.")
     env = "\n".join(f"{k}={v}" for k, v in (report.get("env") or {}).items())
     verify = report.get("verify")
-    verify_html = (f"<p>Verified on a live server ({html.escape(verify['candidate'])}): measured hit ratio "
-                   f"{verify['measured_hit_ratio']:.2%} vs simulated {verify['simulated_hit_ratio']:.2%} "
-                   f"({verify['difference_pp']:.2f} percentage points).</p>") if verify else ""
+    verify_html = ""
+    if verify:
+        m, pr = verify["measured"], verify["predicted"]
+        verify_html = (f"<p>Verified by a load test of {html.escape(verify['candidate'])} ({verify['window']['requests']:,} "
+                       f"requests of the trace: {html.escape(verify['window']['rule'])}): hit ratio {m['hit_ratio']:.2%} measured "
+                       f"vs {pr['hit_ratio']:.2%} predicted ({verify['hit_ratio_pp']:.2f} percentage points), CPU "
+                       f"{m['cpu_us_per_request']:.0f} vs {pr['cpu_us_per_request']:.0f} µs a request, p99 {m['p99_ms']:.1f} ms "
+                       f"(SLO {report['slo_p99_ms']:g} ms): {'within' if verify['within_tolerance'] else 'outside'} the tolerances.</p>")
     return f"""<h2>Cache tuning (heavy profile, synthetic {html.escape(Path(report['trace']).name)})</h2>
-<p>{verdict} SLO: p99 ≤ {report['slo_p99_ms']:g} ms. Per-tier CPU and latency were calibrated against a live server;
-hit ratios come from replaying the trace through the server's own cache code and libCacheSim.</p>
+<p>{verdict} SLO: p99 ≤ {report['slo_p99_ms']:g} ms. Per-tier CPU and latency come from the comparison's load tests
+(the same runs as above); hit ratios from replaying the trace through the server's own cache code, beside libCacheSim's curves.</p>
 <pre>{html.escape(env)}</pre>{verify_html}
 <table><tr><th>configuration</th><th>hit ratio</th><th>p99 ms (est.)</th><th>$/month</th><th>meets SLO</th></tr>{_rows(report['candidates'])}</table>
 {_img(out / 'miss_ratio.png')}{_img(out / 'cost.png')}"""

@@ -39,7 +39,7 @@ from typing import Protocol
 import libcachesim as lcs
 import numpy as np
 
-from serving.cache import Admission, AdmissionRule, L1Cache
+from serving.cache import L1_POLICIES, Admission, AdmissionRule, make_l1
 from serving.errors import UnknownKey
 from serving.metrics import Counts
 from serving.modes import MODE_TIERS
@@ -114,7 +114,7 @@ class ServerPolicy:
 
     Both modes precompute the ``head_size`` most requested keys of the training part into Redis
     (no TTL). ``static`` serves those and misses everything else. ``hybrid`` looks a key up in L1
-    (``l1_capacity`` entries, 0 for none; ``l1_ttl_s``), then in Redis (a hit refills L1), then
+    (``l1_capacity`` entries, 0 for none; ``l1_ttl_s``; ``l1_policy`` ``lru`` or ``s3fifo``), then in Redis (a hit refills L1), then
     calls the model and caches the result in L1 and Redis when ``admission`` (``always`` /
     ``after:N``) says so, with ``l2_ttl_s`` (the server's ``redis_ttl_s``; 0: no expiry).
     Redis holds everything unless ``l2_capacity`` sets ``maxmemory`` in keys, evicting with
@@ -132,6 +132,7 @@ class ServerPolicy:
     l1_capacity: int = 0
     l1_ttl_s: float = 0.0
     admission: str = "always"
+    l1_policy: str = "lru"
     l2_capacity: int | None = None
     l2_eviction: str = "allkeys-lru"
     l2_ttl_s: float = 0.0
@@ -152,6 +153,8 @@ class ServerPolicy:
         if self.mode == "dynamic" and (self.l1_capacity or self.head_size):
             raise ValueError("dynamic mode has no caches: l1_capacity and head_size must be 0")
         AdmissionRule.parse(self.admission)  # raises a ValueError naming the accepted forms
+        if self.l1_policy not in L1_POLICIES:
+            raise ValueError(f"l1_policy must be one of {L1_POLICIES}, got {self.l1_policy!r}")
 
     @classmethod
     def static(cls, head_size: int) -> ServerPolicy:
@@ -166,6 +169,7 @@ class ServerPolicy:
         admission: str = "always",
         *,
         l1_ttl_s: float = 0.0,
+        l1_policy: str = "lru",
         l2_capacity: int | None = None,
         l2_eviction: str = "allkeys-lru",
         l2_ttl_s: float = 0.0,
@@ -177,6 +181,7 @@ class ServerPolicy:
             l1_capacity=l1_capacity,
             l1_ttl_s=l1_ttl_s,
             admission=admission,
+            l1_policy=l1_policy,
             l2_capacity=l2_capacity,
             l2_eviction=l2_eviction,
             l2_ttl_s=l2_ttl_s,
@@ -516,7 +521,7 @@ class ServerReplay:
         self.counts = Counts()
         self.unknown = 0
         self._clock = _TraceClock()
-        self._l1 = L1Cache(policy.l1_capacity, ttl_s=policy.l1_ttl_s, clock=self._clock)
+        self._l1 = make_l1(policy.l1_capacity, policy.l1_ttl_s, policy.l1_policy, clock=self._clock)
         self._store = _CountingStoreTier(_make_store(policy, seed), self._clock, policy.l2_ttl_s)
         for key in head:
             self._store.preload(key)

@@ -23,7 +23,8 @@ Example::
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from enum import Enum
 from functools import cached_property
@@ -141,9 +142,13 @@ def detect_format(path: str | Path) -> TraceFormat:
         return _EXTENSIONS[suffix]
     except KeyError:
         known = ", ".join(sorted(_EXTENSIONS))
+        what = f"extension {suffix!r}" if suffix else "a name without an extension"
+        # No mention of read_trace's format= argument: the CLI has no such option, so the way out
+        # that works everywhere is the file's name.
         raise TraceFormatError(
-            f"{path}: cannot tell the trace format from extension {suffix!r}; use one of {known} "
-            f"or pass format= explicitly ({', '.join(f.value for f in TraceFormat)})"
+            f"{path}: cannot tell the trace format from {what}; name the file with one of {known} "
+            "(.txt/.keys: one key per line, .csv: a header row and a key column, "
+            ".oracleGeneral/.bin: libCacheSim binary)"
         ) from None
 
 
@@ -163,6 +168,8 @@ def read_trace(
         trace = read_trace("requests.csv", key_column="route")
     """
     kind = detect_format(path) if format is None else TraceFormat(format)
+    if Path(path).is_dir():
+        raise TraceFormatError(f"{path} is a directory; give the path of a trace file inside it")
     if kind is TraceFormat.TEXT:
         return read_text_trace(path)
     if kind is TraceFormat.CSV:
@@ -172,9 +179,10 @@ def read_trace(
 
 def read_text_trace(path: str | Path) -> Trace:
     """Read one key per line (surrounding whitespace stripped, blank lines skipped)."""
-    with open(path, encoding="utf-8") as lines:
+    with _text_errors(path), open(path, encoding="utf-8") as lines:
         keys = [key for key in (line.strip() for line in lines) if key]
     _require_requests(path, len(keys))
+    _require_printable(path, keys)
     return Trace.from_keys(keys)
 
 
@@ -190,7 +198,7 @@ def read_csv_trace(
 
         trace = read_csv_trace("access.csv", key_column="url", time_column="ts")
     """
-    with open(path, newline="", encoding="utf-8") as handle:
+    with _text_errors(path), open(path, newline="", encoding="utf-8") as handle:
         rows = csv.reader(handle, skipinitialspace=True)
         header = [name.strip() for name in next(rows, [])]
         if not header:
@@ -199,6 +207,7 @@ def read_csv_trace(
         time_index = _time_column_index(path, header, time_column)
         keys, times = _read_csv_rows(path, rows, key_index, time_index)
     _require_requests(path, len(keys))
+    _require_printable(path, keys)
     return Trace.from_keys(keys, times=times if time_index is not None else None)
 
 
@@ -218,6 +227,30 @@ def read_oracle_trace(path: str | Path) -> Trace:
 def _require_requests(path: str | Path, count: int) -> None:
     if count == 0:
         raise TraceFormatError(f"{path}: the trace holds no requests")
+
+
+@contextmanager
+def _text_errors(path: str | Path) -> Iterator[None]:
+    """A text reader's decode error as a :class:`TraceFormatError` that says what the file is not."""
+    try:
+        yield
+    except UnicodeDecodeError as error:
+        raise TraceFormatError(
+            f"{path}: not a text trace: byte {error.start} ({error.object[error.start]:#04x}) is not UTF-8 text; "
+            "a libCacheSim binary trace must be named .oracleGeneral or .bin"
+        ) from None
+
+
+def _require_printable(path: str | Path, keys: Sequence[str]) -> None:
+    """Binary data can decode as UTF-8 by chance (bytes below 0x80 do): control characters other
+    than tab never occur in a key of a real trace, so they mark the file as not text."""
+    for number, key in enumerate(keys, 1):
+        bad = next((char for char in key if ord(char) < 32 and char != "\t"), None)
+        if bad is not None:
+            raise TraceFormatError(
+                f"{path}: not a text trace: key {number} holds control character {ord(bad):#04x}; "
+                "a libCacheSim binary trace must be named .oracleGeneral or .bin"
+            )
 
 
 def _column_index(path: str | Path, header: list[str], column: str) -> int:
@@ -270,7 +303,32 @@ def _load_oracle_records(path: str | Path) -> np.ndarray:
             f"{path}: truncated oracleGeneral trace: {size} bytes is not a whole number of "
             f"{ORACLE_RECORD.itemsize}-byte records ({stray} stray bytes at the end)"
         )
-    return np.fromfile(path, dtype=ORACLE_RECORD)
+    records = np.fromfile(path, dtype=ORACLE_RECORD)
+    _check_oracle_records(path, records)
+    return records
+
+
+def _check_oracle_records(path: str | Path, records: np.ndarray) -> None:
+    """Refuse bytes that are not oracleGeneral records: times must not go back, and each
+    ``next_access`` is -1 or a later request (one inside the file must be of the same object; one
+    past its end is allowed, for a prefix cut from a longer trace). Random bytes fail at once."""
+    times = records["time"]
+    back = np.flatnonzero(times[1:] < times[:-1])
+    if back.size:
+        _bad_record(path, int(back[0]) + 1, f"time {times[back[0] + 1]} is earlier than the record before it")
+    nxt = records["next_access"]
+    own = np.arange(1, len(records) + 1)
+    invalid = np.flatnonzero((nxt != ORACLE_NO_NEXT_ACCESS) & (nxt <= own))
+    if invalid.size:
+        _bad_record(path, int(invalid[0]), f"next access {nxt[invalid[0]]} is not a later request")
+    inside = np.flatnonzero((nxt > own) & (nxt <= len(records)))
+    other = inside[records["obj_id"][nxt[inside] - 1] != records["obj_id"][inside]]
+    if other.size:
+        _bad_record(path, int(other[0]), f"next access {nxt[other[0]]} is a request for another object")
+
+
+def _bad_record(path: str | Path, index: int, why: str) -> None:
+    raise TraceFormatError(f"{path}: not an oracleGeneral trace: record {index + 1}: {why}")
 
 
 def _first_appearance_ids(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,111 +1,210 @@
-"""Check a recommendation on a live server: replay the trace, compare measured and simulated hit ratios.
+"""Verify a recommendation by a real load test: the configuration as recommended, the trace's keys, Locust.
 
-The first ``limit`` requests of the trace are mapped to model keys (``loadtests.keys.map_trace``:
-distinct trace keys -> distinct model keys, seeded) and replayed against a real hybrid server
-(embedded Redis, uvicorn subprocess) configured like the candidate. The head is the one the
-simulation chooses (the most requested keys of the first half), precomputed before the server
-starts. The first half warms the caches, as in :func:`simulate_server_policy`; the hit ratio is
-measured over the second half from ``/v1/cache/stats`` counter deltas.
+The configuration (any mode: static, dynamic, hybrid with its L1 size and policy, admission, head,
+Redis budget and eviction, TTL) runs through :func:`loadtests.runner.run_one`, the comparison's own
+path: a fresh Redis (``maxmemory`` set to its baseline + the budget) and server, the runner's
+warm-up, then Locust replaying the trace in order at a rate this machine can offer, concurrently.
 
-Requests are sequential single-key GETs, in trace order. A POST batch would not count the same:
-the server answers a batch's duplicate keys from one lookup, and looks up all of a batch's keys in
-L1 before it fills L1 with any of them, so neither hits nor LRU order would match a replay of one
-request at a time.
+How much of the trace: all of it when it fits in :data:`MAX_VERIFY_SECONDS` at the verify rate;
+otherwise the shortest prefix, in steps of a tenth of the trace, whose simulated hit ratio (from
+cold, as the load test runs it) is within :data:`STEADY_STATE_PP` of the whole trace's: there the
+trace has reached its steady state. The predicted side is the simulation of exactly what the run
+sends (the runner's warm-up, its head: the most requested keys of the replay's first
+``HEAD_SAMPLE_REQUESTS``, then the replay), priced by the tier costs at the rate achieved.
+
+Compared: hit ratio (within :data:`TOLERANCE_PP`), server + Redis CPU per request (within
+:data:`CPU_TOLERANCE`), and the measured p99 against the SLO.
 
 Example::
 
-    result = verify(trace, rec.best_hybrid(), Settings(model_name="traffic-light"), limit=20_000)
-    result.measured_hit_ratio, result.simulated_hit_ratio, result.within_tolerance
+    result = verify(fitted.trace, rec.to_verify(), costs, Settings(model_name="traffic-heavy"), slo_p99_ms=50)
+    result.as_dict()["within_tolerance"]
 """
 
 from __future__ import annotations
 
-import time
+import tempfile
+from collections import Counter
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
-from loadtests.keys import map_trace
-from models.keyspace import KeySpace
-from serving.model import LoadedModel
+from loadtests import cost
+from loadtests.runner import HEAD_SAMPLE_REQUESTS, WARMUP_REQUESTS, RunSpec, run_one
+from loadtests.tier_costs import TierCosts
 from serving.settings import Settings
-from tuning.live import LiveServer
-from tuning.recommend import Candidate
-from tuning.simulate import DEFAULT_TRAIN_FRACTION, ServerPolicy, simulate_server_policy, top_keys
+from tuning.calibrate import MAX_CALIBRATION_RATE, profile_of
+from tuning.recommend import TIER_NAMES, Candidate, estimate_p99
+from tuning.simulate import ServerReplay
 from tuning.traces import Trace
 
-DEFAULT_VERIFY_REQUESTS = 20_000
 TOLERANCE_PP = 2.0
+CPU_TOLERANCE = 0.25
+STEADY_STATE_PP = 1.0
+MAX_VERIFY_SECONDS = 240.0
+VERIFY_RATE = MAX_CALIBRATION_RATE
+STEPS = 10
+# Locust's run length: the replay at the offered rate, plus this share and a few seconds to spare.
+DURATION_SLACK = 1.25
 
 
 @dataclass(frozen=True)
-class VerifyResult:
-    """Measured (live server) against simulated hit ratios over the same evaluated requests."""
+class Window:
+    """The part of the trace a verification replays, and why that much."""
 
     requests: int
-    evaluated: int
-    measured_hit_ratio: float
-    simulated_hit_ratio: float
-    measured_l1_hit_ratio: float
-    simulated_l1_hit_ratio: float
-    seconds: float
+    rule: str
+    steady: bool
+
+
+@dataclass(frozen=True)
+class Shares:
+    """Where requests were served from (fractions)."""
+
+    l1: float
+    redis: float
+    model: float
 
     @property
-    def difference_pp(self) -> float:
-        """|measured - simulated| total hit ratio, in percentage points."""
-        return abs(self.measured_hit_ratio - self.simulated_hit_ratio) * 100
+    def hit_ratio(self) -> float:
+        """Requests not computed by the model."""
+        return self.l1 + self.redis
+
+
+@dataclass
+class VerifyResult:
+    """Both sides of a verification, and whether they agree within the tolerances."""
+
+    candidate: str
+    window: Window
+    measured: dict[str, Any]
+    predicted: dict[str, Any]
+    recommended_hit_ratio: float
+    slo_p99_ms: float
+
+    @property
+    def hit_ratio_pp(self) -> float:
+        """|measured - predicted| hit ratio, percentage points."""
+        return abs(self.measured["hit_ratio"] - self.predicted["hit_ratio"]) * 100
+
+    @property
+    def cpu_error(self) -> float:
+        """|measured - predicted| CPU per request, relative to the prediction."""
+        return abs(self.measured["cpu_us_per_request"] - self.predicted["cpu_us_per_request"]) / self.predicted["cpu_us_per_request"]
 
     @property
     def within_tolerance(self) -> bool:
-        """Whether the simulation predicted the live hit ratio within :data:`TOLERANCE_PP`."""
-        return self.difference_pp <= TOLERANCE_PP
+        """Hit ratio within 2 pp, CPU within 25%, measured p99 within the SLO."""
+        return (self.hit_ratio_pp <= TOLERANCE_PP and self.cpu_error <= CPU_TOLERANCE
+                and self.measured["p99_ms"] <= self.slo_p99_ms)
 
     def as_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return asdict(self) | {"difference_pp": self.difference_pp, "within_tolerance": self.within_tolerance}
+        """JSON-ready form (tuning.json's ``verify``)."""
+        return asdict(self) | {"hit_ratio_pp": self.hit_ratio_pp, "cpu_error": self.cpu_error,
+                               "p99_within_slo": self.measured["p99_ms"] <= self.slo_p99_ms,
+                               "within_tolerance": self.within_tolerance,
+                               "tolerances": {"hit_ratio_pp": TOLERANCE_PP, "cpu": CPU_TOLERANCE}}
 
 
-def model_key_trace(trace: Trace, space: KeySpace, limit: int, seed: int = 0) -> Trace:
-    """The first ``limit`` requests of ``trace`` as keys of the model's key space (mapped)."""
-    sample = [trace.keys[i] for i in trace.ids[:limit].tolist()]
-    return Trace.from_keys(space.key(i) for i in map_trace(sample, space.count, seed).tolist())
+def replay_head(trace: Trace, head_size: int) -> list[str]:
+    """The head the runner precomputes for a trace replay: the ``head_size`` most requested keys of
+    its first ``HEAD_SAMPLE_REQUESTS`` requests, ties in first-seen order."""
+    sample = Counter(trace.keys[i] for i in trace.ids[:HEAD_SAMPLE_REQUESTS].tolist())
+    return [key for key, _ in sample.most_common(head_size)]
+
+
+def simulate_run(trace: Trace, candidate: Candidate, checkpoints: int = 1) -> list[Shares]:
+    """What the load test of ``candidate`` on ``trace`` serves from each tier: the runner's warm-up
+    (the replay's first requests), then the replay from cold caches, counted at ``checkpoints``
+    evenly spaced prefixes (the last is the whole replay)."""
+    policy = candidate.policy()
+    head = [] if candidate.mode == "dynamic" else replay_head(trace, candidate.head_size)
+    replay = ServerReplay(policy, head)
+    keys = [trace.keys[i] for i in trace.ids.tolist()]
+    for key in keys[:WARMUP_REQUESTS]:
+        replay.serve(key)
+    if candidate.mode == "static":
+        return [Shares(0.0, 1.0, 0.0)] * checkpoints  # the whole key space is precomputed
+    counts = replay.counts
+    start = (counts.l1_hits, counts.redis_hits)
+    ends = {int(len(keys) * (step + 1) / checkpoints) for step in range(checkpoints)}
+    out = []
+    for number, key in enumerate(keys, 1):
+        replay.serve(key)
+        if number in ends:
+            l1, redis = counts.l1_hits - start[0], counts.redis_hits - start[1]
+            out.append(Shares(l1 / number, redis / number, 1 - (l1 + redis) / number))
+    return out
+
+
+def choose_window(trace: Trace, candidate: Candidate, rate: float, max_seconds: float = MAX_VERIFY_SECONDS) -> Window:
+    """How many requests of ``trace`` to replay (see the module doc)."""
+    fits = int(rate * max_seconds)
+    if len(trace) <= fits:
+        return Window(len(trace), f"the whole trace ({len(trace):,} requests) fits in {max_seconds:g} s at {rate:g}/s", True)
+    shares = simulate_run(trace, candidate, STEPS)
+    whole = shares[-1].hit_ratio
+    for step, share in enumerate(shares, 1):
+        length = int(len(trace) * step / STEPS)
+        if length <= fits and abs(share.hit_ratio - whole) * 100 <= STEADY_STATE_PP:
+            return Window(length, f"the shortest tenth-step prefix whose simulated hit ratio ({share.hit_ratio:.2%}) is "
+                                  f"within {STEADY_STATE_PP:g} pp of the whole trace's ({whole:.2%})", True)
+    return Window(fits, f"no prefix within {max_seconds:g} s reaches the whole trace's hit ratio ({whole:.2%}) within "
+                        f"{STEADY_STATE_PP:g} pp: the longest that fits, short of steady state", False)
 
 
 def verify(
-    trace: Trace, candidate: Candidate, settings: Settings, *, limit: int = DEFAULT_VERIFY_REQUESTS, seed: int = 0
+    trace: Trace,
+    candidate: Candidate,
+    costs: TierCosts,
+    settings: Settings,
+    *,
+    slo_p99_ms: float,
+    rate: float = VERIFY_RATE,
+    max_seconds: float = MAX_VERIFY_SECONDS,
 ) -> VerifyResult:
-    """Replay up to ``limit`` requests on a live server running ``candidate``; compare with simulation."""
-    if candidate.mode != "hybrid":
-        raise ValueError(f"verify replays hybrid configurations; got {candidate.mode}")
-    model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
-    replay = model_key_trace(trace, model.key_space, limit, seed)
-    policy = ServerPolicy.hybrid(head_size=candidate.head_size, l1_capacity=candidate.l1_size, admission=candidate.admission)
-    simulated = simulate_server_policy(replay, policy, train_fraction=DEFAULT_TRAIN_FRACTION)
-    train, test = replay.split(DEFAULT_TRAIN_FRACTION)
-    head = [replay.keys[i] for i in top_keys(train, candidate.head_size).tolist()]
-    started = time.perf_counter()
-    with LiveServer(_live_settings(settings, candidate), head_keys=head) as live:
-        _send(live, train)
-        before = live.stats()["counts"]
-        _send(live, test)
-        after = live.stats()["counts"]
-    l1, redis, model_rows = (after[k] - before[k] for k in ("l1_hits", "redis_hits", "model_rows"))
-    served = l1 + redis + model_rows
-    return VerifyResult(
-        requests=len(replay), evaluated=served,
-        measured_hit_ratio=(l1 + redis) / served, simulated_hit_ratio=1.0 - simulated.miss_ratio,
-        measured_l1_hit_ratio=l1 / served, simulated_l1_hit_ratio=simulated.l1_hit_ratio,
-        seconds=time.perf_counter() - started,
-    )
+    """Load-test ``candidate`` on ``trace`` (keys of the model's key space) and compare with the prediction."""
+    window = choose_window(trace, candidate, rate, max_seconds)
+    replayed = trace.split(window.requests / len(trace))[0] if window.requests < len(trace) else trace
+    with tempfile.TemporaryDirectory(prefix="hybridserve-verify-") as folder:
+        path = Path(folder) / "replay.keys"
+        path.write_text("\n".join(replayed.keys[i] for i in replayed.ids.tolist()) + "\n")
+        record = run_one(_spec(candidate, settings.model_name, path, rate, window.requests), settings.registry,
+                         cost.Prices()).as_record()
+    shares = simulate_run(replayed, candidate)[-1]
+    predicted = _predicted(shares, costs, record["achieved_rps"], hybrid=candidate.mode == "hybrid")
+    return VerifyResult(candidate.label, window, _measured(record), predicted, candidate.hit_ratio, slo_p99_ms)
 
 
-def _live_settings(settings: Settings, candidate: Candidate) -> Settings:
-    # No TTLs: the simulation replays without timestamps, so nothing may expire live either.
-    return settings.model_copy(update={
-        "mode": "hybrid", "l1_size": candidate.l1_size, "admission": candidate.admission,
-        "head_size": candidate.head_size, "l1_ttl_s": 0.0, "redis_ttl_s": 0, "trace_path": None,
-    })
+def _spec(candidate: Candidate, model: str, path: Path, rate: float, requests: int) -> RunSpec:
+    extra: dict[str, Any] = {"l1_policy": candidate.l1_policy, "admission": candidate.admission,
+                             "redis_ttl_s": candidate.redis_ttl_s, "l1_ttl_s": 0.0}
+    return RunSpec(profile_of(model), candidate.mode, f"trace:{path}", rate=rate,
+                   duration_s=requests / rate * DURATION_SLACK + 5, head_size=candidate.head_size,
+                   l1_size=candidate.l1_size, settings=tuple(extra.items()),
+                   redis_maxmemory=candidate.redis_budget_bytes, redis_eviction=candidate.redis_eviction)
 
 
-def _send(live: LiveServer, part: Trace) -> None:
-    for key_id in part.ids.tolist():
-        live.predict(part.keys[key_id])
+def _measured(record: dict[str, Any]) -> dict[str, Any]:
+    counts = record["tier_counts"]
+    served = max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
+    latency = record["latency_ms"]
+    return {
+        "hit_ratio": record["hit_ratio"]["total"], "l1_hit_ratio": record["hit_ratio"]["l1"],
+        "cpu_us_per_request": (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"])
+        * counts["requests"] / served,
+        "p99_ms": latency["p99"], "p99_low_ms": latency.get("p99_low"), "p99_high_ms": latency.get("p99_high"),
+        "requests": record["requests"], "failures": record["failures"], "achieved_rps": record["achieved_rps"],
+        "saturated": record["load_generator_saturated"],
+        "tier_counts": counts,  # redis_fallbacks: misses the model answered because Redis timed out
+    }
+
+
+def _predicted(shares: Shares, costs: TierCosts, rate: float, *, hybrid: bool) -> dict[str, Any]:
+    by_tier = {"l1": shares.l1, "redis": shares.redis, "model": shares.model}
+    at = {tier: costs.at(tier, by_tier[tier] * rate) for tier in TIER_NAMES}
+    cpu = costs.cpu_per_request(by_tier, rate, misses_pass_store=hybrid)
+    return {"hit_ratio": shares.hit_ratio, "l1_hit_ratio": shares.l1, "cpu_us_per_request": cpu * 1e6,
+            "p99_ms": estimate_p99(by_tier, {t: at[t].p99_ms for t in TIER_NAMES}), "rate": rate,
+            "shares": by_tier}
+

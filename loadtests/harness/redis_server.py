@@ -94,6 +94,7 @@ class EmbeddedRedis:
         maxmemory: str = "0",
         maxmemory_policy: str = "noeviction",
     ) -> None:
+        self._config_command = f"CONFIG-{secrets.token_hex(16)}"
         self.port = port or free_port()
         self.password = password if password is not None else secrets.token_urlsafe(PASSWORD_BYTES)
         self.maxmemory = maxmemory
@@ -134,11 +135,25 @@ class EmbeddedRedis:
             f"maxmemory {self.maxmemory}",
             f"maxmemory-policy {self.maxmemory_policy}",
             "loglevel warning",
-            *(f'rename-command {command} ""' for command in DISABLED_COMMANDS),
+            *(f'rename-command {command} ""' for command in DISABLED_COMMANDS if command != "CONFIG"),
+            # CONFIG under a name only this object knows: clients cannot reach it, the harness can
+            # still set a memory budget after a precompute (set_memory_limit).
+            f"rename-command CONFIG {self._config_command}",
         ]
         if self.password:
             lines.append(f"requirepass {_quoted(self.password)}")
         return "\n".join(lines) + "\n"
+
+    def set_memory_limit(self, maxmemory_bytes: int, policy: str) -> None:
+        """``maxmemory`` and its eviction policy, set on the running server (a load test's budget)."""
+        import redis
+
+        client = redis.Redis.from_url(self.url)
+        try:
+            client.execute_command(self._config_command, "SET", "maxmemory-policy", policy)
+            client.execute_command(self._config_command, "SET", "maxmemory", str(maxmemory_bytes))
+        finally:
+            client.close()
 
     def _write_config(self) -> str:
         path = Path(self._dir) / "redis.conf"

@@ -1,0 +1,167 @@
+"""The tuner's answer, verified: every trace in ../shared/traces and a synthetic Zipf trace x both profiles.
+
+Per profile, tier costs by calibration (load tests: :func:`tuning.calibrate.calibrate`). Per trace:
+fitted to the model's key space (the shared traces' integer ids are not grid keys, so they are
+mapped: ``--map-keys``), every candidate simulated once, the miss-ratio curves and the policy gap;
+per profile, the candidates ranked and the chosen one verified by a load test
+(:func:`tuning.verify.verify`). Writes ``benchmarks/tuning.md`` (the tables) and
+``benchmarks/tuning.json`` (everything).
+
+Usage (a registry with both profiles, trained with enough segments for the largest trace)::
+
+    .venv/bin/hybridserve train --profile light --segments 300 --registry /tmp/reg   # and heavy
+    .venv/bin/python benchmarks/tuning.py --registry /tmp/reg --traces ../shared/traces
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loadtests.keys import key_stream  # noqa: E402
+from models.registry import model_name  # noqa: E402
+from loadtests.tier_costs import TierCosts  # noqa: E402
+from serving.model import LoadedModel  # noqa: E402
+from serving.settings import Settings  # noqa: E402
+from tuning.calibrate import calibrate  # noqa: E402
+from tuning.curves import policy_gap, trace_curves  # noqa: E402
+from tuning.key_fit import fit_trace  # noqa: E402
+from tuning.recommend import rank, simulate_candidates  # noqa: E402
+from tuning.traces import Trace, read_trace  # noqa: E402
+from tuning.verify import verify  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+PROFILES = ("light", "heavy")
+ZIPF_REQUESTS = 60_000
+
+
+def main() -> int:
+    args = _parser().parse_args()
+    if args.markdown_only:
+        saved = json.loads((HERE / "tuning.json").read_text())
+        costs = {row["profile"]: TierCosts.from_dict(row["tiers"]) for row in saved["rows"]}
+        (HERE / "tuning.md").write_text(_markdown(saved["context"], saved["rows"], costs))
+        return 0
+    registry = Path(args.registry)
+    traces = _traces(Path(args.traces), registry)
+    rows: list[dict[str, Any]] = []
+    costs = {}
+    if args.resume:  # keep the rows written so far and their calibration; run the traces not done
+        rows = json.loads((HERE / "tuning.json").read_text())["rows"]
+        costs = {row["profile"]: TierCosts.from_dict(row["tiers"]) for row in rows}
+    for profile in (p for p in PROFILES if p not in costs):
+        print(f"calibrating {profile} at {args.qps:g}/s ...", flush=True)
+        costs[profile] = calibrate(Settings(registry=registry, model_name=model_name(profile)), args.qps,
+                                   duration_s=args.calibration_seconds)
+    done = {row["trace"] for row in rows}
+    for name, trace in ((n, t) for n, t in traces.items() if n not in done):
+        model = LoadedModel.from_registry(registry, model_name("light"))
+        fitted = fit_trace(trace, model.key_space, map_keys=not name.startswith("zipf"))
+        started = time.perf_counter()
+        curves = trace_curves(fitted.trace, fractions=[0.001, 0.01, 0.1, 0.5])
+        gap = policy_gap(curves)
+        print(f"{name}: {len(fitted.trace):,} requests; gap {[round(g['gap_pp'], 2) for g in gap]} pp", flush=True)
+        for profile in PROFILES:
+            simulated = simulate_candidates(fitted.trace, costs[profile], model.key_space.count)
+            rec = rank(simulated, costs[profile], slo_p99_ms=args.slo_p99_ms, qps=args.qps,
+                       key_count=model.key_space.count, model_name=model_name(profile))
+            candidate = rec.to_verify()
+            print(f"  {profile}: chosen {candidate.label}; verifying ...", flush=True)
+            result = verify(fitted.trace, candidate, costs[profile], Settings(registry=registry, model_name=model_name(profile)),
+                            slo_p99_ms=args.slo_p99_ms, rate=args.verify_rate, max_seconds=args.verify_seconds)
+            rows.append({"trace": name, "profile": profile, "key_space": fitted.as_dict(), "policy_gap": gap,
+                         "chosen": rec.chosen.as_dict(rec.model_name) if rec.chosen else None,
+                         "verified": candidate.label, "verify": result.as_dict(),
+                         "cost_vs_memory": rec.cost_memory_curve(), "tiers": costs[profile].as_dict(),
+                         "curves": curves, "seconds": time.perf_counter() - started})
+            print(f"  {profile}: {_line(rows[-1])}", flush=True)
+            _write(args, rows, costs)  # after every row: a run cut short still leaves its results
+    print(f"wrote {HERE / 'tuning.md'}")
+    return 0
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]], costs: dict[str, Any]) -> None:
+    context = {"machine": f"{platform.node()}, Python {platform.python_version()}",
+               "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "qps": args.qps,
+               "slo_p99_ms": args.slo_p99_ms, "verify_rate": args.verify_rate}
+    (HERE / "tuning.json").write_text(json.dumps({"context": context, "rows": rows}, indent=1, default=str))
+    (HERE / "tuning.md").write_text(_markdown(context, rows, costs))
+
+
+def _traces(folder: Path, registry: Path) -> dict[str, Trace]:
+    traces = {path.name.split(".")[0]: read_trace(path) for path in sorted(folder.glob("*.keys.txt"))}
+    segments = int(LoadedModel.from_registry(registry, model_name("light")).card["segments"])
+    traces["zipf-1.1"] = Trace.from_keys(key_stream("zipf:1.1", segments, seed=11).take(ZIPF_REQUESTS))
+    return traces
+
+
+def _line(row: dict[str, Any]) -> str:
+    v = row["verify"]
+    m, p = v["measured"], v["predicted"]
+    return (f"hit {m['hit_ratio']:.3f} vs {p['hit_ratio']:.3f} ({v['hit_ratio_pp']:.2f} pp), CPU {m['cpu_us_per_request']:.0f} "
+            f"vs {p['cpu_us_per_request']:.0f} us ({v['cpu_error']:.0%}), p99 {m['p99_ms']:.1f} ms "
+            f"(predicted {p['p99_ms']:.1f}), {'ok' if v['within_tolerance'] else 'OFF'}")
+
+
+def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[str, Any]) -> str:
+    lines = ["# The tuner's answer, verified by load tests", "",
+             f"`benchmarks/tuning.py`, {context['when']}, {context['machine']}: a shared 2-core machine, loaded by other "
+             f"work while this ran (figures are from one run each). Pricing at {context['qps']:g} predictions/s, p99 SLO "
+             f"{context['slo_p99_ms']:g} ms; verification runs at {context['verify_rate']:g} requests/s offered.", "",
+             "## Tier costs (calibrated by load tests)", "",
+             "| profile | tier | rate /s | CPU us/request | p99 ms (95% CI) | requests |", "|---|---|---|---|---|---|"]
+    for profile, tier_costs in costs.items():
+        for tier, points in tier_costs.curves.items():
+            for p in points:
+                ci = f"{p.p99_low_ms:.1f}-{p.p99_high_ms:.1f}" if p.p99_low_ms is not None else "n/a"
+                lines.append(f"| {profile} | {tier} | {p.rate:.0f} | {p.cpu_s * 1e6:.0f} | {p.p99_ms:.1f} ({ci}) | {p.requests:,} |")
+    lines += ["", "## Policy gap: best server-runnable vs best libCacheSim (Belady excluded), whole trace from cold", "",
+              "| trace | size | server best | miss | libCacheSim best | miss | gap pp |", "|---|---|---|---|---|---|---|"]
+    for row in rows[::len(PROFILES)] if len(rows) > 1 else rows:
+        for g in row["policy_gap"]:
+            lines.append(f"| {row['trace']} | {g['fraction']:.0%} | {g['server_policy']} | {g['server_miss_ratio']:.3f} | "
+                         f"{g['library_policy']} | {g['library_miss_ratio']:.3f} | {g['gap_pp']:+.2f} |")
+    lines += ["", "## Recommendation and verification", "",
+              "| trace | profile | verified configuration | replay | hit measured / predicted | CPU us measured / predicted "
+              "(current cost model) | p99 ms measured (predicted) | hit | CPU | p99 <= SLO |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        v = row["verify"]
+        m, p = v["measured"], v["predicted"]
+        # Re-priced with the cost model as it is now, from the run's simulated shares and tier curves.
+        hybrid = row["verified"].startswith("hybrid")  # a hybrid's misses pass Redis first
+        cpu = costs[row["profile"]].cpu_per_request(p["shares"], p["rate"], misses_pass_store=hybrid) * 1e6
+        error = abs(m["cpu_us_per_request"] - cpu) / cpu if cpu else float("inf")
+        lines.append(f"| {row['trace']} | {row['profile']} | {row['verified']} | {v['window']['requests']:,} | "
+                     f"{m['hit_ratio']:.3f} / {p['hit_ratio']:.3f} | {m['cpu_us_per_request']:.0f} / {cpu:.0f} ({error:.0%}) | "
+                     f"{m['p99_ms']:.1f} ({p['p99_ms']:.1f}) | {'ok' if v['hit_ratio_pp'] <= 2 else 'OFF'} | "
+                     f"{'ok' if error <= 0.25 else 'OFF'} | {'ok' if m['p99_ms'] <= context['slo_p99_ms'] else 'OFF'} |")
+    lines += ["", "Tolerances: hit ratio 2 pp, CPU per request 25%, measured p99 within the SLO. Replay lengths: "
+              "the whole trace when it fits the verification time, else the shortest tenth-step prefix whose simulated "
+              "hit ratio is within 1 pp of the whole trace's (tuning/verify.py).", ""]
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--registry")
+    parser.add_argument("--markdown-only", action="store_true", help="rewrite tuning.md from tuning.json")
+    parser.add_argument("--resume", action="store_true", help="keep tuning.json's rows and calibration, run the rest")
+    parser.add_argument("--traces", default=str(HERE.parents[1] / "shared" / "traces"))
+    parser.add_argument("--qps", type=float, default=300.0)
+    parser.add_argument("--slo-p99-ms", type=float, default=50.0)
+    parser.add_argument("--verify-rate", type=float, default=300.0)
+    parser.add_argument("--verify-seconds", type=float, default=90.0)
+    parser.add_argument("--calibration-seconds", type=float, default=8.0)
+    return parser
+
+
+if __name__ == "__main__":
+    sys.exit(main())
