@@ -52,19 +52,42 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
-    """Run an embedded Redis in the foreground until interrupted."""
-    import time
-
+    """Run an embedded Redis (or with ``--cluster N`` a local Redis Cluster) in the foreground
+    until interrupted; prints its URL first."""
     from loadtests.harness.redis_server import EmbeddedRedis
 
+    if args.cluster:
+        return _run_cluster(args.cluster, args.replicas)
     with EmbeddedRedis(port=args.port) as server:
         print(server.url, flush=True)
-        try:
-            while server.pid is not None:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        _wait_while(lambda: server.pid is not None)
     return 0
+
+
+def _run_cluster(masters: int, replicas: int) -> int:
+    from loadtests.harness.redis_cluster import RedisCluster
+
+    with RedisCluster(masters=masters, replicas=replicas) as cluster:
+        print(cluster.url, flush=True)
+        _wait_while(lambda: bool(cluster.live_nodes()))
+    return 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: through the context managers' cleanup
+
+
+def _wait_while(alive: Callable[[], bool]) -> None:
+    """Sleep while ``alive()``, until Ctrl-C or SIGTERM (the servers stop on the way out)."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        while alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
 
 
 def _keys_for(args: argparse.Namespace, settings: Settings, head: bool) -> list[str] | None:
@@ -263,8 +286,11 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=7)
     train.set_defaults(func=cmd_train)
 
-    red = sub.add_parser("redis", help="run an embedded redis-server in the foreground")
+    red = sub.add_parser("redis", help="run an embedded redis-server (or a local cluster) in the foreground")
     red.add_argument("--port", type=int, default=None)
+    red.add_argument("--cluster", type=int, default=0, metavar="N",
+                     help="a local Redis Cluster of N masters instead (URL: redis+cluster://...)")
+    red.add_argument("--replicas", type=int, default=0, help="with --cluster: replicas per master")
     red.set_defaults(func=cmd_redis)
 
     pre = sub.add_parser("precompute", help="precompute predictions into Redis")

@@ -1,8 +1,8 @@
 """The prediction store: its protocol, the Redis key layout and encoding, timeouts and the breaker.
 
 :class:`PredictionStore` is what serving and the precompute job need of a store (batched get and
-put, the version pointer, delete by model); :class:`RedisStore` implements it on one Redis node
-(a Redis Cluster implementation can follow, selected by :func:`build_store` from the URL).
+put, the version pointer, delete by model); :class:`RedisStore` implements it on one Redis node,
+:class:`ClusterStore` on a Redis Cluster; :func:`build_store` picks one from the URL.
 
 Key layout (``ns`` is ``Settings.redis_namespace``), see :class:`KeyLayout`::
 
@@ -10,6 +10,9 @@ Key layout (``ns`` is ``Settings.redis_namespace``), see :class:`KeyLayout`::
     {ns}:{model}:static            -> version whose static table is complete (the pointer)
 
 Every key carries the model name and version, so a new version never reads an old one's value.
+In a cluster the same layout holds: prediction keys carry no ``{hash tag}``, so one version's table
+spreads over all 16384 slots (and all masters), while the pointer is one fixed key, read with one
+GET on the node that owns its slot: no SCAN to find the served version.
 A prediction is stored as the exact float32 the model produced, so every mode returns the same
 float for the same key. A miss is ``None``; a value that does not decode to a finite float32 is
 never served (:class:`~serving.errors.CorruptPrediction`).
@@ -31,6 +34,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError as RedisResponseError
 
+from serving.cluster import ClusterClient, is_cluster_url
 from serving.errors import CorruptPrediction, StoreRejected, StoreUnavailable
 from serving.resp import RespClient, RespConnectionError, RespReplyError, RespTimeoutError
 from serving.settings import Settings
@@ -192,7 +196,9 @@ class PredictionStore(Protocol):
 
 
 def build_store(settings: Settings, *, timeout_s: float | None = None) -> PredictionStore:
-    """The store ``settings.redis_url`` names (``redis://`` or ``rediss://``: one node).
+    """The store ``settings.redis_url`` names: ``redis://`` or ``rediss://``, one node
+    (:class:`RedisStore`); ``redis+cluster://HOST:PORT,...`` or ``rediss+cluster://``, a Redis
+    Cluster (:class:`ClusterStore`, scheme in :mod:`serving.cluster`).
 
     ``timeout_s`` overrides ``settings.redis_timeout_s`` (batch jobs wait longer than requests).
     """
@@ -200,7 +206,8 @@ def build_store(settings: Settings, *, timeout_s: float | None = None) -> Predic
         raise ValueError("this needs a Redis: set HYBRIDSERVE_REDIS_URL (the CLI starts an embedded one)")
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
     timeout = settings.redis_timeout_s if timeout_s is None else timeout_s
-    return RedisStore(settings.redis_url, timeout, breaker, KeyLayout(settings.redis_namespace))
+    kind = ClusterStore if is_cluster_url(settings.redis_url) else RedisStore
+    return kind(settings.redis_url, timeout, breaker, KeyLayout(settings.redis_namespace))
 
 
 class RedisStore:
@@ -219,7 +226,11 @@ class RedisStore:
         self.errors = 0
         self.rejected = 0
         self.full = False
-        self._fast = RespClient(url, timeout_s)
+        self._open(url, timeout_s)
+
+    def _open(self, url: str, timeout_s: float) -> None:
+        """The clients: the fast one for predictions, redis-py for the rare admin commands."""
+        self._fast: RespClient | ClusterClient = RespClient(url, timeout_s)
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -339,3 +350,88 @@ class RedisStore:
         """Close the connections."""
         await self._fast.close()
         await self._client.aclose()
+
+
+class ClusterStore(RedisStore):
+    """:class:`PredictionStore` on a Redis Cluster (``redis+cluster://``), behind one breaker.
+
+    The same key layout, breaker and error kinds as :class:`RedisStore`; commands go through the
+    slot-routing :class:`~serving.cluster.ClusterClient`. Keys of one request live on different
+    slots, so a read is pipelined GETs and a write pipelined SETs, one pipeline per node, all nodes
+    at once (MGET and MSET must stay within one slot). Deleting by pattern SCANs every master.
+    A master that dies fails only the requests that touch its slots, until a replica takes over
+    and the client re-reads the topology.
+    """
+
+    def _open(self, url: str, timeout_s: float) -> None:
+        self._fast = self._cluster = ClusterClient(url, timeout_s)
+
+    @property
+    def redirects(self) -> int:
+        """MOVED and ASK replies followed so far (slots moving under this server)."""
+        return self._cluster.redirects
+
+    async def get_predictions(self, model: str, version: str, keys: Sequence[str]) -> list[float | None]:
+        """Stored predictions of ``keys``: one GET each, pipelined per node."""
+        replies = await self._execute([("GET", rk) for rk in self.layout.predictions(model, version, keys)], retry=True)
+        return [decode(raw) for raw in replies]  # type: ignore[arg-type]
+
+    async def put_predictions(self, model: str, version: str, items: Sequence[tuple[str, float]], ttl_s: int) -> None:
+        """One SET per value (with EX when ``ttl_s``), pipelined per node."""
+        redis_keys = self.layout.predictions(model, version, [key for key, _ in items])
+        expiry: tuple[str | int, ...] = ("EX", ttl_s) if ttl_s else ()
+        await self._execute([("SET", rk, encode(v), *expiry) for rk, (_, v) in zip(redis_keys, items)], retry=False, write=True)
+
+    async def _delete_matching(self, pattern: str, keep: Sequence[bytes]) -> int:
+        """SCAN every master, UNLINK what matches (routed, so a key that moved meanwhile is found)."""
+        deleted = 0
+        try:
+            await self._cluster.refresh(force=True)
+            for master in self._cluster.masters():
+                cursor = b"0"
+                while True:
+                    [(cursor, batch)] = await self._cluster.execute_on(master, [("SCAN", cursor, "MATCH", pattern, "COUNT", DELETE_BATCH)])
+                    doomed = [key for key in batch if key not in keep]
+                    if doomed:
+                        deleted += sum(await self._cluster.execute([("UNLINK", key) for key in doomed]))
+                    if cursor == b"0":
+                        break
+        except RespReplyError as exc:
+            self.rejected += 1
+            raise StoreRejected(f"Redis refused: {exc}") from exc
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        return deleted
+
+    async def _each_master(self, command: tuple[str, ...]) -> list[object]:
+        """One command on every master (after a topology refresh), replies in master order."""
+        await self._cluster.refresh()
+        return [reply for master in self._cluster.masters() for reply in await self._cluster.execute_on(master, [command])]
+
+    async def used_memory(self) -> int:
+        """Sum of ``used_memory`` over the masters (replicas hold copies, priced apart)."""
+        try:
+            infos = await self._each_master(("INFO", "memory"))
+        except (RespReplyError, OSError) as exc:
+            raise self._failed(exc) from exc
+        return sum(_info_field(info, "used_memory") for info in infos)  # type: ignore[arg-type]
+
+    async def ping(self) -> bool:
+        """Whether every master answers PING now (bypasses the breaker)."""
+        try:
+            return all(reply == b"PONG" for reply in await self._each_master(("PING",)))
+        except (RespReplyError, OSError):
+            return False
+
+    async def close(self) -> None:
+        """Close every node's connection."""
+        await self._cluster.close()
+
+
+def _info_field(info: bytes, name: str) -> int:
+    """One integer field of an INFO reply."""
+    prefix = name.encode() + b":"
+    for line in info.splitlines():
+        if line.startswith(prefix):
+            return int(line[len(prefix):])
+    raise ValueError(f"INFO has no {name}")

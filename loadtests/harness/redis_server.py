@@ -22,6 +22,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 10.0
@@ -71,11 +72,13 @@ class EmbeddedRedis:
         password: str | None = None,
         maxmemory: str = "0",
         maxmemory_policy: str = "noeviction",
+        extra_args: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
         self.password = password
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
+        self.extra_args = list(extra_args)  # e.g. cluster mode (loadtests.harness.redis_cluster)
         self._binary = find_redis_server()
         self._dir = tempfile.mkdtemp(prefix="hybridserve-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -106,7 +109,7 @@ class EmbeddedRedis:
         ]  # fmt: skip
         if self.password:
             argv += ["--requirepass", self.password]
-        return argv
+        return argv + self.extra_args
 
     def start(self) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
