@@ -136,6 +136,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             report = precompute(settings, _keys_for(args, settings, head) if head else None, progress=False)
             print(f"precomputed {report.keys} keys of {report.model_name}@{report.model_version} "
                   f"in {report.seconds:.2f}s ({report.keys_per_s:,.0f} keys/s)", flush=True)
+        settings = _with_worker_dir(settings)
         # Hand the final settings to uvicorn's worker processes through the environment.
         os.environ.update(settings.as_env())
         print(f"serving {settings.mode} on http://{settings.host}:{settings.port}", flush=True)
@@ -145,6 +146,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def _with_worker_dir(settings: Settings) -> Settings:
+    """With several workers, a directory they share (control file, metrics snapshots); removed
+    when this process exits. One worker alone needs none."""
+    if settings.workers < 2 or settings.worker_dir is not None:
+        return settings
+    import atexit
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="hybridserve-workers-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return settings.model_copy(update={"worker_dir": directory})
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

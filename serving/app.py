@@ -25,7 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from serving.control import ControlFollower, control_channel
 from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, InvalidRequest, ServingError, TooManyKeys, Unauthorized
+from serving.metrics import WorkerSnapshots
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import build_store
@@ -133,6 +135,28 @@ def _build_service(settings: Settings) -> PredictionService:
     return PredictionService(settings, store)
 
 
+@asynccontextmanager
+async def _shared_with_other_workers(app: FastAPI, settings: Settings, service: PredictionService) -> AsyncIterator[None]:
+    """Admin changes made on any worker or replica reach this one (:mod:`serving.control`), and
+    with a ``worker_dir`` this worker's counters reach /metrics on the others."""
+    control = ControlFollower(control_channel(settings, service.store), service, settings.control_poll_s)
+    snapshots = WorkerSnapshots(settings.worker_dir) if settings.worker_dir is not None else None
+    await control.start()
+    if snapshots is not None:
+        snapshots.start(service.metrics, settings.metrics_snapshot_s)
+    app.state.control, app.state.snapshots = control, snapshots
+    try:
+        yield
+    finally:
+        await control.stop()
+        if snapshots is not None:
+            await snapshots.stop()
+
+
+def _control(request: Request) -> ControlFollower:
+    return request.app.state.control  # type: ignore[no-any-return]
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app for ``settings``; the model loads in the lifespan, not at import."""
 
@@ -142,7 +166,8 @@ def create_app(settings: Settings) -> FastAPI:
         await service.start()
         app.state.service = service
         try:
-            yield
+            async with _shared_with_other_workers(app, settings, service):
+                yield
         finally:
             await service.close()
 
@@ -224,8 +249,10 @@ def _add_operation_routes(app: FastAPI) -> None:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics."""
-        return Response(_service(request).metrics.render(), media_type="text/plain; version=0.0.4")
+        """Prometheus metrics (of every worker of this server)."""
+        snapshots: WorkerSnapshots | None = request.app.state.snapshots
+        others = snapshots.others() if snapshots is not None else ()
+        return Response(_service(request).metrics.render(others), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/cache/stats")
     async def cache_stats(request: Request) -> Response:
@@ -238,21 +265,28 @@ def _add_admin_routes(app: FastAPI) -> None:
 
     @app.post("/v1/admin/flush", dependencies=admin)
     async def flush(body: FlushRequest, request: Request) -> Response:
-        """Empty L1 and/or this model's predictions in Redis."""
-        return JSONBody({"flushed": await _service(request).flush(body.l1, body.redis)})
+        """Empty L1 and/or this model's predictions in Redis (L1 on every worker and replica)."""
+        flushed = await _service(request).flush(body.l1, body.redis)
+        return JSONBody({"flushed": flushed, "propagated": await _control(request).publish(l1_flush=body.l1)})
 
     @app.put("/v1/admin/policy", dependencies=admin)
     async def policy(body: PolicyRequest, request: Request) -> Response:
-        """Change L1 size, TTLs or the admission rule at run time (the head is set at precompute)."""
+        """Change L1 size, TTLs or the admission rule at run time (the head is set at precompute),
+        on every worker and replica."""
         try:
-            return JSONBody({"policy": _service(request).configure(**body.model_dump(exclude_none=True))})
+            policy = _service(request).configure(**body.model_dump(exclude_none=True))
         except ValidationError as exc:
             raise InvalidRequest(_validation_detail(exc.errors())) from None
+        return JSONBody({"policy": policy, "propagated": await _control(request).publish(policy=policy)})
 
     @app.post("/v1/admin/reload", dependencies=admin)
     async def reload(body: ReloadRequest, request: Request) -> Response:
-        """Load another model version (``latest`` re-reads the registry pointer)."""
-        return JSONBody({"model_version": await _service(request).reload(body.version)})
+        """Load another model version (``latest`` re-reads the registry pointer), on every worker
+        and replica within ``control_poll_s`` (``propagated``: the others were told)."""
+        service = _service(request)
+        version = await service.reload(body.version)
+        propagated = await _control(request).publish(version=version if service.computes else None)
+        return JSONBody({"model_version": version, "propagated": propagated})
 
 
 def app_from_env() -> FastAPI:

@@ -8,6 +8,7 @@ Key layout (``ns`` is ``Settings.redis_namespace``), see :class:`KeyLayout`::
 
     {ns}:{model}:{version}:{key}   -> 4-byte little-endian float32 prediction
     {ns}:{model}:static            -> version whose static table is complete (the pointer)
+    {ns}@control:{model}           -> the control record all workers follow (serving.control)
 
 Every key carries the model name and version, so a new version never reads an old one's value.
 In a cluster the same layout holds: prediction keys carry no ``{hash tag}``, so one version's table
@@ -80,6 +81,11 @@ class KeyLayout:
     def pointer(self, model: str) -> str:
         """Redis key naming the version whose static table is complete."""
         return f"{self.namespace}:{model}:static"
+
+    def control(self, model: str) -> str:
+        """Redis key of the control record every worker follows (:mod:`serving.control`); the
+        ``@`` keeps it outside every model's prefix, so deleting a model never deletes it."""
+        return f"{self.namespace}@control:{model}"
 
     def version_prefix(self, model: str, version: str) -> str:
         """Prefix of every prediction of one version."""
@@ -172,6 +178,14 @@ class PredictionStore(Protocol):
 
     async def set_pointer(self, model: str, version: str) -> None:
         """Make ``version`` the complete static table of ``model``."""
+        ...
+
+    async def get_control(self, model: str) -> bytes | None:
+        """The control record of ``model``'s servers (:mod:`serving.control`), or ``None``."""
+        ...
+
+    async def set_control(self, model: str, raw: bytes) -> None:
+        """Replace the control record."""
         ...
 
     async def delete_version(self, model: str, version: str) -> int:
@@ -298,6 +312,15 @@ class RedisStore:
     async def set_pointer(self, model: str, version: str) -> None:
         """Move the static pointer."""
         await self._execute((("SET", self.layout.pointer(model), version),), retry=False, write=True)
+
+    async def get_control(self, model: str) -> bytes | None:
+        """GET of the control record."""
+        [raw] = await self._execute((("GET", self.layout.control(model)),), retry=True)
+        return raw  # type: ignore[return-value]
+
+    async def set_control(self, model: str, raw: bytes) -> None:
+        """SET of the control record."""
+        await self._execute((("SET", self.layout.control(model), raw),), retry=False, write=True)
 
     async def delete_version(self, model: str, version: str) -> int:
         """SCAN + UNLINK one version's predictions."""

@@ -111,7 +111,7 @@ def test_version_namespacing(make_settings, tmp_path: Path) -> None:  # type: ig
         new = build_and_publish("light", registry, segments=TEST_SEGMENTS, seed=123)
         assert new.version != old_version
         reload = client.post("/v1/admin/reload", json={"version": "latest"}, headers=ADMIN)
-        assert reload.json() == {"model_version": new.version}
+        assert reload.json() == {"model_version": new.version, "propagated": True}
         for key in KEYS[:50]:
             body = client.get(f"/v1/predict/{key}").json()
             assert body["model_version"] == new.version

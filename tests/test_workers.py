@@ -1,0 +1,104 @@
+"""Several workers of one server act as one (serving/control.py, serving/metrics.py WorkerSnapshots):
+a real ``hybridserve serve --workers 2`` process, an admin reload / policy change / L1 flush sent to
+whichever worker accepts it, then many requests on fresh connections (spread over both workers by
+the kernel) checking that once converged no response carries the old state, and /metrics counting
+the requests of both workers.
+
+Hybrid follows the control record in Redis; dynamic (no Redis) a file in the server's worker_dir.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from loadtests.harness.server_process import ServerProcess
+from serving.control import ControlState
+from tests.conftest import ADMIN
+from tests.test_consistency import KEYS, TwoVersions, two_versions  # noqa: F401  (the fixture)
+
+# Stated convergence: control_poll_s (0.25 s) + applying the change (a model load, ~0.1 s). The
+# bound is generous for a loaded 2-core CI machine; the measured figure is printed.
+CONVERGENCE_BOUND_S = 5.0
+CONSECUTIVE = 30  # answers in a row in the new state before it counts as converged
+AFTER = 300  # requests checked after convergence
+WORKER_START_S = 60.0
+
+
+def _fresh() -> httpx.Client:
+    """A client that opens a new connection per request, so the kernel hands each to either worker."""
+    return httpx.Client(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0))
+
+
+def _converge(ask: Callable[[], bool]) -> float:
+    """Seconds until ``ask()`` held CONSECUTIVE times in a row (bounded)."""
+    start = time.monotonic()
+    streak = 0
+    while streak < CONSECUTIVE:
+        assert time.monotonic() - start < CONVERGENCE_BOUND_S, f"not converged within {CONVERGENCE_BOUND_S}s"
+        streak = streak + 1 if ask() else 0
+    return time.monotonic() - start
+
+
+def _wait_for_workers(worker_dir: Path, count: int) -> list[Path]:
+    """Both workers are serving once each has written its first metrics snapshot (in its lifespan)."""
+    deadline = time.monotonic() + WORKER_START_S
+    while len(found := sorted(worker_dir.glob("metrics-*.json"))) < count:
+        assert time.monotonic() < deadline, f"{len(found)} of {count} workers started"
+        time.sleep(0.1)
+    return found
+
+
+def _keys_total(metrics: str) -> float:
+    return sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines() if line.startswith("hybridserve_keys_total"))
+
+
+@pytest.mark.parametrize("mode", ["hybrid", "dynamic"])
+def test_admin_changes_reach_every_worker(make_settings, two_versions: TwoVersions, tmp_path: Path, mode: str) -> None:  # type: ignore[no-untyped-def]
+    store = {} if mode == "hybrid" else {"redis_url": None}
+    settings = make_settings(mode=mode, registry=two_versions.registry, workers=2, worker_dir=tmp_path, **store)
+    sent = 0
+    with ServerProcess(settings) as server, _fresh() as client:
+        _wait_for_workers(tmp_path, 2)
+        predict = lambda i: client.get(f"{server.url}/v1/predict/{KEYS[i % len(KEYS)]}").json()  # noqa: E731
+        assert {predict(i)["model_version"] for i in range(40)} == {two_versions.old}
+        sent += 40
+
+        reload = client.post(f"{server.url}/v1/admin/reload", json={"version": two_versions.new}, headers=ADMIN)
+        assert reload.json() == {"model_version": two_versions.new, "propagated": True}
+        reload_s = _converge(lambda: predict(0)["model_version"] == two_versions.new)
+        answers = [predict(i) for i in range(AFTER)]
+        sent += AFTER
+        assert [a for a in answers if a["model_version"] != two_versions.new] == []
+        assert all(a["prediction"] == two_versions.new_values[a["key"]] for a in answers)
+
+        policy = client.put(f"{server.url}/v1/admin/policy", json={"l1_size": 7, "admission": "after:2"}, headers=ADMIN)
+        assert policy.status_code == 200 and policy.json()["propagated"] is True
+        stats = lambda: client.get(f"{server.url}/v1/cache/stats").json()  # noqa: E731
+        policy_s = _converge(lambda: stats()["policy"]["l1_size"] == 7 and stats()["policy"]["admission"] == "after:2")
+        if mode == "hybrid":
+            flush = client.post(f"{server.url}/v1/admin/flush", json={"l1": True}, headers=ADMIN)
+            assert flush.json()["propagated"] is True
+            _converge(lambda: stats()["l1"]["size"] == 0)
+
+        snapshots = [json.loads(p.read_text()) for p in _wait_for_workers(tmp_path, 2)]
+        deadline = time.monotonic() + CONVERGENCE_BOUND_S  # snapshots are at most metrics_snapshot_s old
+        while _keys_total(client.get(f"{server.url}/metrics").text) < sent:
+            assert time.monotonic() < deadline, "/metrics does not count every worker's requests"
+            time.sleep(0.2)
+            snapshots = [json.loads(p.read_text()) for p in _wait_for_workers(tmp_path, 2)]
+    assert all(s["counts"]["keys"] > 0 for s in snapshots), "both workers served (the test reached both)"
+    print(f"\n{mode} --workers 2: reload converged in {reload_s:.2f}s, policy in {policy_s:.2f}s "
+          f"(bound {CONVERGENCE_BOUND_S}s); {AFTER} requests after, none old")
+
+
+def test_control_state_round_trip_and_damage() -> None:
+    state = ControlState(3, "abc", {"l1_size": 5}, 2)
+    assert ControlState.decode(state.encode()) == state
+    assert ControlState.decode(None) is None and ControlState.decode(b"{not json") is None
+    assert ControlState.decode(b'{"generation": 1, "unknown": 2}') is None
