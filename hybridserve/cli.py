@@ -227,7 +227,7 @@ def _matrix(args: argparse.Namespace) -> list[Any]:
 
     _ensure_models(Path(args.registry))
     duration = args.duration or (runner.QUICK_DURATION_S if args.quick else runner.FULL_DURATION_S)
-    return runner.matrix(duration, args.rate, args.dist)
+    return runner.matrix(duration, args.rate, args.dist, load_workers=args.load_workers)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -266,7 +266,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 
     _ensure_models(Path(args.registry))
     spec = RunSpec(args.profile, args.mode, args.dist, rate=args.rate, users=args.users, duration_s=args.duration,
-                   batch_size=args.batch_size, seed=args.seed, head_size=args.head_size, l1_size=args.l1_size)
+                   batch_size=args.batch_size, seed=args.seed, head_size=args.head_size, l1_size=args.l1_size,
+                   load_workers=args.load_workers)
     return _run_and_report(args, [spec])
 
 
@@ -374,6 +375,8 @@ def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     parser.add_argument("--price-vcpu-hour", type=float, default=0.05, help="USD per serving vCPU-hour")
     parser.add_argument("--price-batch-vcpu-hour", type=float, default=0.02, help="USD per batch vCPU-hour")
     parser.add_argument("--price-gb-hour", type=float, default=0.02, help="USD per GB-hour of cache memory")
+    parser.add_argument("--load-workers", type=int, default=0, metavar="N",
+                        help="drive Locust as a master with N worker processes (0: one process)")
     if not single:
         parser.add_argument("--quick", action="store_true", help="short runs (about two minutes in all)")
         parser.add_argument("--duration", type=float, default=None, help="seconds per run (overrides --quick)")

@@ -3,7 +3,10 @@
 For each run: a fresh embedded Redis and a fresh server process (``python -m hybridserve.cli serve``,
 pinned to its own core with taskset when there are two or more), the mode prepared (static: every
 key precomputed; hybrid: the head precomputed from a sample of earlier traffic, L1 empty), a
-warm-up, then Locust in its own process for a fixed time at a fixed offered rate. Around the
+warm-up, then Locust in its own process for a fixed time at a fixed offered rate (or, with
+``RunSpec.load_workers``, a Locust master and N worker processes sharing the rate; latency
+percentiles then come from the workers' histograms added together, and the generator counts as
+saturated when any one of its processes is). Around the
 measured window it samples server CPU (per-thread schedstat, the server process and its children), Redis CPU
 (``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and Redis memory.
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +42,7 @@ from loadtests import cost
 from loadtests.keys import key_stream
 from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
-from loadtests.harness.redis_server import EmbeddedRedis
+from loadtests.harness.redis_server import EmbeddedRedis, free_port
 from loadtests.harness.server_process import ServerProcess, pinned
 from serving.modes import precomputes
 from serving.settings import Settings
@@ -49,6 +53,10 @@ HEAD_SAMPLE_REQUESTS = 100_000
 # Achieved below this share of the offered rate means the generator (or server) could not keep up.
 SATURATION_SHARE = 0.95
 LOCUST_CPU_SATURATED = 90.0
+# How long a Locust master waits for its workers to connect, and how long workers get to quit
+# after their master has.
+LOAD_WORKERS_WAIT_S = 30
+STOP_GRACE_S = 10.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,7 @@ class RunSpec:
     seed: int = 7
     head_size: int = 5000
     l1_size: int = 10_000
+    load_workers: int = 0  # Locust worker processes under one master; 0: one plain Locust process
 
     @property
     def model_name(self) -> str:
@@ -101,7 +110,8 @@ class RunResult:
     precompute_s: float
     precompute_cpu_s: float
     load_generator_saturated: bool
-    load_generator_cpu_percent: float
+    load_generator_cpu_percent: float  # the busiest Locust process's peak
+    latency_histograms: int  # Locust processes whose histograms were merged into latency_ms
     cost: dict[str, Any] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
@@ -155,49 +165,78 @@ def _warm_up(url: str, spec: RunSpec, segments: int) -> None:
 
 # ----- measurement -------------------------------------------------------------------------------
 
-def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[dict[str, Any], float]:
-    """Run Locust headless; returns its final statistics and its peak CPU percent."""
+def _locust_argvs(spec: RunSpec, url: str, segments: int, workdir: Path) -> list[list[str]]:
+    """The Locust command lines: one plain process, or with ``spec.load_workers`` a master (which
+    prints the statistics) followed by its workers. The master hands its options to the workers,
+    ``--rate`` included, and ``--rate`` paces one process, so each worker gets its share."""
+    workers = spec.load_workers
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     # --json prints the complete final statistics on stdout (the --csv files are rewritten only
     # once a second and miss the last second of a run); failure reasons still go to stderr.
-    argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--json",
-            "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
-            "--key-dist", spec.distribution, "--segments", str(segments), "--batch-size", str(spec.batch_size),
-            "--rate", str(spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
-            "--latency-file", str(workdir / "latency.json")]
+    first = [*base, "--headless", "--only-summary", "--json",
+             "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
+             "--key-dist", spec.distribution, "--segments", str(segments), "--batch-size", str(spec.batch_size),
+             "--rate", str(spec.rate / workers if workers else spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
+             "--latency-file", str(workdir / "latency-{worker}.json")]
+    if not workers:
+        return [first]
+    port = str(free_port())
+    master = [*first, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+              "--expect-workers", str(workers), "--expect-workers-max-wait", str(LOAD_WORKERS_WAIT_S)]
+    return [master] + [[*base, "--worker", "--master-host", "127.0.0.1", "--master-port", port]] * workers
+
+
+def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[dict[str, Any], float]:
+    """Run Locust headless (one process, or a master and its workers); returns its final
+    statistics and the highest CPU percent any of its processes reached."""
     stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        proc = psutil.Popen(pinned(argv, _cores()[1]), stdout=out, stderr=err)
-        samples = _watch_cpu(proc, spec.duration_s + 60)
+        procs = [psutil.Popen(pinned(argv, _cores()[1]), stdout=out if i == 0 else subprocess.DEVNULL, stderr=err)
+                 for i, argv in enumerate(_locust_argvs(spec, url, segments, workdir))]
+        peaks = _watch_cpu(procs, spec.duration_s + 60 + LOAD_WORKERS_WAIT_S)
     if not stdout_path.read_text().strip():
         raise RuntimeError(f"Locust printed no statistics: {stderr_path.read_text()[-2000:]}")
     stats = locust_stats(json.loads(stdout_path.read_text()), stderr_path.read_text())
-    latency_path = workdir / "latency.json"
-    if latency_path.exists():
-        stats["latency_ms"].update(precise_percentiles(json.loads(latency_path.read_text())))
-    return stats, max(samples[1:-1] or samples or [0.0])
+    histograms = [json.loads(path.read_text()) for path in sorted(workdir.glob("latency-*.json"))]
+    if histograms:
+        stats["latency_ms"].update(precise_percentiles(histograms))
+    stats["latency_histograms"] = len(histograms)
+    return stats, max(peaks)
 
 
-def precise_percentiles(buckets: list[list[float]]) -> dict[str, float]:
-    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histogram."""
-    histogram: Counter[float] = Counter({float(bound): int(count) for bound, count in buckets})
-    return {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
+def precise_percentiles(histograms: list[list[list[float]]]) -> dict[str, float]:
+    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histograms, one per Locust
+    process: their bucket counts are added, so the percentiles are those of all requests together
+    (averaging each process's percentiles would not be)."""
+    merged: Counter[float] = Counter()
+    for buckets in histograms:
+        for bound, count in buckets:
+            merged[float(bound)] += int(count)
+    return {name: _percentile(merged, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
 
 
-def _watch_cpu(proc: psutil.Popen, timeout_s: float) -> list[float]:
-    """Sample a process's CPU percent once a second until it exits (killed after ``timeout_s``)."""
-    proc.cpu_percent(None)
-    samples: list[float] = []
+def _watch_cpu(procs: list[psutil.Popen], timeout_s: float) -> list[float]:
+    """Sample each process's CPU percent once a second until the first (the one that reports)
+    exits, or ``timeout_s``; then stop the rest. Returns each process's peak (the first and last
+    sample left out: start-up and shutdown are not load)."""
+    samples: list[list[float]] = [[] for _ in procs]
+    for proc in procs:
+        proc.cpu_percent(None)
     deadline = time.monotonic() + timeout_s
-    while proc.poll() is None and time.monotonic() < deadline:
+    while procs[0].poll() is None and time.monotonic() < deadline:
         time.sleep(1.0)
+        for proc, taken in zip(procs, samples):
+            try:
+                taken.append(proc.cpu_percent(None))
+            except psutil.NoSuchProcess:
+                continue
+    for proc in procs:
         try:
-            samples.append(proc.cpu_percent(None))
-        except psutil.NoSuchProcess:
-            break
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
-    return samples
+            proc.wait(STOP_GRACE_S if proc is not procs[0] else 0)  # workers quit with their master
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return [max(taken[1:-1] or taken or [0.0]) for taken in samples]
 
 
 def _percentile(histogram: Counter[float], q: float) -> float:
@@ -336,6 +375,7 @@ def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any],
         server_cpu_us_per_request=cpu[0] / requests * 1e6, redis_cpu_us_per_request=cpu[1] / requests * 1e6,
         redis_bytes=redis_bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
         precompute_cpu_s=pre[1], load_generator_saturated=saturated, load_generator_cpu_percent=locust_cpu,
+        latency_histograms=locust["latency_histograms"],
     )
     result.cost = _cost(result, prices, target)
     return result
@@ -361,11 +401,12 @@ QUICK_DURATION_S = 8.0
 FULL_DURATION_S = 25.0
 
 
-def matrix(duration_s: float, rate: float, distribution: str = "zipf:1.1") -> list[RunSpec]:
+def matrix(duration_s: float, rate: float, distribution: str = "zipf:1.1", load_workers: int = 0) -> list[RunSpec]:
     """Both profiles x three modes on Zipf traffic, plus hybrid on uniform traffic per profile."""
-    specs = [RunSpec(p, m, distribution, rate=rate, duration_s=duration_s)
+    specs = [RunSpec(p, m, distribution, rate=rate, duration_s=duration_s, load_workers=load_workers)
              for p in ("light", "heavy") for m in ("static", "dynamic", "hybrid")]
-    specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s) for p in ("light", "heavy")]
+    specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s, load_workers=load_workers)
+              for p in ("light", "heavy")]
     return specs
 
 

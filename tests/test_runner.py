@@ -57,3 +57,24 @@ def test_report_files(records: list[dict], tmp_path: Path) -> None:  # type: ign
     assert "http://" not in page and "https://" not in page  # opens without network
     assert "light" in report.summary_table(records)
     assert report.verdict(records)
+
+
+def test_distributed_load_merges_the_workers_histograms(registry: Path) -> None:
+    """A Locust master with two workers: each worker writes its own latency histogram, the
+    percentiles come from their sum, the rate is shared, and nothing fails."""
+    spec = RunSpec("light", "dynamic", "zipf:1.1", rate=100, users=4, duration_s=RUN_SECONDS, load_workers=2)
+    [record] = compare(registry, [spec], cost.Prices(), progress=False)
+    assert record["failures"] == 0, record["failure_reasons"]
+    assert record["latency_histograms"] == 2 and record["load_workers"] == 2
+    assert record["requests"] > 0 and record["latency_ms"]["p50"] <= record["latency_ms"]["p99"]
+    assert record["latency_ms"]["p50"] != round(record["latency_ms"]["p50"])  # the 2% histogram, not Locust's
+    assert record["achieved_rps"] < 1.5 * spec.rate, "the offered rate is split between the workers, not multiplied"
+
+
+def test_percentiles_are_merged_not_averaged() -> None:
+    from loadtests.runner import precise_percentiles
+
+    fast = [[1.0, 99]]  # one worker: 99 answers at 1 ms
+    slow = [[50.0, 99]]  # another: 99 answers at 50 ms
+    merged = precise_percentiles([fast, slow])
+    assert merged["p50"] == 1.0 and merged["p99"] == 50.0  # averaging the two p50s would say 25.5
