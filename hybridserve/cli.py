@@ -199,7 +199,8 @@ def _prices_and_target(args: argparse.Namespace) -> tuple[Any, Any]:
     return prices, target
 
 
-def _run_and_report(args: argparse.Namespace, specs: list[Any], extra_sections: Callable[[], list[str]] | None = None) -> int:
+def _run_and_report(args: argparse.Namespace, specs: list[Any], extra_sections: Callable[[list[Any]], list[str]] | None = None,
+                    extra_results: dict[str, Any] | None = None) -> int:
     """Run load-test specs, then write results.json and report.html and print the summary."""
     import platform
     from datetime import datetime, timezone
@@ -211,8 +212,8 @@ def _run_and_report(args: argparse.Namespace, specs: list[Any], extra_sections: 
     context = {"machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": specs[0].duration_s,
                "prices": prices, "target": {"qps": args.target_qps, "key_count": args.target_keys} if target else "as measured"}
-    sections = extra_sections() if extra_sections else []
-    results, html_path = report.write_report(records, Path(args.out), context, sections)
+    sections = extra_sections(records) if extra_sections else []
+    results, html_path = report.write_report(records, Path(args.out), context, sections, extra_results)
     print()
     print(report.summary_table(records))
     print()
@@ -236,9 +237,50 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train both profiles if needed, run the comparison and a tuning pass (``make demo``)."""
+    """Train both profiles if needed, run the comparison, a capacity ladder, the projection and a
+    tuning pass (``make demo``)."""
     specs = _matrix(args)
-    return _run_and_report(args, specs, lambda: [_demo_tuning_section(args)])
+    figures: dict[str, Any] = {}
+    return _run_and_report(args, specs, lambda records: [*_capacity_sections(args, records, figures), _demo_tuning_section(args)],
+                           figures)
+
+
+def _capacity_sections(args: argparse.Namespace, records: list[Any], figures: dict[str, Any]) -> list[str]:
+    """Capacity per mode of the light profile and the projection to the user's target, as report
+    sections; their figures go into ``figures`` (results.json's ``capacity`` and ``projection``)."""
+    from loadtests import capacity, projection, report
+
+    rates = capacity.QUICK_RATES if args.quick else capacity.DEFAULT_RATES
+    duration = capacity.QUICK_DURATION_S if args.quick else capacity.FULL_DURATION_S
+    print(flush=True)
+    curves = capacity.measure_capacity(Path(args.registry), "light", MODES, rates, args.slo_p99_ms, duration)
+    target = projection.Target(qps=args.project_qps, keys=args.project_keys)
+    rows = projection.project(records, curves, target, _prices_and_target(args)[0])
+    figures["capacity"] = [dict(c.as_dict(), provisioning=capacity.provisioning(c, target.qps)) for c in curves]
+    figures["projection"] = {"target": vars(target), "formulas": projection.projection_formulas(), "rows": [p.as_dict() for p in rows]}
+    return [report.capacity_section(curves, target.qps), report.projection_section(rows, target)]
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    """The capacity ladder of each mode: highest rate per core under the SLO; writes capacity.json
+    and capacity.html (latency against throughput, knee marked)."""
+    from loadtests import capacity, report
+
+    _ensure_models(Path(args.registry))
+    rates = tuple(float(r) for r in args.rates.split(","))
+    curves = capacity.measure_capacity(Path(args.registry), args.profile, tuple(args.modes.split(",")), rates,
+                                       args.slo_p99_ms, args.duration)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = [dict(c.as_dict(), provisioning=capacity.provisioning(c, args.project_qps)) for c in curves]
+    (out / "capacity.json").write_text(json.dumps(document, indent=2))
+    (out / "capacity.html").write_text('<!doctype html><meta charset="utf-8"><title>hybridserve capacity</title>'
+                                       + report.capacity_section(curves, args.project_qps))
+    for curve in document:
+        print(f"{curve['profile']}/{curve['mode']}: {curve['capacity_rps_per_core']:.0f} req/s per core "
+              f"({curve['broke_because']}); {args.project_qps:g} req/s need {curve['provisioning']['cores']} cores")
+    print(f"wrote {out / 'capacity.json'}\nwrote {out / 'capacity.html'}")
+    return 0
 
 
 def _demo_tuning_section(args: argparse.Namespace) -> str:
@@ -341,7 +383,18 @@ def _parser() -> argparse.ArgumentParser:
                              ("loadtest", cmd_loadtest, "one load test of one mode, with the same report")):
         cmp = sub.add_parser(name, help=text)
         _load_options(cmp, single=name == "loadtest")
+        if name == "demo":
+            _capacity_options(cmp)
         cmp.set_defaults(func=func)
+    cap = sub.add_parser("capacity", help="offered-load ladder per mode: highest rate per core under a p99 SLO")
+    cap.add_argument("--registry", default="registry")
+    cap.add_argument("--out", default="out/capacity")
+    cap.add_argument("--profile", choices=("light", "heavy"), default="light")
+    cap.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    cap.add_argument("--rates", default="100,200,400,800,1600,3200", help="comma-separated offered rates, ascending")
+    cap.add_argument("--duration", type=float, default=6.0, help="seconds per rate")
+    _capacity_options(cap)
+    cap.set_defaults(func=cmd_capacity)
     trace = sub.add_parser("trace", help="access traces").add_subparsers(dest="trace_command", required=True)
     synth = trace.add_parser("synth", help="write a synthetic trace from a key distribution")
     synth.add_argument("--dist", default="zipf:1.1", help="zipf:S, uniform, drift:... (see loadtests.keys)")
@@ -362,6 +415,13 @@ def _parser() -> argparse.ArgumentParser:
     tune.add_argument("--registry", default=None)
     tune.set_defaults(func=cmd_tune)
     return parser
+
+
+def _capacity_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the capacity ladder and the projection (capacity, demo)."""
+    parser.add_argument("--slo-p99-ms", type=float, default=DEMO_SLO_P99_MS, help="p99 SLO a rate must meet")
+    parser.add_argument("--project-qps", type=float, default=1e5, help="project cores and cost to this many requests/s")
+    parser.add_argument("--project-keys", type=int, default=100_000_000, help="... and this key space")
 
 
 def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:

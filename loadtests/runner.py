@@ -30,6 +30,8 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -190,6 +192,8 @@ def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[
     """Run Locust headless (one process, or a master and its workers); returns its final
     statistics and the highest CPU percent any of its processes reached."""
     stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
+    for stale in workdir.glob("latency-*.json"):
+        stale.unlink()  # an earlier run on the same bench: never merged into this one
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         procs = [psutil.Popen(pinned(argv, _cores()[1]), stdout=out if i == 0 else subprocess.DEVNULL, stderr=err)
                  for i, argv in enumerate(_locust_argvs(spec, url, segments, workdir))]
@@ -333,8 +337,25 @@ def _used_memory(client: redis.Redis) -> int:
     return int(client.info("memory")["used_memory"])
 
 
-def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
-    """Run one cell of the matrix end to end and measure it."""
+@dataclass
+class Bench:
+    """A prepared run: Redis with what the mode needs precomputed, a warmed-up server, and where
+    Locust writes. Several measurements may follow one another on it (a capacity ladder)."""
+
+    server: ServerProcess
+    redis: redis.Redis
+    redis_baseline: int
+    version: str
+    segments: int
+    key_count: int
+    precompute: tuple[float, float]
+    workdir: Path
+    server_cores: int
+
+
+@contextmanager
+def prepared(spec: RunSpec, registry: Path) -> Iterator[Bench]:
+    """A fresh Redis and server process for ``spec``, the mode prepared and the server warmed up."""
     artifact = resolve(registry, spec.model_name)
     card = artifact.card()
     segments, key_count = int(card["segments"]), int(card["key_count"])
@@ -346,18 +367,33 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
         baseline = _used_memory(client)
         settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
                             l1_size=spec.l1_size, head_size=spec.head_size)
-        pre_s, pre_cpu = _prepare(spec, settings, segments, workdir)
-        with ServerProcess(settings, server_cores) as server:
-            _warm_up(server.url, spec, segments)
-            before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
-            started = time.monotonic()
-            locust, locust_cpu = _run_locust(spec, server.url, segments, workdir)
-            elapsed = time.monotonic() - started
-            after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
-        redis_bytes = max(0, _used_memory(client) - baseline)
-        client.close()
-    return _result(spec, artifact.version, key_count, locust, locust_cpu, elapsed, before, after,
-                   (cpu1 - cpu0, rcpu1 - rcpu0), redis_bytes, (pre_s, pre_cpu), prices, target)
+        pre = _prepare(spec, settings, segments, workdir)
+        try:
+            with ServerProcess(settings, server_cores) as server:
+                _warm_up(server.url, spec, segments)
+                yield Bench(server, client, baseline, artifact.version, segments, key_count, pre, workdir,
+                            len(server_cores or os.sched_getaffinity(0)))
+        finally:
+            client.close()
+
+
+def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
+    """One Locust run of ``spec`` against a prepared bench, with what it cost."""
+    server = bench.server
+    before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(bench.redis)
+    started = time.monotonic()
+    locust, locust_cpu = _run_locust(spec, server.url, bench.segments, bench.workdir)
+    elapsed = time.monotonic() - started
+    after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(bench.redis)
+    redis_bytes = max(0, _used_memory(bench.redis) - bench.redis_baseline)
+    return _result(spec, bench.version, bench.key_count, locust, locust_cpu, elapsed, before, after,
+                   (cpu1 - cpu0, rcpu1 - rcpu0), redis_bytes, bench.precompute, prices, target)
+
+
+def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
+    """Run one cell of the matrix end to end and measure it."""
+    with prepared(spec, registry) as bench:
+        return measure(bench, spec, prices, target)
 
 
 def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float, elapsed: float,
