@@ -107,9 +107,23 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     from serving.precompute import precompute
 
     settings = _settings(args, redis_url=args.redis_url, model_name=args.model, registry=args.registry)
-    report = precompute(settings, _keys_for(args, settings, args.head), progress=not args.quiet)
+    if args.engine == "dask":
+        report = _precompute_on_dask(args, settings)
+    else:
+        report = precompute(settings, _keys_for(args, settings, args.head), progress=not args.quiet)
     print(json.dumps(report.as_dict(), indent=2))
     return 0
+
+
+def _precompute_on_dask(args: argparse.Namespace, settings: Settings) -> Any:
+    """The whole table on Dask (a local cluster, or ``--scheduler``'s); see serving.precompute_dask."""
+    if args.head or args.keys_file or args.top_k:
+        raise ValueError("--engine dask precomputes the whole static table; a hybrid head runs in process")
+    try:
+        from serving.precompute_dask import precompute_on_dask
+    except ImportError as exc:
+        raise RuntimeError(f"--engine dask needs the scale extra: pip install 'hybridserve[scale]' ({exc})") from None
+    return precompute_on_dask(settings, scheduler=args.scheduler, workers=args.dask_workers, partition_keys=args.partition_keys)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -359,6 +373,11 @@ def _parser() -> argparse.ArgumentParser:
     pre.add_argument("--top-k", type=int, default=None, help="how many keys (default: head_size)")
     pre.add_argument("--keys-file", default=None, help="rank keys by frequency in this file (one key per line)")
     pre.add_argument("--quiet", action="store_true")
+    pre.add_argument("--engine", choices=("process", "dask"), default="process",
+                     help="dask: the whole table computed and written by Dask workers (extra 'scale')")
+    pre.add_argument("--scheduler", default=None, help="with --engine dask: tcp://HOST:8786 (default: a local cluster)")
+    pre.add_argument("--dask-workers", type=int, default=2, help="with --engine dask and no scheduler: local worker processes")
+    pre.add_argument("--partition-keys", type=int, default=250_000, help="with --engine dask: keys per task")
     pre.set_defaults(func=cmd_precompute)
 
     serve = sub.add_parser("serve", help="serve predictions over HTTP")
