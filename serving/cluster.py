@@ -33,10 +33,11 @@ from __future__ import annotations
 import asyncio
 import binascii
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from serving.breaker import Breaker
 from serving.resp import Command, RespClient, RespConnectionError, RespReplyError
 
 SLOTS = 16384
@@ -107,10 +108,14 @@ class ClusterClient:
     """Pipelined commands routed by hash slot; the interface of :class:`RespClient`
     (``execute``), every command's key at position 1."""
 
-    def __init__(self, url: str, timeout_s: float) -> None:
+    def __init__(self, url: str, timeout_s: float, node_breaker: Callable[[], Breaker] | None = None) -> None:
         self.url = ClusterURL(url)
         self.timeout_s = timeout_s
         self._nodes: dict[Address, RespClient] = {}
+        # One breaker per node: a master that is down (a failover under way) fails fast for the
+        # keys it owns while requests for the other masters' keys go on as usual.
+        self._new_breaker = node_breaker
+        self.breakers: dict[Address, Breaker] = {}
         self._slots: list[Address | None] = [None] * SLOTS
         self._masters: list[Address] = []  # derived from _slots whenever it changes
         self._refreshing: asyncio.Future[None] | None = None
@@ -127,6 +132,14 @@ class ClusterClient:
         if client is None:
             client = self._nodes[address] = RespClient(self.url.node_url(address), self.timeout_s)
         return client
+
+    def _breaker(self, address: Address) -> Breaker | None:
+        if self._new_breaker is None:
+            return None
+        breaker = self.breakers.get(address)
+        if breaker is None:
+            breaker = self.breakers[address] = self._new_breaker()
+        return breaker
 
     def masters(self) -> list[Address]:
         """Nodes that own slots in the current table."""
@@ -233,11 +246,18 @@ class ClusterClient:
             if ask:
                 wire.append(("ASKING",))
             wire.append(command)
+        breaker = self._breaker(address)
+        if breaker is not None and not breaker.allow():
+            raise ClusterUnavailable(f"cluster node {address[0]}:{address[1]} is failing (its breaker is open)")
         try:
             replies = await self.node(address).execute_each(wire)
         except RespConnectionError:
+            if breaker is not None:
+                breaker.failure()
             self._refresh_soon()  # a failover may have moved its slots
             raise
+        if breaker is not None:
+            breaker.success()
         if len(wire) == len(commands):
             return replies
         ours: list[Any] = []

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import math
 import struct
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError as RedisResponseError
 
+from serving.breaker import Breaker, CircuitBreaker
 from serving.cluster import ClusterClient, is_cluster_url
 from serving.errors import CorruptPrediction, StoreRejected, StoreUnavailable
 from serving.resp import RespClient, RespConnectionError, RespReplyError, RespTimeoutError
@@ -96,62 +96,6 @@ class KeyLayout:
         return f"{self.namespace}:{model}:"
 
 
-class CircuitBreaker:
-    """Stops paying Redis timeouts while Redis is down.
-
-    Closed: calls go through. After ``failures`` consecutive failures it opens: calls fail at once.
-    After ``reset_s`` one call is let through as a probe; success closes it, failure re-opens it.
-    ``clock`` is injectable so tests step time instead of sleeping.
-    """
-
-    def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.failures_to_open = failures
-        self.reset_s = reset_s
-        self._clock = clock
-        self._consecutive = 0
-        self._opened_at: float | None = None
-        self._probing = False
-        self._probe_started = 0.0
-        self.opened_count = 0
-
-    @property
-    def state(self) -> str:
-        """``closed``, ``open`` or ``half_open``."""
-        if self._opened_at is None:
-            return "closed"
-        return "half_open" if self._probing or self._clock() - self._opened_at >= self.reset_s else "open"
-
-    def allow(self) -> bool:
-        """Whether a call may go to Redis now."""
-        if self._opened_at is None:
-            return True
-        now = self._clock()
-        if now - self._opened_at < self.reset_s:
-            return False
-        # A probe that never reported back (its request was cancelled, e.g. the client hung up)
-        # must not keep the breaker open forever: after another reset_s a new probe may go.
-        if self._probing and now - self._probe_started < self.reset_s:
-            return False
-        self._probing = True
-        self._probe_started = now
-        return True
-
-    def success(self) -> None:
-        """Record a call that worked."""
-        self._consecutive = 0
-        self._opened_at = None
-        self._probing = False
-
-    def failure(self) -> None:
-        """Record a call that failed or timed out."""
-        self._consecutive += 1
-        self._probing = False
-        if self._opened_at is not None or self._consecutive >= self.failures_to_open:
-            if self._opened_at is None:
-                self.opened_count += 1
-            self._opened_at = self._clock()
-
-
 class PredictionStore(Protocol):
     """What serving and precompute need of a prediction store; every call is bounded in time.
 
@@ -159,7 +103,7 @@ class PredictionStore(Protocol):
     error reply; reads raise :class:`CorruptPrediction` for a value that is not a finite float32.
     """
 
-    breaker: CircuitBreaker
+    breaker: Breaker
     errors: int  # outages (what the breaker counts)
     rejected: int  # error replies (Redis up, but it refused)
     full: bool  # the last write was refused for lack of memory (cleared by a write that works)
@@ -235,7 +179,7 @@ class RedisStore:
     """
 
     def __init__(self, url: str, timeout_s: float, breaker: CircuitBreaker, layout: KeyLayout) -> None:
-        self.breaker = breaker
+        self.breaker: Breaker = breaker
         self.layout = layout
         self.errors = 0
         self.rejected = 0
@@ -375,10 +319,35 @@ class RedisStore:
         await self._client.aclose()
 
 
-class ClusterStore(RedisStore):
-    """:class:`PredictionStore` on a Redis Cluster (``redis+cluster://``), behind one breaker.
+class ClusterBreakers:
+    """The store-wide view of a cluster's per-node breakers (a :class:`Breaker`). It never stops a
+    call itself: each node's breaker does, for that node's keys only, so one master down does not
+    fail the requests whose keys live on the others. Its state is the worst of the nodes'."""
 
-    The same key layout, breaker and error kinds as :class:`RedisStore`; commands go through the
+    def __init__(self, client: ClusterClient) -> None:
+        self._client = client
+
+    @property
+    def state(self) -> str:
+        """``open`` if a node's breaker is open, else ``half_open`` if one probes, else ``closed``."""
+        states = {breaker.state for breaker in self._client.breakers.values()}
+        return next((s for s in ("open", "half_open") if s in states), "closed")
+
+    def allow(self) -> bool:
+        """Always: the nodes' breakers decide, per node."""
+        return True
+
+    def success(self) -> None:
+        """Counted by the node that answered."""
+
+    def failure(self) -> None:
+        """Counted by the node that failed."""
+
+
+class ClusterStore(RedisStore):
+    """:class:`PredictionStore` on a Redis Cluster (``redis+cluster://``), a breaker per node.
+
+    The same key layout and error kinds as :class:`RedisStore`; commands go through the
     slot-routing :class:`~serving.cluster.ClusterClient`. Keys of one request live on different
     slots, so a read is pipelined GETs and a write pipelined SETs, one pipeline per node, all nodes
     at once (MGET and MSET must stay within one slot). Deleting by pattern SCANs every master.
@@ -387,7 +356,12 @@ class ClusterStore(RedisStore):
     """
 
     def _open(self, url: str, timeout_s: float) -> None:
-        self._fast = self._cluster = ClusterClient(url, timeout_s)
+        # One breaker per node, built like the store's; the store's own becomes their summary.
+        template = self.breaker
+        assert isinstance(template, CircuitBreaker)
+        self._fast = self._cluster = ClusterClient(
+            url, timeout_s, node_breaker=lambda: CircuitBreaker(template.failures_to_open, template.reset_s))
+        self.breaker = ClusterBreakers(self._cluster)
 
     @property
     def redirects(self) -> int:
