@@ -26,6 +26,8 @@ from tests.test_consistency import KEYS, TwoVersions, two_versions  # noqa: F401
 # bound is generous for a loaded 2-core CI machine; the measured figure is printed.
 CONVERGENCE_BOUND_S = 5.0
 CONSECUTIVE = 30  # answers in a row in the new state before it counts as converged
+LOOP_BOUND_S = 60.0  # the whole wait, convergence and the run of answers, on a loaded machine
+SNAPSHOT_BOUND_S = 15.0  # /metrics counts every worker once their snapshots (every 1 s) are in
 AFTER = 300  # requests checked after convergence
 WORKER_START_S = 60.0
 
@@ -36,13 +38,22 @@ def _fresh() -> httpx.Client:
 
 
 def _converge(ask: Callable[[], bool]) -> float:
-    """Seconds until ``ask()`` held CONSECUTIVE times in a row (bounded)."""
+    """Seconds from now until the start of the first run of CONSECUTIVE answers for which ``ask()``
+    holds; asserted under CONVERGENCE_BOUND_S (the time the run itself takes is not counted: on a
+    loaded machine 30 requests on fresh connections can take seconds)."""
     start = time.monotonic()
-    streak = 0
+    streak, streak_start = 0, start
     while streak < CONSECUTIVE:
-        assert time.monotonic() - start < CONVERGENCE_BOUND_S, f"not converged within {CONVERGENCE_BOUND_S}s"
-        streak = streak + 1 if ask() else 0
-    return time.monotonic() - start
+        assert time.monotonic() - start < LOOP_BOUND_S, f"no {CONSECUTIVE} answers in a row within {LOOP_BOUND_S}s"
+        asked = time.monotonic()
+        if ask():
+            streak_start = asked if streak == 0 else streak_start
+            streak += 1
+        else:
+            streak = 0
+    converged = streak_start - start
+    assert converged < CONVERGENCE_BOUND_S, f"converged after {converged:.2f}s, over {CONVERGENCE_BOUND_S}s"
+    return converged
 
 
 def _wait_for_workers(worker_dir: Path, count: int) -> list[Path]:
@@ -87,7 +98,7 @@ def test_admin_changes_reach_every_worker(make_settings, two_versions: TwoVersio
             _converge(lambda: stats()["l1"]["size"] == 0)
 
         snapshots = [json.loads(p.read_text()) for p in _wait_for_workers(tmp_path, 2)]
-        deadline = time.monotonic() + CONVERGENCE_BOUND_S  # snapshots are at most metrics_snapshot_s old
+        deadline = time.monotonic() + SNAPSHOT_BOUND_S  # snapshots are at most metrics_snapshot_s old
         while _keys_total(client.get(f"{server.url}/metrics").text) < sent:
             assert time.monotonic() < deadline, "/metrics does not count every worker's requests"
             time.sleep(0.2)
