@@ -19,7 +19,7 @@ import pytest
 
 from loadtests.harness.server_process import ServerProcess
 from serving.control import ControlState
-from tests.conftest import ADMIN
+from tests.conftest import ADMIN, running
 from tests.test_consistency import KEYS, TwoVersions, two_versions  # noqa: F401  (the fixture)
 
 # Stated convergence: control_poll_s (0.25 s) + applying the change (a model load, ~0.1 s). The
@@ -113,3 +113,15 @@ def test_control_state_round_trip_and_damage() -> None:
     assert ControlState.decode(state.encode()) == state
     assert ControlState.decode(None) is None and ControlState.decode(b"{not json") is None
     assert ControlState.decode(b'{"generation": 1, "unknown": 2}') is None
+
+
+def test_a_reload_on_one_replica_reaches_another(make_settings, two_versions: TwoVersions) -> None:  # type: ignore[no-untyped-def]
+    """Two servers sharing a Redis namespace (replicas of one deployment): a reload sent to one is
+    followed by the other through the control record in Redis; a replica started afterwards adopts it."""
+    settings = make_settings(mode="hybrid", registry=two_versions.registry)
+    with running(settings) as (_, first), running(settings) as (_, second):
+        reload = first.post("/v1/admin/reload", json={"version": two_versions.new}, headers=ADMIN)
+        assert reload.json()["propagated"] is True
+        _converge(lambda: second.get("/v1/predict/1:1").json()["model_version"] == two_versions.new)
+    with running(settings) as (_, later):
+        assert later.get("/v1/predict/1:1").json()["model_version"] == two_versions.new
