@@ -16,6 +16,10 @@ Where the record lives (:func:`control_channel`):
   when its mtime changes. It reaches the workers of one server, not other machines: replicas of a
   dynamic server elsewhere have no shared medium, and are reloaded one by one.
 
+The record outlives restarts on purpose (a worker the supervisor restarts must come back on the
+rolled-out version, not the configured one); after publishing a new model, a reload to ``latest``
+moves everyone, and deleting the key returns servers to their configured version.
+
 Convergence: a change is in force on every worker at most ``control_poll_s`` (0.25 s by default)
 plus the time to apply it (a model load: tens of milliseconds for the demo models) after the admin
 request returns. Two admin changes at the same instant on two workers: the later write wins.
