@@ -2,7 +2,7 @@
 rate then needs in provisioned cores.
 
 For each mode, one prepared server (:func:`loadtests.runner.prepared`) is offered a ladder of rates,
-each for a fixed time, until a rung breaks: client p99 over the SLO, a failed request, or the
+each for a fixed time (its first second left out of the percentiles), until a rung breaks: client p99 over the SLO, a failed request, or the
 achieved rate under ``SATURATION_SHARE`` of the offered one (the server fell behind: its queue, and
 so its latency, only grows). The *knee* is the last rung that held; capacity per core is its
 achieved rate over the server's cores (the runner pins it to one). A rung where the load generator
@@ -36,6 +36,9 @@ FULL_DURATION_S = 6.0
 # make demo --quick: fewer, shorter rungs (about a minute and a half for three modes).
 QUICK_RATES = (100.0, 300.0, 900.0, 2700.0)
 QUICK_DURATION_S = 3.0
+# Start of each rung left out of its percentiles: users starting and connections opening are not
+# the steady state a rate is judged by (the rung still counts its requests and rate).
+RUNG_WARMUP_S = 1.0
 # Locust users per rung: enough that each user's interval (users / rate) exceeds twice the SLO, so
 # open-loop pacing is not held back by users waiting on responses up to the SLO.
 USERS_PER_SLO_INTERVAL = 2.0
@@ -115,7 +118,8 @@ def ladder(registry: Path, spec: RunSpec, rates: tuple[float, ...] = DEFAULT_RAT
         curve = CapacityCurve(spec.profile, spec.mode, slo_p99_ms, bench.server_cores)
         for rate in rates:
             users = max(MIN_USERS, math.ceil(rate * USERS_PER_SLO_INTERVAL * slo_p99_ms / 1000))
-            result = measure(bench, replace(spec, rate=rate, users=users), cost.Prices())
+            warmup = min(RUNG_WARMUP_S, spec.duration_s / 3)  # a short rung keeps most of its samples
+            result = measure(bench, replace(spec, rate=rate, users=users, latency_after_s=warmup), cost.Prices())
             rung, reason = _rung(result, slo_p99_ms)
             curve.rungs.append(rung)
             if reason is not None:

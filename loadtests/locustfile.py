@@ -98,6 +98,8 @@ OPTIONS: tuple[tuple[str, type, object, str], ...] = (
     ("--seed", int, DEFAULT_SEED, "Seed of the key distribution (which keys are popular, and the request sequence)"),
     ("--latency-file", str, "", "Write a 2%-resolution latency histogram (JSON) here when the test stops "
                                 "({worker} in the path: the worker's index, in a distributed run)"),
+    ("--latency-after-s", float, 0.0, "Leave the first seconds of a run (users starting, connections opening) "
+                                      "out of the --latency-file histogram"),
 )
 
 
@@ -179,6 +181,8 @@ def reset_plan(environment: Environment, **_kwargs: Any) -> None:
     PredictUser.plan = None
     PredictUser.ending = False
     LATENCY.clear()
+    skip = float(getattr(environment.parsed_options, "latency_after_s", 0.0) or 0.0) if environment.parsed_options else 0.0
+    LATENCY.record_from = time.monotonic() + skip
 
 
 class LatencyHistogram:
@@ -194,6 +198,7 @@ class LatencyHistogram:
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
         self._log_growth = math.log(self.GROWTH)
+        self.record_from = 0.0  # monotonic time before which responses are not counted (warm-up)
 
     def clear(self) -> None:
         """Forget everything (a new test run)."""
@@ -214,8 +219,9 @@ LATENCY = LatencyHistogram()
 
 @events.request.add_listener
 def record_latency(response_time: float, **_kwargs: Any) -> None:
-    """Every request, failed ones included (their time is part of what users wait)."""
-    LATENCY.add(response_time)
+    """Every request after the warm-up, failed ones included (their time is part of what users wait)."""
+    if time.monotonic() >= LATENCY.record_from:
+        LATENCY.add(response_time)
 
 
 @events.test_stop.add_listener

@@ -76,6 +76,7 @@ class RunSpec:
     head_size: int = 5000
     l1_size: int = 10_000
     load_workers: int = 0  # Locust worker processes under one master; 0: one plain Locust process
+    latency_after_s: float = 0.0  # seconds at the start of a run left out of the latency percentiles
 
     @property
     def model_name(self) -> str:
@@ -179,7 +180,7 @@ def _locust_argvs(spec: RunSpec, url: str, segments: int, workdir: Path) -> list
              "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
              "--key-dist", spec.distribution, "--segments", str(segments), "--batch-size", str(spec.batch_size),
              "--rate", str(spec.rate / workers if workers else spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
-             "--latency-file", str(workdir / "latency-{worker}.json")]
+             "--latency-file", str(workdir / "latency-{worker}.json"), "--latency-after-s", str(spec.latency_after_s)]
     if not workers:
         return [first]
     port = str(free_port())
@@ -211,11 +212,13 @@ def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[
 def precise_percentiles(histograms: list[list[list[float]]]) -> dict[str, float]:
     """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histograms, one per Locust
     process: their bucket counts are added, so the percentiles are those of all requests together
-    (averaging each process's percentiles would not be)."""
+    (averaging each process's percentiles would not be). Empty when nothing was recorded."""
     merged: Counter[float] = Counter()
     for buckets in histograms:
         for bound, count in buckets:
             merged[float(bound)] += int(count)
+    if not merged:
+        return {}  # nothing recorded (a run shorter than its warm-up): Locust's own figures stand
     return {name: _percentile(merged, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
 
 

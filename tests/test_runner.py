@@ -78,3 +78,4 @@ def test_percentiles_are_merged_not_averaged() -> None:
     slow = [[50.0, 99]]  # another: 99 answers at 50 ms
     merged = precise_percentiles([fast, slow])
     assert merged["p50"] == 1.0 and merged["p99"] == 50.0  # averaging the two p50s would say 25.5
+    assert precise_percentiles([[], []]) == {}, "nothing recorded (all warm-up): no made-up zeros"
