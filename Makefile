@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench soak clean
+.PHONY: demo test fuzz bench soak report-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hybridserve needs Python 3.11+, found " + sys.version.split()[0] + " (set PYTHON=python3.x)")'
@@ -17,8 +17,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/hybridserve demo
 
+# Every test, slow ones included; the ten slowest are listed at the end so growth shows in CI logs.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest --durations=10
+
+# schemathesis with all checks against a server of each mode, FUZZ_EXAMPLES per operation and phase
+# (CI runs the same test with 25). About 2-3 minutes on 2 cores.
+FUZZ_EXAMPLES ?= 300
+fuzz: $(STAMP)
+	HYBRIDSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_bad_input.py -k schemathesis
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
@@ -30,6 +37,11 @@ SOAK_RATE ?= 100
 SOAK_WINDOW ?= 30
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --window $(SOAK_WINDOW)
+
+# Render a report from a small results.json fixture and look at it in headless Chromium at 1280 px:
+# no broken image, no horizontal overflow; the screenshot lands in out/report-check/report.png.
+report-check: $(STAMP)
+	$(BIN)/python -m loadtests.report_check tests/data/results_small.json out/report-check
 
 clean:
 	rm -rf $(VENV) registry out

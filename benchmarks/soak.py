@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from loadtests.keys import ZipfKeys  # noqa: E402
+from models.keyspace import GridKeySpace  # noqa: E402
 from models.data import HOURS_PER_WEEK  # noqa: E402
 from models.registry import RegistryError, resolve  # noqa: E402
 from models.publish import build_and_publish  # noqa: E402
@@ -92,7 +93,7 @@ def _rss_mb(proc: psutil.Process) -> float:
 
 async def soak(seconds: float, rate: float, window_s: float, registry: Path) -> int:
     """Run the soak; returns the number of failed requests."""
-    keys = ZipfKeys(_segments(registry) * HOURS_PER_WEEK, ZIPF_S, seed=7)
+    keys = ZipfKeys(GridKeySpace(_segments(registry)), ZIPF_S, seed=7)
     # Hybrid with the CLI's own set-up: an embedded Redis and the head precomputed before serving.
     server = ManagedProcess("hybridserve", [sys.executable, "-m", "hybridserve", "serve", "--mode", "hybrid",
                                             "--port", str(port := free_port()), "--registry", str(registry)], port=port)

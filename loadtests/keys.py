@@ -1,16 +1,20 @@
-"""Key distributions for load tests: seeded, deterministic streams of model keys.
+"""Key distributions for load tests: seeded, deterministic streams of a model's keys.
 
-A stream yields key indices ``i`` in ``[0, segment_count * 168)``, and key strings
-``key_of(i // 168, i % 168)``. Four shapes of traffic:
+A stream draws key indices ``i`` in ``[0, key_space.count)`` and yields the key space's keys
+(:mod:`models.keyspace`: the demo's ``"<segment>:<hour>"`` grid, or a user's own string ids).
+Four shapes of traffic:
 
 - ``zipf:S``: Zipf with exponent ``S > 0`` over the whole (bounded) key space; which keys are
-  popular is a seeded shuffle, so the head is not simply the low segment ids.
+  popular is a seeded shuffle, so the head is not simply the first keys.
 - ``uniform``: every key equally likely.
 - ``drift:hot=H,p=P,period=T`` (or ``every=N``): a hot set of ``H`` keys gets a fraction ``P`` of
   the requests and moves to ``H`` fresh keys every ``T`` seconds (wall clock) or every ``N``
   requests (for a deterministic replay).
-- ``trace:PATH`` (``trace:loop:PATH`` to loop): replay an access trace, one key per line; distinct
-  trace keys map to distinct model keys through a seeded permutation.
+- ``trace:PATH`` (``trace:loop:PATH`` to loop): replay an access trace, one key per line, with
+  its own keys; keys the model does not have are sent as they are (and answered 404, as users'
+  would be), and :attr:`TraceKeys.unknown_share` says how many. ``trace:map:PATH`` (or
+  ``trace:loop:map:PATH``) instead maps distinct trace keys onto distinct model keys through a
+  seeded permutation: only for traces of another key space, and say so when reporting.
 
 ``seed`` fixes *which* keys are popular (the mapping); ``stream`` picks an independent random
 sequence over the same mapping, so several load generators share one popularity ranking without
@@ -18,7 +22,7 @@ sending identical request sequences. Same ``(seed, stream)`` -> same sequence.
 
 Example::
 
-    keys = key_stream("zipf:1.1", segment_count=200, seed=7)
+    keys = key_stream("zipf:1.1", GridKeySpace(200), seed=7)   # or a LoadedModel's key_space
     keys.next_key()          # -> e.g. "131:17"
     keys.take(4)             # -> four more key strings
     parse_spec("drift:hot=500,p=0.9,period=30")   # -> DriftSpec(hot=500, p=0.9, period_s=30.0, every=None)
@@ -36,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.data import HOURS_PER_WEEK, key_of
+from models.keyspace import GridKeySpace, KeyNotFound, KeyRuleError, KeySpace
 
 Clock = Callable[[], float]
 
@@ -47,12 +51,13 @@ BLOCK_SIZE = 4096
 DEFAULT_HOT_KEYS = 100
 DEFAULT_HOT_FRACTION = 0.9
 DEFAULT_DRIFT_PERIOD_S = 60.0
-# Prefix inside a trace spec that makes the replay loop forever instead of ending.
+# Prefixes inside a trace spec: loop forever instead of ending; map trace keys onto model keys.
 TRACE_LOOP_PREFIX = "loop:"
+TRACE_MAP_PREFIX = "map:"
 
 SPEC_FORMS = (
     "'zipf:S' (S > 0), 'uniform', 'drift:hot=H,p=P,period=T' or 'drift:hot=H,p=P,every=N', "
-    "'trace:PATH' or 'trace:loop:PATH'"
+    "'trace:PATH', 'trace:loop:PATH', 'trace:map:PATH' or 'trace:loop:map:PATH'"
 )
 
 
@@ -60,16 +65,13 @@ class KeysExhausted(Exception):
     """A non-looping trace replay has sent every line of its trace."""
 
 
-def index_to_key(index: int) -> str:
-    """The key string of key index ``index`` (segment-major, see ``models.data.key_index``)."""
-    segment, hour = divmod(index, HOURS_PER_WEEK)
-    return key_of(segment, hour)
-
-
-def _key_count(segment_count: int) -> int:
-    if segment_count < 1:
-        raise ValueError(f"segment count must be >= 1, got {segment_count}")
-    return segment_count * HOURS_PER_WEEK
+def as_key_space(space: KeySpace | int) -> KeySpace:
+    """``space`` itself, or the demo grid of that many segments for an int."""
+    if isinstance(space, int):
+        if space < 1:
+            raise ValueError(f"segment count must be >= 1, got {space}")
+        return GridKeySpace(space)
+    return space
 
 
 def _permutation(key_count: int, seed: int) -> np.ndarray:
@@ -88,8 +90,9 @@ class KeyStream:
     Subclasses implement :meth:`_draw_block`; :meth:`next_index` hands the block out one by one.
     """
 
-    def __init__(self, key_count: int) -> None:
-        self.key_count = key_count
+    def __init__(self, space: KeySpace) -> None:
+        self.space = space
+        self.key_count = space.count
         self._block: list[int] = []
         self._pos = 0
 
@@ -111,7 +114,7 @@ class KeyStream:
 
     def next_key(self) -> str:
         """The next key string, e.g. ``"17:42"``."""
-        return index_to_key(self.next_index())
+        return self.space.key(self.next_index())
 
     def take(self, count: int) -> list[str]:
         """The next ``count`` key strings (a batch request's keys).
@@ -135,9 +138,10 @@ class ZipfKeys(KeyStream):
     over precomputed cumulative weights (``8 * key_count`` bytes).
     """
 
-    def __init__(self, key_count: int, s: float, seed: int = 0, stream: int = 0) -> None:
+    def __init__(self, space: KeySpace, s: float, seed: int = 0, stream: int = 0) -> None:
         _check_zipf(s)
-        super().__init__(key_count)
+        super().__init__(space)
+        key_count = space.count
         self.s = s
         self.rank_to_key = _permutation(key_count, seed)
         weights = np.arange(1, key_count + 1, dtype=np.float64) ** -s
@@ -159,8 +163,8 @@ def _check_zipf(s: float) -> None:
 class UniformKeys(KeyStream):
     """Every key equally likely."""
 
-    def __init__(self, key_count: int, seed: int = 0, stream: int = 0) -> None:
-        super().__init__(key_count)
+    def __init__(self, space: KeySpace, seed: int = 0, stream: int = 0) -> None:
+        super().__init__(space)
         self._rng = _stream_rng(seed, stream)
 
     def _draw_block(self, size: int) -> np.ndarray:
@@ -179,7 +183,7 @@ class DriftingHotSetKeys(KeyStream):
 
     def __init__(
         self,
-        key_count: int,
+        space: KeySpace,
         hot: int,
         p: float,
         *,
@@ -190,9 +194,10 @@ class DriftingHotSetKeys(KeyStream):
         clock: Clock = time.time,
     ) -> None:
         _check_drift(hot, p, period_s, every)
+        key_count = space.count
         if hot >= key_count:
             raise ValueError(f"drift hot set ({hot}) must be smaller than the key space ({key_count})")
-        super().__init__(key_count)
+        super().__init__(space)
         self.hot, self.p, self.period_s, self.every = hot, p, period_s, every
         self._clock = clock
         self._order = _permutation(key_count, seed)
@@ -251,8 +256,8 @@ def map_trace(trace_keys: list[str], key_count: int, seed: int = 0) -> np.ndarra
     positions = [codes.setdefault(key, len(codes)) for key in trace_keys]
     if len(codes) > key_count:
         raise ValueError(
-            f"trace has {len(codes)} distinct keys but the key space has only {key_count}; "
-            f"raise the segment count to at least {-(-len(codes) // HOURS_PER_WEEK)}"
+            f"trace has {len(codes)} distinct keys but the key space has only {key_count}: a mapping cannot "
+            "keep them distinct; replay the trace's own keys (trace:PATH) against a model that has them"
         )
     return _permutation(key_count, seed)[np.asarray(positions, dtype=np.int64)]
 
@@ -268,32 +273,55 @@ def read_trace(path: str | Path) -> list[str]:
 
 
 class TraceKeys(KeyStream):
-    """Replays a mapped trace (see :func:`map_trace`) in order, once or looping.
+    """Replays a trace in order, once or looping: its own keys, or (``remap``) model keys mapped
+    from them (:func:`map_trace`).
 
-    A looping replay starts ``stream`` lines in (modulo the trace length), so several looping
-    streams over one trace do not send the same key at the same moment; a single pass always
-    starts at the first line.
+    With its own keys, the share of requests whose key the model does not have is
+    :attr:`unknown_share`; those requests are sent all the same (a 404, as a user would get). A
+    looping replay starts ``stream`` lines in (modulo the trace length), so several looping streams
+    over one trace do not send the same key at the same moment; a single pass always starts at
+    the first line.
     """
 
     def __init__(
-        self, trace_keys: list[str], key_count: int, *, loop: bool = False, seed: int = 0, stream: int = 0
+        self, trace_keys: list[str], space: KeySpace, *, loop: bool = False, remap: bool = False, seed: int = 0,
+        stream: int = 0,
     ) -> None:
-        super().__init__(key_count)
+        super().__init__(space)
+        if not trace_keys:
+            raise ValueError("the trace has no keys")
         self.loop = loop
-        self._indices = map_trace(trace_keys, key_count, seed)
-        self._next = stream % len(self._indices) if loop else 0
-        self._done = False
+        self.remap = remap
+        self._keys = [space.key(i) for i in map_trace(trace_keys, space.count, seed).tolist()] if remap else trace_keys
+        self.unknown_share = 0.0 if remap else _unknown_share(trace_keys, space)
+        self._next = stream % len(self._keys) if loop else 0
 
-    def _draw_block(self, size: int) -> np.ndarray:
-        if self._done:
-            raise KeysExhausted("the trace has been replayed to its end")
-        if not self.loop:
-            self._done = True
-            return self._indices
-        # Wrap around, however many times the block spans the trace.
-        positions = (self._next + np.arange(size)) % len(self._indices)
-        self._next = int((self._next + size) % len(self._indices))
-        return self._indices[positions]
+    def next_index(self) -> int:
+        """Not available: a trace replays keys, some of which may be outside the key space."""
+        raise TypeError("a trace replay yields keys (next_key), not key indices")
+
+    def next_key(self) -> str:
+        """The next line's key (mapped, with ``remap``)."""
+        if self._next >= len(self._keys):
+            if not self.loop:
+                raise KeysExhausted("the trace has been replayed to its end")
+            self._next = 0
+        key = self._keys[self._next]
+        self._next += 1
+        return key
+
+
+def _unknown_share(trace_keys: list[str], space: KeySpace) -> float:
+    """Share of requests (not distinct keys) for keys the model does not have."""
+    known: dict[str, bool] = {}
+    for key in trace_keys:
+        if key not in known:
+            try:
+                space.index(key)
+                known[key] = True
+            except (KeyNotFound, KeyRuleError):
+                known[key] = False
+    return sum(1 for key in trace_keys if not known[key]) / len(trace_keys)
 
 
 @dataclass(frozen=True)
@@ -305,9 +333,9 @@ class ZipfSpec:
     def __post_init__(self) -> None:
         _check_zipf(self.s)
 
-    def build(self, segment_count: int, seed: int = 0, stream: int = 0, clock: Clock = time.time) -> KeyStream:
-        """A :class:`ZipfKeys` over ``segment_count`` segments."""
-        return ZipfKeys(_key_count(segment_count), self.s, seed, stream)
+    def build(self, space: KeySpace, seed: int = 0, stream: int = 0, clock: Clock = time.time) -> KeyStream:
+        """A :class:`ZipfKeys` over ``space``."""
+        return ZipfKeys(space, self.s, seed, stream)
 
     def __str__(self) -> str:
         return f"zipf:{self.s:g}"
@@ -317,9 +345,9 @@ class ZipfSpec:
 class UniformSpec:
     """``uniform``."""
 
-    def build(self, segment_count: int, seed: int = 0, stream: int = 0, clock: Clock = time.time) -> KeyStream:
-        """A :class:`UniformKeys` over ``segment_count`` segments."""
-        return UniformKeys(_key_count(segment_count), seed, stream)
+    def build(self, space: KeySpace, seed: int = 0, stream: int = 0, clock: Clock = time.time) -> KeyStream:
+        """A :class:`UniformKeys` over ``space``."""
+        return UniformKeys(space, seed, stream)
 
     def __str__(self) -> str:
         return "uniform"
@@ -337,10 +365,10 @@ class DriftSpec:
     def __post_init__(self) -> None:
         _check_drift(self.hot, self.p, self.period_s, self.every)
 
-    def build(self, segment_count: int, seed: int = 0, stream: int = 0, clock: Clock = time.time) -> KeyStream:
+    def build(self, space: KeySpace, seed: int = 0, stream: int = 0, clock: Clock = time.time) -> KeyStream:
         """A :class:`DriftingHotSetKeys`; ``clock`` times the moves when ``period_s`` is set."""
         return DriftingHotSetKeys(
-            _key_count(segment_count),
+            space,
             self.hot,
             self.p,
             period_s=self.period_s,
@@ -357,17 +385,18 @@ class DriftSpec:
 
 @dataclass(frozen=True)
 class TraceSpec:
-    """``trace:PATH`` (play once) or ``trace:loop:PATH`` (loop forever)."""
+    """``trace:[loop:][map:]PATH``: play once or loop; the trace's own keys, or mapped ones."""
 
     path: str
     loop: bool = False
+    remap: bool = False
 
-    def build(self, segment_count: int, seed: int = 0, stream: int = 0, clock: Clock = time.time) -> KeyStream:
+    def build(self, space: KeySpace, seed: int = 0, stream: int = 0, clock: Clock = time.time) -> KeyStream:
         """A :class:`TraceKeys` replaying the file at ``path``."""
-        return TraceKeys(read_trace(self.path), _key_count(segment_count), loop=self.loop, seed=seed, stream=stream)
+        return TraceKeys(read_trace(self.path), space, loop=self.loop, remap=self.remap, seed=seed, stream=stream)
 
     def __str__(self) -> str:
-        return f"trace:{TRACE_LOOP_PREFIX if self.loop else ''}{self.path}"
+        return f"trace:{TRACE_LOOP_PREFIX if self.loop else ''}{TRACE_MAP_PREFIX if self.remap else ''}{self.path}"
 
 
 KeySpec = ZipfSpec | UniformSpec | DriftSpec | TraceSpec
@@ -399,9 +428,11 @@ def _parse(text: str) -> KeySpec:
         return _parse_drift(arg)
     if kind == "trace" and arg:
         loop = arg.startswith(TRACE_LOOP_PREFIX)
-        path = arg.removeprefix(TRACE_LOOP_PREFIX) if loop else arg
+        path = arg.removeprefix(TRACE_LOOP_PREFIX)
+        remap = path.startswith(TRACE_MAP_PREFIX)
+        path = path.removeprefix(TRACE_MAP_PREFIX)
         if path:
-            return TraceSpec(path, loop)
+            return TraceSpec(path, loop, remap)
     raise ValueError(f"expected one of {SPEC_FORMS}")
 
 
@@ -435,14 +466,15 @@ def _parse_drift(arg: str) -> DriftSpec:
 
 
 def key_stream(
-    spec: str | KeySpec, segment_count: int, seed: int = 0, stream: int = 0, clock: Clock = time.time
+    spec: str | KeySpec, space: KeySpace | int, seed: int = 0, stream: int = 0, clock: Clock = time.time
 ) -> KeyStream:
-    """Parse ``spec`` (if text) and build its stream over ``segment_count`` segments.
+    """Parse ``spec`` (if text) and build its stream over ``space`` (a model's key space, or for
+    an int the demo grid of that many segments).
 
     Example::
 
-        keys = key_stream("uniform", segment_count=50, seed=1)
+        keys = key_stream("uniform", 50, seed=1)
         batch = keys.take(16)
     """
     parsed = parse_spec(spec) if isinstance(spec, str) else spec
-    return parsed.build(segment_count, seed, stream, clock)
+    return parsed.build(as_key_space(space), seed, stream, clock)

@@ -47,6 +47,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 import gevent
@@ -57,6 +58,8 @@ from locust.exception import StopUser
 from locust.runners import MasterRunner
 
 from loadtests.keys import KeysExhausted, KeyStream, key_stream, parse_spec
+from models.keyspace import GridKeySpace, KeySpace, key_space_for
+from models.registry import RegistryError, resolve
 
 PREDICT_ONE_PATH = "/v1/predict/{key}"
 PREDICT_BATCH_PATH = "/v1/predict"
@@ -90,9 +93,11 @@ OPTIONS: tuple[tuple[str, type, object, str], ...] = (
         "--key-dist",
         str,
         DEFAULT_KEY_DIST,
-        "Key distribution: zipf:S, uniform, drift:hot=H,p=P,period=T|every=N, trace:[loop:]PATH",
+        "Key distribution: zipf:S, uniform, drift:hot=H,p=P,period=T|every=N, trace:[loop:][map:]PATH",
     ),
-    ("--segments", int, DEFAULT_SEGMENTS, "Segment count of the server's key space (keys = segments x 168)"),
+    ("--model", str, "", "Registry model whose keys to send (its card's key space); empty: the demo grid of --segments"),
+    ("--registry", str, "registry", "Model registry directory (with --model)"),
+    ("--segments", int, DEFAULT_SEGMENTS, "Without --model: segment count of the demo key space (keys = segments x 168)"),
     ("--batch-size", int, DEFAULT_BATCH_SIZE, "Keys per request: 1 uses GET /v1/predict/{key}, more POST /v1/predict"),
     ("--rate", float, DEFAULT_RATE, "Target requests/s over all users of this process (open loop); 0: closed loop"),
     ("--seed", int, DEFAULT_SEED, "Seed of the key distribution (which keys are popular, and the request sequence)"),
@@ -121,6 +126,8 @@ class LoadOptions:
     """The hybridserve options of one test run, validated."""
 
     key_dist: str
+    model: str
+    registry: str
     segments: int
     batch_size: int
     rate: float
@@ -131,6 +138,8 @@ class LoadOptions:
         """Read and check the options from Locust's parsed options; ``ValueError`` if invalid."""
         options = cls(
             key_dist=str(parsed.key_dist),
+            model=str(parsed.model or ""),
+            registry=str(parsed.registry),
             segments=int(parsed.segments),
             batch_size=int(parsed.batch_size),
             rate=float(parsed.rate),
@@ -144,6 +153,16 @@ class LoadOptions:
         if not options.rate >= 0:
             raise ValueError(f"--rate must be >= 0, got {options.rate}")
         return options
+
+    def key_space(self) -> KeySpace:
+        """The keys to send: the model's (from its card in the registry), or the demo grid."""
+        if not self.model:
+            return GridKeySpace(self.segments)
+        try:
+            artifact = resolve(Path(self.registry), self.model)
+        except RegistryError as exc:
+            raise ValueError(str(exc)) from None
+        return key_space_for(artifact.card(), artifact.path)
 
 
 @dataclass
@@ -159,7 +178,7 @@ class LoadPlan:
         options = LoadOptions.from_parsed(environment.parsed_options)
         # Workers share the seed (the same popular keys) but draw independent sequences.
         stream = getattr(environment.runner, "worker_index", 0)
-        keys = key_stream(options.key_dist, options.segments, seed=options.seed, stream=stream)
+        keys = key_stream(options.key_dist, options.key_space(), seed=options.seed, stream=stream)
         return cls(options, keys)
 
 

@@ -13,7 +13,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,53 +21,149 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display: render to memory
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from loadtests import cost  # noqa: E402
 from loadtests.capacity import CapacityCurve, capacity_formulas, provisioning  # noqa: E402
 from loadtests.projection import Projection, Target, projection_formulas  # noqa: E402
 
 MODE_COLOURS = {"static": "#4C72B0", "dynamic": "#DD8452", "hybrid": "#55A868"}
+PERCENTILE_COLOURS = {"p50": "#9ecae1", "p95": "#4292c6", "p99": "#08519c"}
+# 10 in at 100 dpi: 1000 px, inside the page's 1100 px column, so no image is ever scaled up or cut.
+FIGURE_WIDTH_IN = 10.0
+DPI = 100
+Record = dict[str, Any]
 
 
-def _label(r: dict[str, Any]) -> str:
+def _label(r: Record) -> str:
     dist = "" if r["distribution"].startswith("zipf") else f" ({r['distribution']})"
     return f"{r['profile']}/{r['mode']}{dist}"
 
 
+def _short_label(r: Record) -> str:
+    """The label inside a profile's section, where the profile goes without saying."""
+    dist = "" if r["distribution"].startswith("zipf") else f"\n({r['distribution']})"
+    saturated = "\n(saturated)" if r["load_generator_saturated"] else ""
+    return f"{r['mode']}{dist}{saturated}"
+
+
 def _png(fig: plt.Figure) -> str:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    fig.savefig(buffer, format="png", dpi=DPI)
     plt.close(fig)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _bar_chart(records: Sequence[dict[str, Any]], value: Any, title: str, ylabel: str, log: bool = False) -> str:
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    labels = [_label(r) for r in records]
-    ax.bar(labels, [value(r) for r in records], color=[MODE_COLOURS[r["mode"]] for r in records])
-    ax.set_title(title)
-    ax.set_ylabel(ylabel)
-    if log:
-        ax.set_yscale("log")
-    ax.tick_params(axis="x", rotation=30)
-    return _png(fig)
+def _linear_axis(ax: Axes, label: str, top: float, percent: bool = False) -> None:
+    """A linear y axis from 0 to a little over ``top`` (room for value labels), with a handful of
+    round ticks and a grid to read values against."""
+    ax.set_ylabel(label)
+    ax.set_ylim(0, top * 1.15 if top > 0 else 1.0)
+    ax.yaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0%}" if percent else f"{v:g}"))
+    ax.grid(axis="y", alpha=0.35)
+    ax.set_axisbelow(True)
 
 
-def _latency_chart(records: Sequence[dict[str, Any]]) -> str:
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    width = 0.25
+def _legend_outside(ax: Axes, title: str | None = None) -> None:
+    """The legend right of the plot, where it can never hide a bar or its value."""
+    ax.legend(title=title, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
+
+
+def _figure(height_in: float = 3.8) -> tuple[plt.Figure, Axes]:
+    fig, ax = plt.subplots(figsize=(FIGURE_WIDTH_IN, height_in), layout="constrained")
+    return fig, ax
+
+
+def _latency_chart(records: Sequence[Record], profile: str) -> str:
+    """p50/p95/p99 per run on a linear millisecond axis, each bar labelled with its value."""
+    fig, ax = _figure()
+    width = 0.26
     xs = range(len(records))
     for i, q in enumerate(("p50", "p95", "p99")):
-        ax.bar([x + (i - 1) * width for x in xs], [max(r["latency_ms"][q], 0.05) for r in records], width, label=q)
-    ax.set_xticks(list(xs), [_label(r) for r in records], rotation=30)
-    ax.set_yscale("log")
-    ax.set_ylabel("ms (client side)")
-    ax.set_title("Latency percentiles per run")
-    ax.legend()
+        bars = ax.bar([x + (i - 1) * width for x in xs], [r["latency_ms"][q] for r in records], width,
+                      label=q, color=PERCENTILE_COLOURS[q])
+        ax.bar_label(bars, fmt="%.1f", fontsize=8, padding=2)
+    ax.set_xticks(list(xs), [_short_label(r) for r in records])
+    _linear_axis(ax, "latency (ms, client side)", max(r["latency_ms"]["p99"] for r in records))
+    ax.set_title(f"{profile}: latency percentiles per run (ms, lower is better)")
+    _legend_outside(ax, "percentile")
     return _png(fig)
 
 
-def _by(records: Sequence[dict[str, Any]], profile: str, mode: str, dist_prefix: str = "zipf") -> dict[str, Any] | None:
+def _stacked_chart(records: Sequence[Record], profile: str, parts: Sequence[tuple[str, Callable[[Record], float], str]],
+                   title: str, ylabel: str, fmt: Callable[[float], str], percent: bool = False) -> str:
+    """One stacked bar per run (its parts in order), the total written on top."""
+    fig, ax = _figure(3.4)
+    labels = [_short_label(r) for r in records]
+    bottoms = [0.0] * len(records)
+    for name, value, colour in parts:
+        heights = [value(r) for r in records]
+        ax.bar(labels, heights, 0.55, bottom=bottoms, label=name, color=colour)
+        bottoms = [b + h for b, h in zip(bottoms, heights)]
+    for x, total in enumerate(bottoms):
+        ax.annotate(fmt(total), (x, total), xytext=(0, 3), textcoords="offset points", ha="center", fontsize=8)
+    _linear_axis(ax, ylabel, max(bottoms), percent)
+    ax.set_title(f"{profile}: {title}")
+    _legend_outside(ax)
+    return _png(fig)
+
+
+def _cpu_chart(records: Sequence[Record], profile: str) -> str:
+    return _stacked_chart(records, profile, [
+        ("server", lambda r: r["server_cpu_us_per_request"], "#8172B3"),
+        ("Redis", lambda r: r["redis_cpu_us_per_request"], "#C44E52"),
+    ], "CPU time per request (µs, lower is cheaper)", "CPU per request (µs)", lambda v: f"{v:.0f} µs")
+
+
+def _hit_chart(records: Sequence[Record], profile: str) -> str:
+    return _stacked_chart(records, profile, [
+        ("L1 (in-process)", lambda r: r["hit_ratio"].get("l1", 0.0), "#55A868"),
+        ("Redis", lambda r: r["hit_ratio"].get("redis", r["hit_ratio"]["total"] - r["hit_ratio"].get("l1", 0.0)), "#4C72B0"),
+    ], "keys served from a cache (%), the rest computed by the model", "keys served from cache (%)",
+        lambda v: f"{v:.0%}", percent=True)
+
+
+def _cost(r: Record) -> float:
+    return float(r["cost"]["per_million_target"]["total"])
+
+
+def _tradeoff_chart(records: Sequence[Record]) -> str:
+    """Cost per million predictions against client p99, one panel per profile, one colour per mode."""
+    profiles = _profiles(records)
+    fig, axes = plt.subplots(1, len(profiles), figsize=(FIGURE_WIDTH_IN, 4.2), layout="constrained", squeeze=False)
+    for ax, profile in zip(axes[0], profiles):
+        runs = [r for r in records if r["profile"] == profile]
+        for mode, colour in MODE_COLOURS.items():
+            mine = [r for r in runs if r["mode"] == mode]
+            if not mine:
+                continue
+            ax.scatter([r["latency_ms"]["p99"] for r in mine], [_cost(r) for r in mine], s=70, label=mode, color=colour,
+                       edgecolors="black", linewidths=0.6, zorder=3)
+            for r in mine:
+                note = r["distribution"] if not r["distribution"].startswith("zipf") else ""
+                note += " (saturated)" if r["load_generator_saturated"] else ""
+                if note:
+                    ax.annotate(note.strip(), (r["latency_ms"]["p99"], _cost(r)), xytext=(5, 5), textcoords="offset points",
+                                fontsize=8)
+        ax.set_xlim(left=0, right=max(r["latency_ms"]["p99"] for r in runs) * 1.25)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=[1, 2, 2.5, 5, 10]))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.set_xlabel("p99 latency (ms, client side)")
+        _linear_axis(ax, "cost (USD per million predictions)", max(_cost(r) for r in runs))
+        ax.grid(axis="x", alpha=0.35)
+        ax.set_title(f"{profile}: cost against p99 (lower left is better)")
+        ax.legend(title="mode", loc="lower right")
+    return _png(fig)
+
+
+def _profiles(records: Sequence[Record]) -> list[str]:
+    """Profiles in the order the runs first show them."""
+    return list(dict.fromkeys(r["profile"] for r in records))
+
+
+def _by(records: Sequence[Record], profile: str, mode: str, dist_prefix: str = "zipf") -> dict[str, Any] | None:
     return next((r for r in records if r["profile"] == profile and r["mode"] == mode
                  and r["distribution"].startswith(dist_prefix)), None)
 
@@ -75,7 +171,7 @@ def _by(records: Sequence[dict[str, Any]], profile: str, mode: str, dist_prefix:
 def verdict(records: Sequence[dict[str, Any]]) -> list[str]:
     """Plain-language conclusions drawn from the measured records."""
     lines = []
-    for profile in sorted({r["profile"] for r in records}):
+    for profile in _profiles(records):  # the order of the report's sections
         runs = [r for r in records if r["profile"] == profile and r["distribution"].startswith("zipf")]
         if not runs:
             continue
@@ -128,7 +224,7 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
     return "\n".join(rows)
 
 
-def _html_table(records: Sequence[dict[str, Any]]) -> str:
+def _html_table(records: Sequence[Record]) -> str:
     cols = ["run", "offered rps", "achieved rps", "p50 ms", "p95 ms", "p99 ms", "max ms", "server p99 ms ≤",
             "failures", "hit ratio", "server CPU µs/req", "Redis CPU µs/req", "Redis bytes", "precompute s",
             "$/M (target)", "$/month (target)", "generator saturated"]
@@ -141,10 +237,12 @@ def _html_table(records: Sequence[dict[str, Any]]) -> str:
                  f"{r['cost']['per_million_target']['total']:.4f}", f"{r['cost']['monthly_target']['total']:.2f}",
                  "yes" if r["load_generator_saturated"] else "no"]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>" + "".join(body) + "</table>"
+    # The wrapper scrolls a wide table inside the column instead of widening the whole page.
+    return ('<div class="scroll"><table><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
+            + "".join(body) + "</table></div>")
 
 
-def _setup(records: Sequence[dict[str, Any]]) -> str:
+def _setup(records: Sequence[Record]) -> str:
     """One line on what was served: key space, users, and the hybrid cache configuration."""
     if not records:
         return ""
@@ -153,36 +251,67 @@ def _setup(records: Sequence[dict[str, Any]]) -> str:
     cache = (f" Hybrid: head of {hybrid['head_size']:,} keys precomputed (most frequent in a sample of earlier traffic), "
              f"L1 of {hybrid['l1_size']:,} entries, filled by a warm-up before the measured window." if hybrid else "")
     return (f"<p>Key space: {r['key_count']:,} keys; {r['users']} Locust users, {r['batch_size']} key(s) per request, "
-            f"seed {r['seed']}.{html.escape(cache)}</p>")
+            f"seed {r['seed']}.{html.escape(cache)}{html.escape(_trace_note(records))}</p>")
 
 
-def render_html(records: Sequence[dict[str, Any]], context: dict[str, Any], extra_sections: Sequence[str] = ()) -> str:
-    """The whole report as one HTML string (images inlined)."""
-    charts = [
-        _latency_chart(records),
-        _bar_chart(records, lambda r: r["server_cpu_us_per_request"] + r["redis_cpu_us_per_request"],
-                   "Server + Redis CPU per request", "µs", log=True),
-        _bar_chart(records, lambda r: r["cost"]["per_million_target"]["total"], "Cost per million predictions (target scenario)", "USD"),
-        _bar_chart(records, lambda r: r["hit_ratio"]["total"], "Cache hit ratio (L1 + Redis)", "share of keys"),
-    ]
+def _trace_note(records: Sequence[Record]) -> str:
+    """What a trace replay sent: its keys mapped onto the model's, or its own (with the share the
+    model lacks, answered 404 as users' requests would be)."""
+    traces = [r for r in records if str(r.get("distribution", "")).startswith("trace:")]
+    if not traces:
+        return ""
+    if any(r.get("trace_keys_mapped") for r in traces):
+        return " Trace keys were MAPPED onto the model's keys (trace:map:), not replayed as they are."
+    share = max(float(r.get("unknown_key_share", 0.0)) for r in traces)
+    return f" The trace replayed its own keys; {share:.1%} of its requests were for keys the model does not have (404)."
+
+
+def _img(src: str, alt: str) -> str:
+    return f'<figure><img src="{src}" alt="{html.escape(alt)}"></figure>'
+
+
+def _profile_section(records: Sequence[Record], profile: str) -> str:
+    """One profile's runs: their table, then latency, CPU and hit-ratio charts."""
+    runs = [r for r in records if r["profile"] == profile]
+    return (f'<section><h2>Profile: {html.escape(profile)}</h2>{_html_table(runs)}'
+            + _img(_latency_chart(runs, profile), f"{profile}: latency percentiles per run, in ms")
+            + _img(_cpu_chart(runs, profile), f"{profile}: server and Redis CPU per request, in µs")
+            + _img(_hit_chart(runs, profile), f"{profile}: share of keys served from L1 and Redis")
+            + "</section>")
+
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.4}
+table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}
+th{background:#f4f4f4}pre{background:#f8f8f8;padding:1em;white-space:pre-wrap;overflow-wrap:anywhere}
+.scroll{overflow-x:auto;max-width:100%}figure{margin:1em 0}img{max-width:100%;height:auto}figure img{display:block}
+.verdict{background:#f3f8f3;border-left:4px solid #55A868;padding:.5em 1em}.verdict li{margin:.3em 0}
+code{overflow-wrap:anywhere}"""
+
+
+def render_html(records: Sequence[Record], context: dict[str, Any], extra_sections: Sequence[str] = ()) -> str:
+    """The whole report as one HTML string (images inlined): the verdict first, the cost/latency
+    trade-off, then one section per profile."""
     verdict_html = "".join(f"<li>{html.escape(line)}</li>" for line in verdict(records))
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>hybridserve report</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#f4f4f4}} pre{{background:#f8f8f8;padding:1em;white-space:pre-wrap}}</style></head><body>
+    tradeoff = _img(_tradeoff_chart(records), "cost per million predictions against p99 latency, per mode") if records else ""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><meta name="viewport" content="width=device-width">
+<title>hybridserve report</title><style>{STYLE}</style></head><body>
 <h1>hybridserve: static vs dynamic vs hybrid</h1>
+<h2>Verdict</h2><div class="verdict"><ul>{verdict_html}</ul></div>
+<h2>The trade-off: cost against p99 latency</h2>
+<p>Each point is one run; lower left is cheaper and faster. Cost is per million predictions at the target scenario
+({html.escape(json.dumps(context.get('target', {})))}); latency is Locust's client-side p99, loopback included.</p>
+{tradeoff}
 <p>Measured on this machine ({html.escape(str(context.get('machine', '')))}), {html.escape(str(context.get('when', '')))}.
 Each run: a fresh server process and Redis, a fixed offered rate from Locust in its own process, {html.escape(str(context.get('duration_s', '')))} s.</p>
 {_setup(records)}
-<h2>Verdict</h2><ul>{verdict_html}</ul>
-<h2>Results</h2>{_html_table(records)}
+{''.join(_profile_section(records, p) for p in _profiles(records))}
+<h2>How it is measured</h2>
 <p>Latency percentiles are client side (Locust's unrounded response times at 2% resolution, loopback included);
 "server p99 ≤" is the upper bound of the server's own Prometheus histogram bucket. CPU per request is process CPU time
 (psutil) of the server and Redis (<code>INFO cpu</code>) over the measured window divided by requests; it stays valid when the
 load generator is the bottleneck. A Redis hit is not free: it costs a network round trip and Redis CPU, which for a cheap model
 can exceed inference itself; the in-process L1 is the fast path.</p>
-{''.join(f'<img src="{c}" style="max-width:100%">' for c in charts)}
 <h2>Cost model</h2><pre>{html.escape(cost.cost_formulas(context.get('prices', cost.Prices())))}</pre>
-<p>Target scenario: {html.escape(json.dumps(context.get('target', {})))}.</p>
 {''.join(extra_sections)}
 </body></html>"""
 

@@ -8,7 +8,12 @@ warm-up, then Locust in its own process for a fixed time at a fixed offered rate
 percentiles then come from the workers' histograms added together, and the generator counts as
 saturated when any one of its processes is). Around the
 measured window it samples server CPU (per-thread schedstat, the server process and its children), Redis CPU
-(``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and Redis memory.
+(``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and the keys the run stored in Redis
+(``MEMORY USAGE`` summed over the run's namespace, so a mode that stores nothing reports 0 because
+it stored nothing). Rates and the reported duration are over Locust's traffic window, from the start
+of its statistics to its last response (not Locust's start-up and shutdown). Nothing else reaches
+the server between the two snapshots, so its counters count exactly the requests of that window and
+its CPU reading adds only the server's idle time around it.
 
 Latency comes from two places, both reported: the client side (Locust's unrounded response times,
 loopback included, kept by the locustfile at 2% resolution; Locust's own statistics round to whole
@@ -30,7 +35,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,7 +46,8 @@ import psutil
 import redis
 
 from loadtests import cost
-from loadtests.keys import key_stream
+from loadtests.keys import TraceKeys, key_stream
+from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, key_space_for
 from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
 from loadtests.harness.redis_server import EmbeddedRedis, free_port
@@ -54,11 +60,14 @@ WARMUP_REQUESTS = 300
 HEAD_SAMPLE_REQUESTS = 100_000
 # Achieved below this share of the offered rate means the generator (or server) could not keep up.
 SATURATION_SHARE = 0.95
+DEMO_PROFILES = ("light", "heavy")
 LOCUST_CPU_SATURATED = 90.0
 # How long a Locust master waits for its workers to connect, and how long workers get to quit
 # after their master has.
 LOAD_WORKERS_WAIT_S = 30
 STOP_GRACE_S = 10.0
+SCAN_COUNT = 1000
+CPU_SAMPLE_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,7 @@ class RunSpec:
     """One cell of the comparison matrix."""
 
     profile: str
+    """A demo profile (``light``, ``heavy``) or the registry name of any model (``hybridserve import``)."""
     mode: str
     distribution: str = "zipf:1.1"
     rate: float = 400.0
@@ -80,8 +90,8 @@ class RunSpec:
 
     @property
     def model_name(self) -> str:
-        """Registry name of the profile's model."""
-        return model_name(self.profile)
+        """Registry name of the model: the demo profile's, or the name given."""
+        return model_name(self.profile) if self.profile in DEMO_PROFILES else self.profile
 
     @property
     def label(self) -> str:
@@ -100,6 +110,7 @@ class RunResult:
     failures: int
     failure_reasons: dict[str, int]
     duration_s: float
+    """Locust's traffic window (start of its statistics to last response): the window the rates are over."""
     offered_rps: float
     achieved_rps: float
     latency_ms: dict[str, float]
@@ -109,18 +120,39 @@ class RunResult:
     server_cpu_us_per_request: float
     redis_cpu_us_per_request: float
     redis_bytes: int
+    """Bytes of the keys stored under the run's namespace at the end (``MEMORY USAGE`` summed: entry,
+    key and value; not the hash table's bucket array, at most 8 bytes a key more)."""
+    redis_keys: int
+    """Keys stored under the run's namespace at the end."""
+    redis_keys_added: int
+    """Keys the server added to Redis during the measured window (hybrid: its admissions)."""
+    redis_bytes_added: int
+    """Bytes of those added keys."""
     l1_entries: int
     precompute_s: float
     precompute_cpu_s: float
     load_generator_saturated: bool
-    load_generator_cpu_percent: float  # the busiest Locust process's peak
-    latency_histograms: int  # Locust processes whose histograms were merged into latency_ms
+    """Achieved below ``SATURATION_SHARE`` of the offered rate, or Locust at ``LOCUST_CPU_SATURATED``."""
+    load_generator_cpu_percent: float
+    """Locust's peak CPU percent over one-second intervals inside the traffic window."""
+    latency_histograms: int
+    """Locust processes whose histograms were merged into ``latency_ms`` (1, or ``load_workers``)."""
     cost: dict[str, Any] = field(default_factory=dict)
+    unknown_key_share: float = 0.0
+    """A trace replay: share of its requests for keys the model does not have (answered 404)."""
+    trace_keys_mapped: bool = False
+    """A trace replay whose keys were mapped onto the model's (``trace:map:``), not its own."""
 
     def as_record(self) -> dict[str, Any]:
-        """Flat JSON-ready record."""
+        """Flat JSON-ready record: the spec's fields, then the measured ones.
+
+        The spec's ``duration_s`` (what Locust was asked for) becomes ``requested_duration_s``, so it
+        cannot overwrite the measured ``duration_s`` that the rates and the cost are over.
+        """
         record = asdict(self)
-        record.update(record.pop("spec"))
+        spec = record.pop("spec")
+        spec["requested_duration_s"] = spec.pop("duration_s")
+        record.update(spec)
         return record
 
 
@@ -141,26 +173,36 @@ def _redis_cpu_s(client: redis.Redis) -> float:
 
 # ----- preparation -------------------------------------------------------------------------------
 
-def _head_keys(spec: RunSpec, segments: int, workdir: Path) -> list[str]:
-    """The head: most frequent keys of a sample of earlier traffic (another stream, same seed)."""
-    sample = key_stream(spec.distribution, segments, seed=spec.seed, stream=99).take(HEAD_SAMPLE_REQUESTS)
+def _head_keys(spec: RunSpec, space: KeySpace, workdir: Path) -> list[str]:
+    """The head: most frequent keys of a sample of earlier traffic (another stream, same seed),
+    among those the model has (a trace's unknown keys cannot be precomputed)."""
+    sample = key_stream(spec.distribution, space, seed=spec.seed, stream=99).take(HEAD_SAMPLE_REQUESTS)
+    sample = [key for key in sample if _in_space(space, key)]
     path = workdir / "head-sample.keys"
     path.write_text("\n".join(sample) + "\n")
     return top_keys_from_file(path, spec.head_size)
 
 
-def _prepare(spec: RunSpec, settings: Settings, segments: int, workdir: Path) -> tuple[float, float]:
+def _in_space(space: KeySpace, key: str) -> bool:
+    try:
+        space.index(key)
+    except (KeyNotFound, KeyRuleError):
+        return False
+    return True
+
+
+def _prepare(spec: RunSpec, settings: Settings, space: KeySpace, workdir: Path) -> tuple[float, float]:
     """Precompute what the mode needs; returns (wall seconds, CPU seconds)."""
     needed = precomputes(spec.mode)
     if needed is None:
         return 0.0, 0.0
-    keys = None if needed == "table" else _head_keys(spec, segments, workdir)
+    keys = None if needed == "table" else _head_keys(spec, space, workdir)
     report = precompute(settings, keys, progress=False)
     return report.seconds, report.cpu_seconds
 
 
-def _warm_up(url: str, spec: RunSpec, segments: int) -> None:
-    keys = key_stream(spec.distribution, segments, seed=spec.seed, stream=98).take(WARMUP_REQUESTS)
+def _warm_up(url: str, spec: RunSpec, space: KeySpace) -> None:
+    keys = key_stream(spec.distribution, space, seed=spec.seed, stream=98).take(WARMUP_REQUESTS)
     with httpx.Client(base_url=url, timeout=10.0) as client:
         for key in keys:
             client.get(f"/v1/predict/{key}")
@@ -168,7 +210,7 @@ def _warm_up(url: str, spec: RunSpec, segments: int) -> None:
 
 # ----- measurement -------------------------------------------------------------------------------
 
-def _locust_argvs(spec: RunSpec, url: str, segments: int, workdir: Path) -> list[list[str]]:
+def _locust_argvs(spec: RunSpec, url: str, registry: Path, workdir: Path) -> list[list[str]]:
     """The Locust command lines: one plain process, or with ``spec.load_workers`` a master (which
     prints the statistics) followed by its workers. The master hands its options to the workers,
     ``--rate`` included, and ``--rate`` paces one process, so each worker gets its share."""
@@ -178,7 +220,8 @@ def _locust_argvs(spec: RunSpec, url: str, segments: int, workdir: Path) -> list
     # once a second and miss the last second of a run); failure reasons still go to stderr.
     first = [*base, "--headless", "--only-summary", "--json",
              "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
-             "--key-dist", spec.distribution, "--segments", str(segments), "--batch-size", str(spec.batch_size),
+             "--key-dist", spec.distribution, "--model", spec.model_name, "--registry", str(registry),
+             "--batch-size", str(spec.batch_size),
              "--rate", str(spec.rate / workers if workers else spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
              "--latency-file", str(workdir / "latency-{worker}.json"), "--latency-after-s", str(spec.latency_after_s)]
     if not workers:
@@ -189,16 +232,16 @@ def _locust_argvs(spec: RunSpec, url: str, segments: int, workdir: Path) -> list
     return [master] + [[*base, "--worker", "--master-host", "127.0.0.1", "--master-port", port]] * workers
 
 
-def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[dict[str, Any], float]:
+def _run_locust(spec: RunSpec, url: str, registry: Path, workdir: Path) -> tuple[dict[str, Any], float]:
     """Run Locust headless (one process, or a master and its workers); returns its final
-    statistics and the highest CPU percent any of its processes reached."""
+    statistics and the peak CPU percent of its busiest process in the traffic window."""
     stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
     for stale in workdir.glob("latency-*.json"):
         stale.unlink()  # an earlier run on the same bench: never merged into this one
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         procs = [psutil.Popen(pinned(argv, _cores()[1]), stdout=out if i == 0 else subprocess.DEVNULL, stderr=err)
-                 for i, argv in enumerate(_locust_argvs(spec, url, segments, workdir))]
-        peaks = _watch_cpu(procs, spec.duration_s + 60 + LOAD_WORKERS_WAIT_S)
+                 for i, argv in enumerate(_locust_argvs(spec, url, registry, workdir))]
+        samples = _watch_cpu(procs, spec.duration_s + 60 + LOAD_WORKERS_WAIT_S)
     if not stdout_path.read_text().strip():
         raise RuntimeError(f"Locust printed no statistics: {stderr_path.read_text()[-2000:]}")
     stats = locust_stats(json.loads(stdout_path.read_text()), stderr_path.read_text())
@@ -206,7 +249,9 @@ def _run_locust(spec: RunSpec, url: str, segments: int, workdir: Path) -> tuple[
     if histograms:
         stats["latency_ms"].update(precise_percentiles(histograms))
     stats["latency_histograms"] = len(histograms)
-    return stats, max(peaks)
+    # Only the traffic window: Locust's start-up (imports, a second or more of full CPU on a loaded
+    # machine) would otherwise read as a saturated generator in a short run.
+    return stats, max((window_cpu_percent(taken, *stats["window"]) for taken in samples), default=0.0)
 
 
 def precise_percentiles(histograms: list[list[list[float]]]) -> dict[str, float]:
@@ -222,28 +267,43 @@ def precise_percentiles(histograms: list[list[list[float]]]) -> dict[str, float]
     return {name: _percentile(merged, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
 
 
-def _watch_cpu(procs: list[psutil.Popen], timeout_s: float) -> list[float]:
-    """Sample each process's CPU percent once a second until the first (the one that reports)
-    exits, or ``timeout_s``; then stop the rest. Returns each process's peak (the first and last
-    sample left out: start-up and shutdown are not load)."""
-    samples: list[list[float]] = [[] for _ in procs]
-    for proc in procs:
-        proc.cpu_percent(None)
+def _watch_cpu(procs: list[psutil.Popen], timeout_s: float) -> list[list[tuple[float, float]]]:
+    """``(wall clock, CPU seconds so far)`` of each process every ``CPU_SAMPLE_S`` until the first
+    (the one that reports) exits, or ``timeout_s`` (then it is killed); the rest (Locust workers,
+    which quit with their master) get ``STOP_GRACE_S`` more. The wall clock is ``time.time()``,
+    the clock of Locust's statistics."""
+    samples: list[list[tuple[float, float]]] = [[] for _ in procs]
     deadline = time.monotonic() + timeout_s
     while procs[0].poll() is None and time.monotonic() < deadline:
-        time.sleep(1.0)
+        now = time.time()
         for proc, taken in zip(procs, samples):
             try:
-                taken.append(proc.cpu_percent(None))
+                used = proc.cpu_times()
             except psutil.NoSuchProcess:
                 continue
+            taken.append((now, used.user + used.system))
+        time.sleep(CPU_SAMPLE_S)
     for proc in procs:
         try:
-            proc.wait(STOP_GRACE_S if proc is not procs[0] else 0)  # workers quit with their master
+            proc.wait(STOP_GRACE_S if proc is not procs[0] else 0)
         except psutil.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return [max(taken[1:-1] or taken or [0.0]) for taken in samples]
+    return samples
+
+
+def window_cpu_percent(samples: Sequence[tuple[float, float]], start: float, end: float) -> float:
+    """Peak CPU percent over the sampling intervals that lie inside ``[start, end]``.
+
+    ``samples`` are ``(wall clock, CPU seconds so far)``. When no whole interval fits in the window
+    (a window shorter than the sampling period), the mean over the two samples around it.
+    """
+    inside = [(a, b) for a, b in zip(samples, samples[1:]) if start <= a[0] and b[0] <= end]
+    if not inside:
+        before = [s for s in samples if s[0] <= start][-1:]
+        after = [s for s in samples if s[0] >= end][:1]
+        inside = [(before[0], after[0])] if before and after else []
+    return max(((b[1] - a[1]) / (b[0] - a[0]) * 100 for a, b in inside if b[0] > a[0]), default=0.0)
 
 
 def _percentile(histogram: Counter[float], q: float) -> float:
@@ -257,7 +317,8 @@ def _percentile(histogram: Counter[float], q: float) -> float:
 
 
 def locust_stats(entries: list[dict[str, Any]], stderr: str = "") -> dict[str, Any]:
-    """Totals, rate and latency percentiles from ``locust --json`` output (all request names)."""
+    """Totals, rate, traffic window (``window``: wall-clock start and end, ``span_s``: its length) and
+    latency percentiles from ``locust --json`` output (all request names)."""
     histogram: Counter[float] = Counter()
     requests = failures = 0
     total_ms, longest = 0.0, 0.0
@@ -271,10 +332,13 @@ def locust_stats(entries: list[dict[str, Any]], stderr: str = "") -> dict[str, A
         for value, count in entry["response_times"].items():
             histogram[float(value)] += count
     span = end - start if requests and end > start else 0.0
+    window = (start, end) if span else (0.0, 0.0)
     return {
         "requests": requests,
         "failures": failures,
         "rps": requests / span if span else 0.0,
+        "span_s": span,
+        "window": window,
         "latency_ms": {"p50": _percentile(histogram, 0.5), "p95": _percentile(histogram, 0.95),
                        "p99": _percentile(histogram, 0.99), "max": longest,
                        "mean": total_ms / requests if requests else 0.0},
@@ -336,8 +400,22 @@ def _hit_ratio(counts: dict[str, int]) -> dict[str, float]:
             "total": (counts["l1_hits"] + counts["redis_hits"]) / served}
 
 
-def _used_memory(client: redis.Redis) -> int:
-    return int(client.info("memory")["used_memory"])
+@dataclass(frozen=True)
+class StoredKeys:
+    """What a run holds in Redis under its namespace."""
+
+    keys: int
+    bytes: int
+
+    @classmethod
+    def read(cls, client: redis.Redis, namespace: str) -> StoredKeys:
+        """Count the namespace's keys (SCAN) and sum their ``MEMORY USAGE`` (one pipelined round trip)."""
+        names = list(client.scan_iter(match=f"{namespace}:*", count=SCAN_COUNT))
+        pipe = client.pipeline(transaction=False)
+        for name in names:
+            pipe.memory_usage(name, samples=0)
+        sizes = pipe.execute() if names else []
+        return cls(len(names), sum(int(size or 0) for size in sizes))
 
 
 @dataclass
@@ -347,9 +425,9 @@ class Bench:
 
     server: ServerProcess
     redis: redis.Redis
-    redis_baseline: int
+    registry: Path
     version: str
-    segments: int
+    space: KeySpace
     key_count: int
     precompute: tuple[float, float]
     workdir: Path
@@ -361,20 +439,20 @@ def prepared(spec: RunSpec, registry: Path) -> Iterator[Bench]:
     """A fresh Redis and server process for ``spec``, the mode prepared and the server warmed up."""
     artifact = resolve(registry, spec.model_name)
     card = artifact.card()
-    segments, key_count = int(card["segments"]), int(card["key_count"])
+    space = key_space_for(card, artifact.path)
+    key_count = space.count
     server_cores, load_cores = _cores()
     with tempfile.TemporaryDirectory(prefix="hybridserve-run-") as tmp, EmbeddedRedis() as redis_server:
         os.sched_setaffinity(redis_server.pid or 0, load_cores)  # Redis shares the generator's core
         workdir = Path(tmp)
         client = redis.Redis.from_url(redis_server.url)
-        baseline = _used_memory(client)
         settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
                             l1_size=spec.l1_size, head_size=spec.head_size)
-        pre = _prepare(spec, settings, segments, workdir)
+        pre = _prepare(spec, settings, space, workdir)
         try:
             with ServerProcess(settings, server_cores) as server:
-                _warm_up(server.url, spec, segments)
-                yield Bench(server, client, baseline, artifact.version, segments, key_count, pre, workdir,
+                _warm_up(server.url, spec, space)
+                yield Bench(server, client, registry, artifact.version, space, key_count, pre, workdir,
                             len(server_cores or os.sched_getaffinity(0)))
         finally:
             client.close()
@@ -382,15 +460,19 @@ def prepared(spec: RunSpec, registry: Path) -> Iterator[Bench]:
 
 def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
     """One Locust run of ``spec`` against a prepared bench, with what it cost."""
-    server = bench.server
-    before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(bench.redis)
-    started = time.monotonic()
-    locust, locust_cpu = _run_locust(spec, server.url, bench.segments, bench.workdir)
-    elapsed = time.monotonic() - started
-    after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(bench.redis)
-    redis_bytes = max(0, _used_memory(bench.redis) - bench.redis_baseline)
-    return _result(spec, bench.version, bench.key_count, locust, locust_cpu, elapsed, before, after,
-                   (cpu1 - cpu0, rcpu1 - rcpu0), redis_bytes, bench.precompute, prices, target)
+    server, client = bench.server, bench.redis
+    namespace = server.settings.redis_namespace
+    stored0 = StoredKeys.read(client, namespace)
+    before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
+    locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
+    after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
+    stored1 = StoredKeys.read(client, namespace)
+    result = _result(spec, bench.version, bench.key_count, locust, locust_cpu, before, after,
+                     (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), bench.precompute, prices, target)
+    stream = key_stream(spec.distribution, bench.space, seed=spec.seed)
+    if isinstance(stream, TraceKeys):
+        result.unknown_key_share, result.trace_keys_mapped = stream.unknown_share, stream.remap
+    return result
 
 
 def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
@@ -399,8 +481,8 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
         return measure(bench, spec, prices, target)
 
 
-def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float, elapsed: float,
-            before: dict[str, Any], after: dict[str, Any], cpu: tuple[float, float], redis_bytes: int,
+def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float,
+            before: dict[str, Any], after: dict[str, Any], cpu: tuple[float, float], stored: tuple[StoredKeys, StoredKeys],
             pre: tuple[float, float], prices: cost.Prices, target: cost.Scenario | None) -> RunResult:
     counts = _delta_counts(before, after)
     requests = max(1, counts["requests"] + counts["errors"])
@@ -408,11 +490,12 @@ def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any],
     saturated = achieved < SATURATION_SHARE * spec.rate or locust_cpu >= LOCUST_CPU_SATURATED
     result = RunResult(
         spec=spec, model_version=version, key_count=key_count, requests=locust["requests"], failures=locust["failures"],
-        failure_reasons=locust["failure_reasons"], duration_s=elapsed, offered_rps=spec.rate, achieved_rps=achieved,
+        failure_reasons=locust["failure_reasons"], duration_s=locust["span_s"], offered_rps=spec.rate, achieved_rps=achieved,
         latency_ms=locust["latency_ms"], server_latency_ms=_histogram_quantiles(before["histogram"], after["histogram"]),
         hit_ratio=_hit_ratio(counts), tier_counts=counts,
         server_cpu_us_per_request=cpu[0] / requests * 1e6, redis_cpu_us_per_request=cpu[1] / requests * 1e6,
-        redis_bytes=redis_bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
+        redis_bytes=stored[1].bytes, redis_keys=stored[1].keys, redis_keys_added=stored[1].keys - stored[0].keys,
+        redis_bytes_added=stored[1].bytes - stored[0].bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
         precompute_cpu_s=pre[1], load_generator_saturated=saturated, load_generator_cpu_percent=locust_cpu,
         latency_histograms=locust["latency_histograms"],
     )
@@ -440,12 +523,15 @@ QUICK_DURATION_S = 8.0
 FULL_DURATION_S = 25.0
 
 
-def matrix(duration_s: float, rate: float, distribution: str = "zipf:1.1", load_workers: int = 0) -> list[RunSpec]:
-    """Both profiles x three modes on Zipf traffic, plus hybrid on uniform traffic per profile."""
+def matrix(duration_s: float, rate: float, distribution: str = "zipf:1.1",
+           models: tuple[str, ...] = DEMO_PROFILES, load_workers: int = 0) -> list[RunSpec]:
+    """Each model (demo profiles, or registered names) x three modes on ``distribution``, plus
+    hybrid on uniform traffic per model (unless ``distribution`` is uniform already)."""
     specs = [RunSpec(p, m, distribution, rate=rate, duration_s=duration_s, load_workers=load_workers)
-             for p in ("light", "heavy") for m in ("static", "dynamic", "hybrid")]
-    specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s, load_workers=load_workers)
-              for p in ("light", "heavy")]
+             for p in models for m in ("static", "dynamic", "hybrid")]
+    if distribution != "uniform":
+        specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s, load_workers=load_workers)
+                  for p in models]
     return specs
 
 

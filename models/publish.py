@@ -86,18 +86,25 @@ def publish(result: TrainResult, registry: Path) -> ModelArtifact:
     version = content_version(onnx_bytes, features)
     target = registry / name / version
     if not (target / CARD_FILE).exists():
-        _write_version(target, onnx_bytes, features, _card(result, onnx_bytes, sess, parity))
+        write_version(target, onnx_bytes, features, _card(result, onnx_bytes, sess, parity))
     set_latest(registry, name, version)
     return ModelArtifact(name, version, target)
 
 
-def _write_version(target: Path, onnx_bytes: bytes, features: np.ndarray, card: dict[str, Any]) -> None:
+def write_version(
+    target: Path, onnx_bytes: bytes, features: np.ndarray, card: dict[str, Any], arrays: dict[str, np.ndarray] | None = None
+) -> None:
+    """Write a version directory under a temporary name and rename it into place, so a reader never
+    sees half a version. ``arrays``: more ``.npy`` files (an imported model's ``keys.npy``)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    extra = arrays or {}
     try:
         (staging / MODEL_FILE).write_bytes(onnx_bytes)
         np.save(staging / FEATURES_FILE, features)
-        card["files"] = {f: (staging / f).stat().st_size for f in (MODEL_FILE, FEATURES_FILE)}
+        for name, array in extra.items():
+            np.save(staging / name, array)
+        card["files"] = {f: (staging / f).stat().st_size for f in (MODEL_FILE, FEATURES_FILE, *extra)}
         (staging / CARD_FILE).write_text(json.dumps(card, indent=2) + "\n")
         if target.exists():  # a half-written leftover without card.json
             shutil.rmtree(target)

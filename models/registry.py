@@ -64,10 +64,12 @@ class ModelArtifact:
         return json.loads((self.path / CARD_FILE).read_text())
 
 
-def content_version(onnx_bytes: bytes, features: np.ndarray) -> str:
-    """Version id derived from the model and the feature table."""
+def content_version(onnx_bytes: bytes, features: np.ndarray, *more: np.ndarray) -> str:
+    """Version id derived from the model, the feature table and ``more`` arrays (an imported
+    table's keys)."""
     digest = hashlib.sha256(onnx_bytes)
-    digest.update(np.ascontiguousarray(features).tobytes())
+    for array in (features, *more):
+        digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()[:VERSION_HEX_CHARS]
 
 

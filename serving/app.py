@@ -12,27 +12,47 @@ Example::
 from __future__ import annotations
 
 import hmac
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated, Any
+from urllib.parse import urlsplit
 
 import orjson
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from models.registry import RegistryError, resolve
+from serving import logs
+from serving.cluster import ClusterURL, is_cluster_url
 from serving.control import ControlFollower, control_channel
-from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, InvalidRequest, ServingError, TooManyKeys, Unauthorized
+from serving.errors import (
+    AdminDisabled,
+    BodyTooLarge,
+    Forbidden,
+    InvalidRequest,
+    ServingError,
+    StoreUnavailable,
+    TooManyKeys,
+    Unauthorized,
+    UnknownVersion,
+)
 from serving.metrics import WorkerSnapshots
+from serving.modes import uses_store
+from serving.openapi import install_openapi
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import build_store
-from serving.modes import uses_store
+from serving.v2 import router as v2_router
 
+OUTAGE_LOG_INTERVAL_S = 1.0
+_log = logging.getLogger(__name__)
 PREDICTION_EXAMPLE = {"key": "17:42", "prediction": 812.5, "source": "l1", "model_version": "a16b398c84f1"}
 
 
@@ -49,11 +69,30 @@ def _error(status: int, code: str, detail: str) -> JSONBody:
     return JSONBody({"error": code, "detail": detail}, status_code=status)
 
 
+def _integral_float_as_int(value: object) -> object:
+    """JSON Schema counts ``5.0`` as an integer (the published schema says "integer"): take it as 5."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+ADMISSION_PATTERN = r"^\s*([Aa][Ll][Ww][Aa][Yy][Ss]|[Aa][Ff][Tt][Ee][Rr]:0*[1-9][0-9]*)\s*$"
+PolicyCount = Annotated[StrictInt, Field(ge=0, le=100_000_000), BeforeValidator(_integral_float_as_int)]
+"""A size or TTL of the policy: 5 and 5.0 pass; true, 5.5 and "5" do not (constraints before the
+validator, so the schema still shows minimum and maximum)."""
+
+
 class PredictRequest(BaseModel):
-    """Body of ``POST /v1/predict``."""
+    """Body of ``POST /v1/predict``: keys, or raw feature instances (one of the two)."""
 
     model_config = ConfigDict(extra="forbid")
-    keys: list[StrictStr] = Field(min_length=1, description="Keys '<segment>:<hour_of_week>', answered in order")
+    keys: list[StrictStr] | None = Field(None, min_length=1, description="Keys of the model's key space, answered in order")
+    instances: list[dict[str, Any]] | None = Field(
+        None, min_length=1, description="Feature vectors as objects {feature: number}, every feature of the model")
+
+    @model_validator(mode="after")
+    def _one_of(self) -> PredictRequest:
+        if (self.keys is None) == (self.instances is None):
+            raise ValueError("give either 'keys' or 'instances'")
+        return self
 
 
 class FlushRequest(BaseModel):
@@ -69,10 +108,11 @@ class PolicyRequest(BaseModel):
     the same rules as the ``HYBRIDSERVE_*`` settings of the same names (one source of truth)."""
 
     model_config = ConfigDict(extra="forbid")
-    l1_size: StrictInt | None = None
-    l1_ttl_s: float | None = None
-    redis_ttl_s: StrictInt | None = None
-    admission: StrictStr | None = Field(None, description="'always' or 'after:N'")
+    l1_size: PolicyCount | None = None
+    l1_ttl_s: StrictFloat | None = Field(None, ge=0, le=10_000_000)
+    redis_ttl_s: PolicyCount | None = None
+    # The pattern documents what the settings rule accepts (any case, spaces around): /docs and the fuzzer.
+    admission: StrictStr | None = Field(None, pattern=ADMISSION_PATTERN, description="'always' or 'after:N'")
 
 
 class ReloadRequest(BaseModel):
@@ -162,23 +202,29 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
         service = _build_service(settings)
         await service.start()
         app.state.service = service
+        logs.log_event("server_start", mode=settings.mode, model_name=settings.model_name, model_version=_version(service))
         try:
             async with _shared_with_other_workers(app, settings, service):
                 yield
         finally:
             await service.close()
+            logs.log_event("server_stop", mode=settings.mode, model_name=settings.model_name)
 
     app = FastAPI(title="hybridserve", version="0.1.0", lifespan=lifespan,
                   description="Static, dynamic and hybrid (cached) serving of one ONNX model.")
     app.state.settings = settings
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _install_error_handlers(app)
+    _install_outage_handler(app, settings)
     _add_prediction_routes(app, settings)
     _add_operation_routes(app)
     _add_admin_routes(app)
+    app.include_router(v2_router)  # Open Inference Protocol (KServe V2), serving/v2.py
+    install_openapi(app, settings)
     return app
 
 
@@ -193,8 +239,59 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        code = {404: "not_found", 405: "method_not_allowed", 413: BodyTooLarge.code}.get(exc.status_code, "http_error")
-        return _error(exc.status_code, code, str(exc.detail))
+        return _http_error(exc)
+
+
+def _http_error(exc: StarletteHTTPException) -> Response:
+    """Starlette's and FastAPI's own HTTP errors in this API's shape, with their headers (405: Allow)."""
+    if exc.status_code == 400:
+        # FastAPI's answer to a body it cannot decode (invalid UTF-8, JSON nested past the parser's
+        # recursion limit): the same 422 invalid_request as any other body that is not valid JSON.
+        return _error(422, "invalid_request", "body: not valid JSON (UTF-8, nested at most a few hundred levels)")
+    code = {404: "not_found", 405: "method_not_allowed", 413: BodyTooLarge.code}.get(exc.status_code, "http_error")
+    response = _error(exc.status_code, code, str(exc.detail))
+    response.headers.update(exc.headers or {})
+    return response
+
+
+class _OutageLog:
+    """Logs a Redis outage's cause at most once per ``interval_s``: a 503 storm must not flood the log."""
+
+    def __init__(self, interval_s: float) -> None:
+        self.interval_s = interval_s
+        self._last = -interval_s
+
+    def warning(self, address: str, detail: str) -> None:
+        now = time.monotonic()
+        if now - self._last >= self.interval_s:
+            self._last = now
+            _log.warning("answering 503 cache unavailable: Redis at %s: %s (logged at most every %gs)",
+                         address, detail, self.interval_s)
+
+
+def _redis_address(url: str | None) -> str:
+    """``host:port`` of a Redis URL (a cluster's: its seeds, comma-separated), never its password."""
+    if url and is_cluster_url(url):
+        return ",".join(f"{host}:{port}" for host, port in ClusterURL(url).seeds)
+    parts = urlsplit(url or "")
+    return f"{parts.hostname}:{parts.port or 6379}"
+
+
+def _without_password(text: str, url: str | None) -> str:
+    """``text`` with the Redis URL's password masked, should an error message ever quote it."""
+    password = urlsplit(url or "").password
+    return text.replace(password, "***") if password else text
+
+
+def _install_outage_handler(app: FastAPI, settings: Settings) -> None:
+    """503 for an unreachable Redis says "cache unavailable"; its address goes to the log only."""
+    outages = _OutageLog(OUTAGE_LOG_INTERVAL_S)
+    address = _redis_address(settings.redis_url)
+
+    @app.exception_handler(StoreUnavailable)
+    async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
+        outages.warning(address, _without_password(exc.detail, settings.redis_url))
+        return _error(exc.status, exc.code, "cache unavailable")
 
 
 def _validation_detail(errors: Sequence[Any]) -> str:
@@ -227,12 +324,19 @@ def _add_prediction_routes(app: FastAPI, settings: Settings) -> None:
 
     @app.post("/v1/predict")
     async def predict_many(body: PredictRequest, request: Request) -> Response:
-        """Predictions for a batch of keys, in request order: one Redis round trip, one model call."""
-        if len(body.keys) > settings.max_keys_per_request:
-            raise TooManyKeys(f"{len(body.keys)} keys in one request; the limit is {settings.max_keys_per_request}")
-        predictions = await _service(request).predict(body.keys)
-        version = predictions[0].model_version
-        return JSONBody({"model_version": version, "predictions": [p.as_dict() for p in predictions]})
+        """Predictions for a batch of keys, or of raw feature instances, in request order: one Redis
+        round trip, one model call."""
+        asked = body.keys if body.keys is not None else body.instances
+        assert asked is not None  # the model validator admits exactly one
+        if len(asked) > settings.max_keys_per_request:
+            raise TooManyKeys(f"{len(asked)} keys or instances in one request; the limit is {settings.max_keys_per_request}")
+        if body.keys is not None:
+            predictions = await _service(request).predict(body.keys)
+            answers = [p.as_dict() for p in predictions]
+        else:
+            predictions = await _service(request).predict_instances(asked)
+            answers = [{"prediction": p.prediction, "source": p.source, "model_version": p.model_version} for p in predictions]
+        return JSONBody({"model_version": predictions[0].model_version, "predictions": answers})
 
 
 def _add_operation_routes(app: FastAPI) -> None:
@@ -284,9 +388,32 @@ def _add_admin_routes(app: FastAPI) -> None:
         """Load another model version (``latest`` re-reads the registry pointer), on every worker
         and replica within ``control_poll_s`` (``propagated``: the others were told)."""
         service = _service(request)
-        version = await service.reload(body.version)
-        propagated = await _control(request).publish(version=version if service.computes else None)
-        return JSONBody({"model_version": version, "propagated": propagated})
+        if not service.computes:
+            _require_published(request.app.state.settings, body.version)
+        before = _version(service)
+        loaded = await service.reload(body.version)
+        logs.log_event("reload", requested=body.version, previous_version=before, model_version=loaded)
+        propagated = await _control(request).publish(version=loaded if service.computes else None)
+        return JSONBody({"model_version": loaded, "propagated": propagated})
+
+
+def _version(service: PredictionService) -> str | None:
+    """The version served now (None before there is one), from the stats: no Redis round trip."""
+    return service.stats()["model_version"]  # type: ignore[no-any-return]
+
+
+def _require_published(settings: Settings, version: str) -> None:
+    """:class:`UnknownVersion` unless ``version`` is ``latest`` or published in the registry.
+
+    Static reload re-reads the table pointer and has no model to load, so nothing else checks the
+    version; ``latest`` is not resolved, as a static server may run without a local registry.
+    """
+    if version == "latest":
+        return
+    try:
+        resolve(settings.registry, settings.model_name, version)
+    except RegistryError as exc:
+        raise UnknownVersion(f"model {settings.model_name!r} has no version {version!r}") from exc
 
 
 def app_from_env() -> FastAPI:

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from serving.logs import log_breaker_transition
+
 
 class CircuitBreaker:
     """Stops paying Redis timeouts while Redis is down.
@@ -47,23 +49,31 @@ class CircuitBreaker:
         # must not keep the breaker open forever: after another reset_s a new probe may go.
         if self._probing and now - self._probe_started < self.reset_s:
             return False
+        if not self._probing:
+            log_breaker_transition("open", "half_open", self._consecutive)
         self._probing = True
         self._probe_started = now
         return True
 
     def success(self) -> None:
         """Record a call that worked."""
+        if self._opened_at is not None:
+            log_breaker_transition("half_open", "closed", 0)
         self._consecutive = 0
         self._opened_at = None
         self._probing = False
 
     def failure(self) -> None:
         """Record a call that failed or timed out."""
+        was_probing = self._probing
         self._consecutive += 1
         self._probing = False
         if self._opened_at is not None or self._consecutive >= self.failures_to_open:
             if self._opened_at is None:
                 self.opened_count += 1
+                log_breaker_transition("closed", "open", self._consecutive)
+            elif was_probing:
+                log_breaker_transition("half_open", "open", self._consecutive)
             self._opened_at = self._clock()
 
 

@@ -29,6 +29,13 @@ class InvalidRequest(ServingError):
     code = "invalid_request"
 
 
+class InvalidInstance(InvalidRequest):
+    """A raw-feature instance breaks the model's feature schema (missing, unknown, not a number,
+    not finite), or the mode cannot answer instances at all (static)."""
+
+    code = "invalid_instance"
+
+
 class MalformedKey(ServingError):
     """A key does not have the form ``<segment>:<hour_of_week>``."""
 
@@ -41,6 +48,10 @@ class UnknownKey(ServingError):
 
     status = 404
     code = "unknown_key"
+
+
+class NotStored(UnknownKey):
+    """No tier holds the key and none computes it (static: the key is not in the precomputed table)."""
 
 
 class UnknownVersion(ServingError):
@@ -62,6 +73,26 @@ class BodyTooLarge(ServingError):
 
     status = 413
     code = "body_too_large"
+
+
+class InvalidHTTP(ServingError):
+    """Bytes that are not an HTTP/1.1 request (unknown method, raw non-ASCII in the path, ...)."""
+
+    code = "invalid_http"
+
+
+class HeaderTooLarge(ServingError):
+    """A request line plus headers over the configured byte limit."""
+
+    status = 431
+    code = "header_too_large"
+
+
+class RequestTimeout(ServingError):
+    """A request head (line and headers) that did not arrive in full within the configured time."""
+
+    status = 408
+    code = "request_timeout"
 
 
 class Unauthorized(ServingError):
@@ -90,6 +121,12 @@ class Unavailable(ServingError):
 
     status = 503
     code = "unavailable"
+
+
+class TooManyConnections(Unavailable):
+    """A connection over the per-worker limit: answered at once and closed."""
+
+    code = "too_many_connections"
 
 
 class StoreError(Unavailable):
@@ -129,3 +166,10 @@ class TableUnavailable(NotReady):
     data): every key is unanswerable, so the server is not ready rather than 404 for valid keys."""
 
     code = "table_unavailable"
+
+
+class UnsupportedInput(ServingError):
+    """A V2 inference input this server cannot take yet (a datatype or tensor name it does not serve)."""
+
+    status = 400
+    code = "unsupported_input"

@@ -1,54 +1,57 @@
-"""Keys and their feature rows.
+"""Feature rows of a model version's keys: the float32 table in key-space row order.
 
-A key is ``"<segment>:<hour_of_week>"`` in canonical decimal form (no sign, no leading zeros, no
-spaces), so one road-hour has exactly one cache key. Keys are validated before they go anywhere
-near Redis: they can never be patterns, commands or another model's keys.
+The table is memory-mapped (``features.npy``), so a server holding ten million keys' features pays
+for the pages it reads, not for the file; rows are gathered per request into one contiguous block.
+Which key is which row is the key space's business (:mod:`models.keyspace`).
+
+Example::
+
+    table = FeatureTable.load(version_dir / "features.npy", key_space)
+    table.rows([table.index("17:42")])      # one float32 row, ready for the model
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
-from models.data import HOURS_PER_WEEK
+from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, random_access
 from serving.errors import MalformedKey, UnknownKey
 
-MAX_KEY_LENGTH = 16
-_KEY_RE = re.compile(r"(0|[1-9][0-9]{0,8}):(0|[1-9][0-9]{0,2})")
 
+def served_lookup(lookup: Callable[[str], int]) -> Callable[[str], int]:
+    """``lookup`` (a key space's ``index`` or ``check_key``) with the registry's key errors turned
+    into the server's: a malformed key is 422 ``malformed_key``, a key outside the space 404."""
 
-def parse_key(key: str) -> tuple[int, int]:
-    """``(segment, hour_of_week)`` of a canonical key; :class:`MalformedKey` otherwise."""
-    if not isinstance(key, str) or len(key) > MAX_KEY_LENGTH or _KEY_RE.fullmatch(key) is None:
-        shown = key[:MAX_KEY_LENGTH] + "..." if isinstance(key, str) and len(key) > MAX_KEY_LENGTH else key
-        raise MalformedKey(f"key {shown!r} is not '<segment>:<hour_of_week>' (canonical integers, e.g. '17:42')")
-    segment, hour = key.split(":")
-    return int(segment), int(hour)
+    def checked(key: str) -> int:
+        try:
+            return lookup(key)
+        except KeyRuleError as exc:
+            raise MalformedKey(str(exc)) from None
+        except KeyNotFound as exc:
+            raise UnknownKey(str(exc)) from None
 
-
-def validate_key(key: str) -> str:
-    """The key itself if well-formed (for modes that need no feature row)."""
-    parse_key(key)
-    return key
+    return checked
 
 
 class FeatureTable:
-    """In-memory float32 features of every key of one model version (``features.npy``)."""
+    """Float32 features of every key of one model version, one row per key."""
 
-    def __init__(self, rows: np.ndarray) -> None:
-        if rows.ndim != 2 or rows.shape[0] % HOURS_PER_WEEK:
-            raise ValueError(f"feature table must have segments x {HOURS_PER_WEEK} rows, got shape {rows.shape}")
-        self._rows = np.ascontiguousarray(rows, dtype=np.float32)
-        self.segments = rows.shape[0] // HOURS_PER_WEEK
-        # Keys already validated, with their rows: at most one entry per key of the key space.
-        self._known: dict[str, int] = {}
+    def __init__(self, rows: np.ndarray, key_space: KeySpace) -> None:
+        if rows.ndim != 2 or rows.shape[0] != key_space.count:
+            raise ValueError(f"feature table has shape {rows.shape}; its key space has {key_space.count} keys")
+        if rows.dtype != np.float32:
+            raise ValueError(f"feature table must be float32, got {rows.dtype}")
+        self._rows = rows
+        self.key_space = key_space
+        self.index = served_lookup(key_space.index)  # built once: the hot path calls it per key
 
     @classmethod
-    def load(cls, path: Path) -> FeatureTable:
-        """Read a registry feature table."""
-        return cls(np.load(path))
+    def load(cls, path: Path, key_space: KeySpace) -> FeatureTable:
+        """Memory-map a registry feature table."""
+        return cls(random_access(np.load(path, mmap_mode="r")), key_space)
 
     @property
     def key_count(self) -> int:
@@ -60,23 +63,9 @@ class FeatureTable:
         """Number of features per row."""
         return int(self._rows.shape[1])
 
-    def index(self, key: str) -> int:
-        """Row of ``key``; :class:`MalformedKey` or :class:`UnknownKey` if it has none."""
-        row = self._known.get(key)
-        if row is not None:
-            return row
-        segment, hour = parse_key(key)
-        if segment >= self.segments or hour >= HOURS_PER_WEEK:
-            raise UnknownKey(
-                f"key {key!r} is outside the model's key space "
-                f"(segments 0..{self.segments - 1}, hours 0..{HOURS_PER_WEEK - 1})"
-            )
-        row = self._known[key] = segment * HOURS_PER_WEEK + hour
-        return row
-
-    def rows(self, indices: list[int] | np.ndarray) -> np.ndarray:
+    def rows(self, indices: Sequence[int] | np.ndarray) -> np.ndarray:
         """Feature rows for the given indices, as one contiguous float32 block."""
         if len(indices) == 1:
             start = int(indices[0])
-            return self._rows[start : start + 1]  # a view: no gather for the common single key
-        return self._rows[np.asarray(indices, dtype=np.intp)]
+            return np.asarray(self._rows[start : start + 1])  # a view: no gather for the common single key
+        return np.asarray(self._rows[np.asarray(indices, dtype=np.intp)])

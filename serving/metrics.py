@@ -125,6 +125,11 @@ class _CountsCollector(Collector):
             counter = CounterMetricFamily(name, doc, labels=["mode"])
             counter.add_metric([self._mode], value)
             yield counter
+        outside = CounterMetricFamily("hybridserve_feature_out_of_range", "Raw-feature values outside the training range "
+                                      "(served, but the inputs drift from what the model was trained on)", labels=["mode", "feature"])
+        for feature, count in sorted(self._metrics.out_of_range.items()):
+            outside.add_metric([self._mode, feature], count)
+        yield outside
         for name, value in self._gauges().items():
             gauge = GaugeMetricFamily(f"hybridserve_{name}", name.replace("_", " "), labels=["mode"])
             gauge.add_metric([self._mode], value)
@@ -169,12 +174,18 @@ class Metrics:
         self.latency = {s: Buckets(LATENCY_BUCKETS) for s in SOURCES}
         self.inference = Buckets(LATENCY_BUCKETS)
         self.batch_rows = Buckets(BATCH_BUCKETS)
+        self.out_of_range: dict[str, int] = {}
         self.registry.register(_CountsCollector(mode, self.counts, gauges, self))
 
     def observe_request(self, source: str, seconds: float) -> None:
         """One answered request, labelled by the slowest tier it needed."""
         self.counts.requests += 1
         self.latency[source].observe(seconds)
+
+    def observe_out_of_range(self, features: list[str]) -> None:
+        """Raw-feature values outside their training range, one feature name per value."""
+        for feature in features:
+            self.out_of_range[feature] = self.out_of_range.get(feature, 0) + 1
 
     def observe_batch(self, rows: int, seconds: float) -> None:
         """One model call."""

@@ -21,6 +21,7 @@ import numpy as np
 from models import runtime
 from models.registry import ModelArtifact, resolve
 from serving.features import FeatureTable
+from models.keyspace import KeySpace, key_space_for
 
 _log = logging.getLogger(__name__)
 RunFn = Callable[[np.ndarray], np.ndarray]
@@ -52,10 +53,16 @@ class LoadedModel:
         self.name = artifact.name
         self.version = artifact.version
         self.card: dict[str, Any] = artifact.card()
-        self.features = FeatureTable.load(artifact.features_path)
+        self.key_space: KeySpace = key_space_for(self.card, artifact.path)
+        self.features = FeatureTable.load(artifact.features_path, self.key_space)
         self._session = runtime.session(artifact.model_path.read_bytes())
         self._input = self._session.get_inputs()[0].name
-        self._outputs = [self._session.get_outputs()[0].name]
+        # Which output is the prediction, and which column of it (a classifier's probabilities:
+        # the positive class); the card says, defaulting to the first output's only column.
+        output = self.card.get("output", {})
+        self._outputs = [output.get("name") or self._session.get_outputs()[0].name]
+        self._column: int | None = output.get("column")
+        self._input_type = runtime.input_dtype(self._session)
         self.pad_multiple = self._invariant_multiple()
         if self.pad_multiple is None:
             _log.warning("model %s@%s is not batch-invariant: a key's value may differ in its last "
@@ -77,7 +84,7 @@ class LoadedModel:
         return self.pad_multiple is not None
 
     def _raw_run(self, rows: np.ndarray) -> np.ndarray:
-        return runtime.run(self._session, rows, self._input)
+        return runtime.run(self._session, rows, self._input, self._outputs[0], self._column)
 
     def _padded_run(self, rows: np.ndarray, multiple: int) -> np.ndarray:
         short = -len(rows) % multiple
@@ -108,9 +115,9 @@ class LoadedModel:
 
     def run(self, rows: np.ndarray) -> np.ndarray:
         """Predictions (float32) for float32 feature rows, padded for batch invariance. Blocking."""
-        if self.pad_multiple == 1 and len(rows) <= runtime.MAX_ROWS_PER_CALL:
+        if self.pad_multiple == 1 and len(rows) <= runtime.MAX_ROWS_PER_CALL and self._input_type is np.float32:
             # The common case in one call: rows from the feature table are float32 and contiguous.
-            return self._session.run(self._outputs, {self._input: rows})[0].reshape(-1)
+            return runtime.select(self._session.run(self._outputs, {self._input: rows})[0], self._column)
         return self._padded_run(rows, self.pad_multiple or 1)
 
     def predict_indices(self, indices: list[int] | np.ndarray) -> np.ndarray:

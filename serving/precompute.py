@@ -25,18 +25,23 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from models.data import all_keys
 from models.registry import versions
-from serving.errors import MalformedKey
-from serving.features import parse_key
+from models.keyspace import KeyRuleError, check_key
+from serving.errors import ServingError
+from serving.logs import log_event
 from serving.model import LoadedModel
 from serving.settings import Settings
 from serving.store import PredictionStore, build_store
 
 # Versions kept in Redis after a switch: the new one and the one servers may still be reading.
 KEEP_VERSIONS = 2
+# Rows per model call when ranking every key for the popularity prior.
+PRIOR_CHUNK = 65_536
 # Seconds each store call of the job may take (requests use Settings.redis_timeout_s).
 BATCH_TIMEOUT_S = 5.0
+# At most one progress log line this often (and one when the last batch is written): a full table of
+# a large key space is hundreds of batches, and a line per batch would drown everything else.
+PROGRESS_LOG_INTERVAL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -65,26 +70,31 @@ def top_keys_from_file(path: Path, top_k: int) -> list[str]:
     counts = Counter(line.strip() for line in path.read_text().splitlines() if line.strip())
     for key in counts:
         try:
-            parse_key(key)
-        except MalformedKey as exc:
-            raise ValueError(f"keys file {path}: {exc.detail}") from None
+            check_key(key)
+        except KeyRuleError as exc:
+            raise ValueError(f"keys file {path}: {exc}") from None
     return [k for k, _ in counts.most_common(top_k)]
 
 
 def popularity_prior(model: LoadedModel, top_k: int) -> list[str]:
-    """Without a trace: the ``top_k`` busiest road-hours by predicted volume (busy roads are looked
-    up most)."""
-    predicted = model.predict_indices(np.arange(model.features.key_count))
+    """Without a trace: the ``top_k`` keys with the highest predictions (for the demo, the busiest
+    road-hours, which are looked up most). A guess: a trace of real traffic (``--keys-file``) is
+    better, and the only good source for a model whose output says nothing of popularity."""
+    predicted = np.concatenate([model.predict_indices(np.arange(start, min(start + PRIOR_CHUNK, model.features.key_count)))
+                                for start in range(0, model.features.key_count, PRIOR_CHUNK)])
     order = np.argsort(-predicted, kind="stable")[:top_k]
-    keys = all_keys(model.features.segments)
-    return [keys[i] for i in order]
+    return [model.key_space.key(int(i)) for i in order]
 
 
 def _compute_batches(model: LoadedModel, keys: Sequence[str], step: int) -> Iterator[list[tuple[str, float]]]:
     """``(key, prediction)`` pairs for ``keys``, one model call per ``step`` keys."""
     for start in range(0, len(keys), step):
         chunk = keys[start : start + step]
-        values = model.predict_indices([model.features.index(k) for k in chunk])
+        try:
+            rows = [model.features.index(k) for k in chunk]
+        except ServingError as exc:  # a head file naming keys the model does not have
+            raise ValueError(f"cannot precompute {model.name}@{model.version}: {exc.detail}") from None
+        values = model.predict_indices(rows)
         yield list(zip(chunk, values.tolist()))
 
 
@@ -100,9 +110,15 @@ async def write_predictions(
     expiry: a precomputed table or head stays until replaced). The model calls block the loop,
     which serves nothing else in this job."""
     with tqdm(total=len(keys), unit="key", disable=not progress, desc=f"precompute {model.name}@{model.version}") as bar:
+        logged, done = time.monotonic(), 0
         for index, batch in enumerate(_compute_batches(model, keys, settings.precompute_batch_size)):
             await store.put_predictions(model.name, model.version, batch, ttl_s=0)
             bar.update(len(batch))
+            done += len(batch)
+            if done == len(keys) or time.monotonic() - logged >= PROGRESS_LOG_INTERVAL_S:
+                log_event("precompute_progress", model_name=model.name, model_version=model.version, keys_done=done,
+                          keys_total=len(keys))
+                logged = time.monotonic()
             if on_batch is not None:
                 on_batch(index)
 
@@ -143,12 +159,13 @@ async def _precompute(
     on_batch: Callable[[int], None] | None,
 ) -> PrecomputeReport:
     full = keys is None
-    targets = list(all_keys(model.features.segments)) if keys is None else list(keys)
+    targets = list(model.key_space.keys()) if keys is None else list(keys)
     # A batch job can wait longer per call than a request; a large MSET is still one round trip.
     store = build_store(settings, timeout_s=max(BATCH_TIMEOUT_S, settings.redis_timeout_s))
     try:
         before = await store.used_memory()
         previous = await store.get_pointer(model.name)
+        log_event("precompute_start", model_name=model.name, model_version=model.version, keys=len(targets), full_table=full)
         wall, cpu = time.perf_counter(), time.process_time()
         await write_predictions(store, model, targets, settings, progress, on_batch)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
@@ -157,4 +174,6 @@ async def _precompute(
             await publish_table(store, settings, model, previous)
     finally:
         await store.close()
-    return PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)
+    report = PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)
+    log_event("precompute_done", **report.as_dict())
+    return report

@@ -28,10 +28,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from models.registry import RegistryError
+from models.registry import RegistryError, resolve
 from serving.cache import Admission, L1Cache
-from serving.errors import NotReady, StoreError, TableUnavailable, UnknownKey, UnknownVersion
-from serving.features import validate_key
+from serving.errors import InvalidInstance, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
+from models.keyspace import KeySpace, check_key, key_space_for
+from serving.features import served_lookup
+from serving.instances import FeatureSchema, instance_key
 from serving.metrics import Metrics
 from serving.model import Batcher, LoadedModel
 from serving.settings import Settings
@@ -44,6 +46,7 @@ from serving.trace_recorder import TraceRecorder
 # a new version is picked up without a restart (and without a round trip per request).
 STATIC_POINTER_REFRESH_S = 1.0
 _SOURCE_RANK = {"l1": 0, "redis": 1, "model": 2}
+_KEY_RULE_ONLY = served_lookup(check_key)  # type: ignore[arg-type]
 # How long a batcher replaced by a reload keeps answering the requests that started on it; far
 # longer than a request takes (they are bounded by max_wait_ms plus one batched model call).
 RETIRED_BATCHER_GRACE_S = 10.0
@@ -80,6 +83,8 @@ class ServedState:
     batcher: Batcher | None
     l1: L1Cache | None
     walk: TierWalk
+    knows_keys: bool  # keys are checked against the version's key space (not the key rule alone)
+    schema: FeatureSchema | None  # what a raw-feature instance must hold (None without a model)
 
 
 class PredictionService:
@@ -190,10 +195,22 @@ class PredictionService:
             "store": lambda: StoreTier(self.store, self.settings.model_name, version, lambda: self.settings.redis_ttl_s),  # type: ignore[arg-type]
             "model": lambda: ModelTier(model, batcher),  # type: ignore[arg-type]
         }
-        validate = model.features.index if model is not None else validate_key
+        validate = model.features.index if model is not None else self._key_check(version)
         walk = TierWalk([factories[name]() for name in self.tier_names], admission=self.admission, observer=self.counts,
                         validate=validate, describe_unknown=lambda keys: self._describe_unknown(version, keys))
-        return ServedState(version, model, batcher, l1, walk)
+        schema = FeatureSchema.from_card(model.card) if model is not None else None
+        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not _KEY_RULE_ONLY, schema=schema)
+
+    def _key_check(self, version: str) -> Callable[[str], object]:
+        """How a mode without a model checks keys before the store: against the version's key
+        space when the registry has its card (keys outside it are 404 without a Redis call), else
+        by the key rule alone (a static server deployed without the registry)."""
+        try:
+            artifact = resolve(self.settings.registry, self.settings.model_name, version)
+            space: KeySpace = key_space_for(artifact.card(), artifact.path)
+        except (RegistryError, OSError, ValueError):
+            return _KEY_RULE_ONLY
+        return served_lookup(space.index)
 
     def _describe_unknown(self, version: str, keys: list[str]) -> str:
         shown = ", ".join(repr(k) for k in keys[:5])
@@ -247,11 +264,33 @@ class PredictionService:
         except Exception:
             self.counts.errors += 1
             raise
-        self.counts.keys += len(keys)
         if self._recorder is not None:
             # Every requested key, duplicates included: the trace is the traffic, not the lookups.
             for key in keys:
                 self._recorder.record(key)
+        return self._answered(state, keys, found, start)
+
+    async def predict_instances(self, instances: Sequence[object]) -> list[Prediction]:
+        """Predictions for raw feature vectors, in order: validated against the card's schema,
+        computed by the model (through the batcher), cached in hybrid under their hash."""
+        start = time.perf_counter()
+        try:
+            state = self.state
+            if state.schema is None:
+                raise InvalidInstance(
+                    f"{self.mode} mode serves only precomputed keys: a feature vector it has never seen has no "
+                    "precomputed prediction (static serving's cold start); send keys, or serve dynamic or hybrid")
+            rows, outside = state.schema.rows(instances)
+            self.metrics.observe_out_of_range(outside)
+            keys = [instance_key(row) for row in rows]
+            found = await state.walk.resolve(keys, dict(zip(keys, rows)))
+        except Exception:
+            self.counts.errors += 1
+            raise
+        return self._answered(state, keys, found, start)
+
+    def _answered(self, state: ServedState, keys: Sequence[str], found: dict[str, tuple[float, str]], start: float) -> list[Prediction]:
+        self.counts.keys += len(keys)
         source = max((found[k][1] for k in keys), key=_SOURCE_RANK.__getitem__)
         self.metrics.observe_request(source, time.perf_counter() - start)
         return [Prediction(k, found[k][0], found[k][1], state.version) for k in keys]
@@ -259,15 +298,16 @@ class PredictionService:
     async def _resolve(self, state: ServedState, keys: Sequence[str]) -> dict[str, tuple[float, str]]:
         try:
             return await state.walk.resolve(keys)
-        except UnknownKey:
-            if self.computes:
-                raise
+        except NotStored as missing:
             # Without a model a miss means "not in the table": make sure the table is still there
             # (a miss is rare in static, so the extra read costs little), or it would be a 404 for
             # a valid key whose table was lost.
             await self._refresh_pointer(force=True)
             if self._state is not state:
                 raise self._table_gone() from None
+            if state.knows_keys:  # the key is in the key space, so a complete table must hold it
+                raise TableUnavailable(f"{missing.detail}, though the key is in the model's key space: the table is "
+                                       "incomplete (evicted or deleted in Redis); re-run `hybridserve precompute`") from None
             raise
 
     def _table_gone(self) -> TableUnavailable:

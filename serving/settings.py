@@ -7,15 +7,16 @@ Build it once (``Settings()`` or ``Settings(mode="static", ...)``) and pass it i
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.cache import AdmissionRule
 from serving.modes import MODES
 
-
-
 ENV_PREFIX = "HYBRIDSERVE_"
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 
 def env_vars(fields: dict[str, object]) -> dict[str, str]:
@@ -28,22 +29,23 @@ def env_vars(fields: dict[str, object]) -> dict[str, str]:
     """
     env: dict[str, str] = {}
     for name, value in fields.items():
-        if name not in Settings.model_fields:
-            raise KeyError(f"{name!r} is not a hybridserve setting")
         if hasattr(value, "get_secret_value"):
             value = value.get_secret_value()
-        env[ENV_PREFIX + name.upper()] = str(value).lower() if isinstance(value, bool) else str(value)
+        env[env_var(name)] = str(value).lower() if isinstance(value, bool) else str(value)
     return env
 
 
 class Settings(BaseSettings):
     """Server settings; every field can be set as ``HYBRIDSERVE_<FIELD>`` in the environment."""
 
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=())
+    # use_attribute_docstrings: each field's docstring is its description, so the CLI's help lines
+    # and the documentation come from the one place a field is defined.
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", protected_namespaces=(),
+                                      use_attribute_docstrings=True)
 
     mode: str = "hybrid"
     """Serving architecture: static (precomputed table), dynamic (model per request) or hybrid."""
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, repr=False)  # it may carry a password: never in a repr or a log
     """Redis URL (redis://, rediss:// for TLS, password in the URL); None: the CLI starts an embedded Redis."""
     redis_timeout_s: float = Field(0.25, gt=0, le=30)
     """Socket and connect timeout of every Redis call, in seconds."""
@@ -93,6 +95,14 @@ class Settings(BaseSettings):
     """The trace file stops growing at this size."""
     precompute_batch_size: int = Field(4096, ge=1)
     """Rows per model call and per Redis pipeline in the precompute job."""
+    max_head_bytes: int = Field(16_384, ge=1024, le=1_048_576)
+    """Largest request line plus headers accepted; a larger head is answered 431 and closed."""
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    """Seconds a connection has to send a complete request head (after connecting or starting a request)."""
+    keepalive_timeout_s: float = Field(5.0, gt=0, le=3600)
+    """Seconds an idle keep-alive connection stays open between requests."""
+    max_connections: int = Field(1000, ge=1, le=1_000_000)
+    """Open connections per worker; one more is answered 503 and closed (keep it under the fd limit)."""
     host: str = "127.0.0.1"
     """Interface to bind; loopback unless told otherwise."""
     port: int = Field(8000, ge=0, le=65535)
@@ -106,6 +116,8 @@ class Settings(BaseSettings):
     """How often every worker re-reads the control record (admin changes made on another worker)."""
     metrics_snapshot_s: float = Field(1.0, gt=0, le=60)
     """How often a worker writes its counters to ``worker_dir`` for /metrics on any worker."""
+    log_level: LogLevel = "info"
+    """Lowest level of the JSON log lines on stderr (start and stop, reloads, breaker transitions, precompute progress)."""
 
     @field_validator("mode")
     @classmethod
@@ -139,3 +151,10 @@ class Settings(BaseSettings):
         """A copy with ``fields`` changed, validated by the same rules as at start-up (unlike
         ``model_copy``, which validates nothing); ``pydantic.ValidationError`` if one is invalid."""
         return type(self).model_validate({**self.model_dump(), **fields})
+
+
+def env_var(field: str) -> str:
+    """The environment variable of a :class:`Settings` field: ``env_var("redis_url") == "HYBRIDSERVE_REDIS_URL"``."""
+    if field not in Settings.model_fields:
+        raise KeyError(f"{field!r} is not a Settings field")
+    return ENV_PREFIX + field.upper()

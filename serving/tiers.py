@@ -28,16 +28,19 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol, TypeVar
 
+import numpy as np
+
 from serving.cache import Admission, L1Cache
-from serving.errors import StoreError, UnknownKey
+from serving.errors import NotStored, StoreError
 from serving.model import Batcher, LoadedModel
 from serving.store import PredictionStore
 
 T = TypeVar("T")
 Found = dict[str, tuple[float, str]]
+Rows = Mapping[str, np.ndarray]
 MAX_KEYS_IN_DETAIL = 5
 
 
@@ -55,8 +58,9 @@ class Tier(Protocol):
     computes: bool
     trusts_keys: bool
 
-    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
-        """Values of ``keys`` in order, ``None`` where this tier has none."""
+    async def get_many(self, keys: Sequence[str], rows: Rows | None = None) -> list[float | None]:
+        """Values of ``keys`` in order, ``None`` where this tier has none. ``rows``: feature rows of
+        keys outside the key space (a raw-feature request's vectors), for a tier that computes."""
         ...
 
     async def put_many(self, items: Sequence[tuple[str, float]]) -> None:
@@ -100,8 +104,13 @@ class TierWalk:
         self._validate = validate
         self._describe_unknown = describe_unknown or _unknown_keys
 
-    async def resolve(self, keys: Sequence[str]) -> Found:
-        """``{key: (value, source)}`` for the unique ``keys``; :class:`UnknownKey` if a key is left."""
+    async def resolve(self, keys: Sequence[str], rows: Rows | None = None) -> Found:
+        """``{key: (value, source)}`` for the unique ``keys``; :class:`NotStored` if a key is left
+        unanswered (validation raises :class:`MalformedKey` / :class:`UnknownKey` before).
+
+        ``rows`` carries the feature rows of keys that are not in the key space: a raw-feature
+        request names each vector by a hash of it, and these keys skip key validation (their rows
+        were validated against the feature schema instead)."""
         found: Found = {}
         todo = list(dict.fromkeys(keys)) if len(keys) > 1 else list(keys)  # unique, in request order
         validated = False
@@ -110,10 +119,11 @@ class TierWalk:
         for depth, tier in enumerate(self.tiers):
             if not validated and not tier.trusts_keys:
                 for key in todo:
-                    self._validate(key)  # raises MalformedKey / UnknownKey
+                    if rows is None or key not in rows:
+                        self._validate(key)  # raises MalformedKey / UnknownKey
                 validated = True
             try:
-                values = await tier.get_many(todo)
+                values = await (tier.get_many(todo) if rows is None else tier.get_many(todo, rows))
             except StoreError as error:
                 if depth == last:
                     raise
@@ -134,7 +144,7 @@ class TierWalk:
             if not missing:
                 return found
             todo = missing
-        raise UnknownKey(self._describe_unknown(todo))
+        raise NotStored(self._describe_unknown(todo))
 
     async def _refill(self, above: Sequence[Tier], source: Tier, hits: list[tuple[str, float]]) -> None:
         if source.computes:
@@ -179,7 +189,7 @@ class L1Tier:
     def __init__(self, l1: L1Cache) -> None:
         self.l1 = l1
 
-    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
+    async def get_many(self, keys: Sequence[str], rows: Rows | None = None) -> list[float | None]:
         """Values from L1 (each hit becomes most recently used)."""
         get = self.l1.get
         return [get(key) for key in keys]
@@ -203,7 +213,7 @@ class StoreTier:
         self.version = version
         self._ttl_s = ttl_s  # read at each write: a policy change applies at once
 
-    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
+    async def get_many(self, keys: Sequence[str], rows: Rows | None = None) -> list[float | None]:
         """One GET or MGET."""
         return await self.store.get_predictions(self.model, self.version, keys)
 
@@ -223,11 +233,16 @@ class ModelTier:
         self.model = model
         self.batcher = batcher
 
-    async def get_many(self, keys: Sequence[str]) -> list[float | None]:
-        """Feature rows of ``keys`` through the model (keys were validated by the walk)."""
-        index = self.model.features.index
-        rows = self.model.features.rows([index(key) for key in keys])
-        return (await self.batcher.infer(rows)).tolist()  # type: ignore[no-any-return]
+    async def get_many(self, keys: Sequence[str], rows: Rows | None = None) -> list[float | None]:
+        """Feature rows of ``keys`` through the model (keys were validated by the walk): from the
+        feature table, or from ``rows`` for the vectors of a raw-feature request."""
+        if rows is None:
+            index = self.model.features.index
+            block = self.model.features.rows([index(key) for key in keys])
+        else:
+            block = np.vstack([rows[key] if key in rows else self.model.features.rows([self.model.features.index(key)])
+                               for key in keys])
+        return (await self.batcher.infer(block)).tolist()  # type: ignore[no-any-return]
 
     async def put_many(self, items: Sequence[tuple[str, float]]) -> None:
         """Nothing to remember: the model computes."""

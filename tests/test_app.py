@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from models.data import all_keys
 from models.registry import set_latest
 from models.publish import build_and_publish
 from serving.precompute import precompute
-from tests.conftest import ADMIN, TEST_SEGMENTS, running
+from tests.helpers import ADMIN, TEST_SEGMENTS, running
 
 KEYS = all_keys(TEST_SEGMENTS)
 
@@ -21,12 +22,17 @@ def _static_ready(settings) -> None:  # type: ignore[no-untyped-def]
     precompute(settings, progress=False)
 
 
-@pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
-def test_each_mode_end_to_end(make_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
+def _ready_settings(make_settings, mode: str):  # type: ignore[no-untyped-def]
+    """Settings of ``mode``, with the full table precomputed when the mode is static."""
     settings = make_settings(mode=mode)
     if mode == "static":
         _static_ready(settings)
-    with running(settings) as (_, client):
+    return settings
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
+def test_each_mode_end_to_end(make_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
+    with running(_ready_settings(make_settings, mode)) as (_, client):
         body = client.get("/v1/predict/3:17").json()
         assert body["key"] == "3:17" and isinstance(body["prediction"], float)
         assert body["source"] == {"static": "redis", "dynamic": "model", "hybrid": "model"}[mode]
@@ -63,7 +69,7 @@ def test_static_unknown_key_is_404_never_computed(make_settings) -> None:  # typ
     with running(settings) as (_, client):
         outside = client.get(f"/v1/predict/{TEST_SEGMENTS + 5}:1")
         assert outside.status_code == 404
-        assert outside.json()["error"] == "unknown_key" and "precomputed" in outside.json()["detail"]
+        assert outside.json()["error"] == "unknown_key" and "key space" in outside.json()["detail"]
         assert client.get("/v1/cache/stats").json()["counts"]["model_rows"] == 0
 
 
@@ -79,24 +85,88 @@ def test_batch_order_duplicates_and_one_model_call(make_settings) -> None:  # ty
         assert 'hybridserve_batch_rows_count{mode="hybrid"} 1.0' in metrics
 
 
+PARITY_KEYS = 2000
+PARITY_BATCH = 500
+SINGLE_GETS = 50  # keys also asked one by one: batch composition must not change a value
+
+
+def _predict_all(client, keys: list[str]) -> dict[str, tuple[float, str]]:  # type: ignore[no-untyped-def]
+    """``key -> (prediction, source)`` for ``keys``, asked in POST batches of PARITY_BATCH."""
+    got: dict[str, tuple[float, str]] = {}
+    for i in range(0, len(keys), PARITY_BATCH):
+        response = client.post("/v1/predict", json={"keys": keys[i : i + PARITY_BATCH]})
+        assert response.status_code == 200, response.text
+        for p in response.json()["predictions"]:
+            got[p["key"]] = (p["prediction"], p["source"])
+    return got
+
+
+def _predict_each(client, keys: list[str]) -> dict[str, tuple[float, str]]:  # type: ignore[no-untyped-def]
+    """``key -> (prediction, source)`` for ``keys``, one GET each."""
+    bodies = [client.get(f"/v1/predict/{key}").json() for key in keys]
+    return {b["key"]: (b["prediction"], b["source"]) for b in bodies}
+
+
+def _values(answers: dict[str, tuple[float, str]], source: str) -> dict[str, float]:
+    """The predictions of ``answers``, after checking that every one came from ``source``."""
+    sources = Counter(s for _, s in answers.values())
+    assert sources == Counter({source: len(answers)}), f"expected every answer from {source}: {sources}"
+    return {key: value for key, (value, _) in answers.items()}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("profile", ["light", "heavy"])
 def test_parity_across_modes(make_settings, profile: str) -> None:  # type: ignore[no-untyped-def]
-    sample = random.Random(5).sample(KEYS, 2000)
-    results: dict[str, dict[str, float]] = {}
-    base = make_settings(model_name=f"traffic-{profile}")
-    _static_ready(base)
-    for mode in ("static", "dynamic", "hybrid"):
-        settings = base.model_copy(update={"mode": mode, "max_keys_per_request": 500})
-        with running(settings) as (_, client):
-            got: dict[str, float] = {}
-            for i in range(0, len(sample), 500):
-                for p in client.post("/v1/predict", json={"keys": sample[i : i + 500]}).json()["predictions"]:
-                    got[p["key"]] = p["prediction"]
-            # single requests too: batch composition must not change a value
-            for key in sample[:50]:
-                assert client.get(f"/v1/predict/{key}").json()["prediction"] == got[key]
-            results[mode] = got
-    assert results["static"] == results["dynamic"] == results["hybrid"]
+    """Static, dynamic and hybrid answer the same float for each of 2,000 keys, hybrid from every tier.
+
+    Each mode has its own Redis namespace (``make_settings``), so no mode can read another's
+    values: static's come from its precompute, dynamic's from the model per request, and hybrid's
+    from its own model calls, then from what it admitted into L1 and Redis on those calls.
+    """
+    sample = random.Random(5).sample(KEYS, PARITY_KEYS)
+    single = sample[:SINGLE_GETS]
+    common = {"model_name": f"traffic-{profile}", "max_keys_per_request": PARITY_BATCH}
+
+    static = make_settings(mode="static", **common)
+    _static_ready(static)
+    with running(static) as (_, client):
+        static_values = _values(_predict_all(client, sample), "redis")
+        assert _values(_predict_each(client, single), "redis") == {k: static_values[k] for k in single}
+
+    with running(make_settings(mode="dynamic", **common)) as (_, client):
+        dynamic_values = _values(_predict_all(client, sample), "model")
+        assert _values(_predict_each(client, single), "model") == {k: dynamic_values[k] for k in single}
+
+    # An empty namespace and an L1 that holds every sampled key: the first pass computes and
+    # admits each key, the second reads what was admitted into L1, the third (L1 flushed) what was
+    # written to Redis, and single GETs then read what the Redis pass refilled into L1.
+    hybrid = make_settings(mode="hybrid", l1_size=PARITY_KEYS, admission="always", **common)
+    with running(hybrid) as (_, client):
+        computed = _values(_predict_all(client, sample), "model")
+        counts = client.get("/v1/cache/stats").json()["counts"]
+        assert counts["model_rows"] == counts["admitted"] == PARITY_KEYS and counts["redis_hits"] == 0
+        from_l1 = _values(_predict_all(client, sample), "l1")
+        flushed = client.post("/v1/admin/flush", json={"l1": True, "redis": False}, headers=ADMIN)
+        assert flushed.status_code == 200 and flushed.json()["flushed"]["l1"] == PARITY_KEYS
+        from_redis = _values(_predict_all(client, sample), "redis")
+        refilled = _values(_predict_each(client, single), "l1")
+
+    assert dynamic_values == static_values
+    for tier, values in (("model", computed), ("l1", from_l1), ("redis", from_redis)):
+        wrong = [k for k in sample if values[k] != static_values[k]]
+        assert not wrong, f"hybrid {tier} differs from static on {len(wrong)} keys, e.g. {wrong[:3]}"
+    assert refilled == {k: static_values[k] for k in single}
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "hybrid"])
+def test_reload_unknown_version_is_404_in_every_mode(make_settings, mode: str) -> None:  # type: ignore[no-untyped-def]
+    with running(_ready_settings(make_settings, mode)) as (_, client):
+        served = client.get(f"/v1/predict/{KEYS[0]}").json()["model_version"]
+        unknown = client.post("/v1/admin/reload", json={"version": "nope"}, headers=ADMIN)
+        assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_version", unknown.text
+        for version in ("latest", served):
+            again = client.post("/v1/admin/reload", json={"version": version}, headers=ADMIN)
+            assert again.status_code == 200 and again.json() == {"model_version": served, "propagated": True}, again.text
 
 
 def test_version_namespacing(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

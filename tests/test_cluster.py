@@ -29,7 +29,7 @@ from serving.model import LoadedModel
 from serving.precompute import precompute
 from serving.settings import Settings
 from serving.store import KeyLayout, build_store
-from tests.conftest import TEST_SEGMENTS, running
+from tests.helpers import TEST_SEGMENTS, running
 from tests.load import LoadThreads
 
 KEYS = all_keys(TEST_SEGMENTS)
@@ -202,9 +202,10 @@ def test_cli_starts_a_cluster_and_prints_its_url() -> None:
                                stderr=subprocess.DEVNULL, text=True)
     try:
         url = process.stdout.readline().strip()  # type: ignore[union-attr]
-        assert url.startswith("redis+cluster://127.0.0.1:")
-        host, port = ClusterURL(url).seeds[0]
-        assert "cluster_state:ok" in redis.Redis(host=host, port=port, decode_responses=True).execute_command("CLUSTER", "INFO")
+        assert url.startswith("redis+cluster://:") and "@127.0.0.1:" in url  # every node needs the password
+        cluster_url = ClusterURL(url)
+        node = redis.Redis.from_url(cluster_url.node_url(cluster_url.seeds[0]), decode_responses=True)
+        assert "cluster_state:ok" in node.execute_command("CLUSTER", "INFO")
     finally:
         os.kill(process.pid, signal.SIGTERM)
         assert process.wait(15) == 0

@@ -8,6 +8,7 @@ so the compose file cannot drift from the code it deploys.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from serving.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker-compose.yml"
 LOCUSTFILE = "loadtests/locustfile.py"
+MONITORING = ("prometheus", "grafana")  # third-party images, configured from deploy/
 _DEFAULTED = re.compile(r"^\$\{[A-Z0-9_]+:-(.*)\}$")
 
 
@@ -58,7 +60,7 @@ def _locust_env_vars() -> set[str]:
 
 def test_services_present() -> None:
     services = _services()
-    assert {"redis", "api", "locust-master", "locust-worker"} <= set(services)
+    assert {"redis", "api", "locust-master", "locust-worker", *MONITORING} <= set(services)
     assert str(services["redis"]["image"]).startswith("redis:")
     assert "replicas" in services["api"]["deploy"] and "replicas" in services["locust-worker"]["deploy"]
 
@@ -78,6 +80,8 @@ def test_commands_are_real(name: str) -> None:
     if name == "redis":
         assert command[0] == "redis-server"
         return
+    if name in MONITORING:
+        return  # their wiring: test_prometheus_scrapes_every_api_replica, test_grafana_is_provisioned
     assert isinstance(command, list), f"{name}: use the exec (list) form so no shell reinterprets it"
     argv = [_resolve(str(part)) for part in command]
     if argv[0] == "hybridserve":
@@ -146,3 +150,51 @@ def test_cluster_variant_points_the_servers_at_the_cluster(name: str) -> None:
     seeds = ClusterURL(url).seeds
     assert seeds and all(host in _cluster_services() and port == 6379 for host, port in seeds)
     assert service["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+
+
+def _mounts(service: dict[str, Any]) -> dict[str, Path]:
+    """Container path -> repository path of a service's bind mounts, each of which must exist."""
+    mounts = {}
+    for volume in service.get("volumes", []):
+        source, target, *_ = str(volume).split(":")
+        assert source.startswith("./"), f"{volume}: mount a file of this repository"
+        assert (ROOT / source).exists(), f"{volume}: {source} is missing"
+        mounts[target] = ROOT / source
+    return mounts
+
+
+def _api_port() -> int:
+    argv = [_resolve(str(part)) for part in _services()["api"]["command"]]
+    return int(_parser().parse_args(argv[1:]).port)
+
+
+def test_prometheus_scrapes_every_api_replica() -> None:
+    service = _services()["prometheus"]
+    config_path = next(a.split("=", 1)[1] for a in service["command"] if a.startswith("--config.file="))
+    config = yaml.safe_load(_mounts(service)[config_path].read_text())
+    [job] = config["scrape_configs"]
+    assert job.get("metrics_path", "/metrics") == "/metrics"
+    # DNS discovery of the service name finds every replica that --scale starts; a static target would find one.
+    [dns] = job["dns_sd_configs"]
+    assert dns["names"] == ["api"] and dns["type"] == "A" and dns["port"] == _api_port()
+    assert str(_api_port()) in [str(p) for p in _services()["api"]["expose"]]
+    assert "api" in service["depends_on"]
+
+
+def test_grafana_is_provisioned() -> None:
+    service = _services()["grafana"]
+    mounts = _mounts(service)
+    provisioning = mounts["/etc/grafana/provisioning"]
+    [datasource] = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())["datasources"]
+    prometheus_port = _services()["prometheus"]["ports"][0].rsplit(":", 1)[-1]
+    assert datasource["type"] == "prometheus" and datasource["url"] == f"http://prometheus:{prometheus_port}"
+    [provider] = yaml.safe_load((provisioning / "dashboards" / "hybridserve.yml").read_text())["providers"]
+    dashboards = mounts[provider["options"]["path"]]
+    files = sorted(dashboards.glob("*.json"))
+    assert files, "no dashboard to provision"
+    home = _environment(service)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(provider["options"]["path"] + "/") and (dashboards / Path(home).name).is_file()
+    for path in files:
+        dashboard = json.loads(path.read_text())
+        uids = {t["datasource"]["uid"] for p in dashboard["panels"] for t in p.get("targets", [])}
+        assert uids == {datasource["uid"]}, f"{path.name}: panels query {uids}, provisioned is {datasource['uid']}"

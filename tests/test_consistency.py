@@ -21,7 +21,7 @@ from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import precompute
 from serving.store import KeyLayout
-from tests.conftest import ADMIN, TEST_SEGMENTS, running
+from tests.helpers import ADMIN, TEST_SEGMENTS, running
 
 KEYS = all_keys(TEST_SEGMENTS)
 MAX_LOAD_S = 60.0
@@ -152,6 +152,7 @@ def test_interrupted_precompute_keeps_the_old_table(make_settings, two_versions:
                 assert p["source"] == "redis" and p["prediction"] == two_versions.old_values[p["key"]]
 
 
+@pytest.mark.slow
 def test_flush_never_returns_another_keys_value(make_settings, two_versions: TwoVersions) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(mode="hybrid", registry=two_versions.registry)
     flushes = 0

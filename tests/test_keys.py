@@ -16,14 +16,15 @@ from loadtests.keys import (
     UniformSpec,
     ZipfKeys,
     ZipfSpec,
-    index_to_key,
     key_stream,
     parse_spec,
 )
 from models.data import HOURS_PER_WEEK
+from models.keyspace import GridKeySpace, TableKeySpace
 
 SEGMENTS = 50
 KEY_COUNT = SEGMENTS * HOURS_PER_WEEK
+GRID = GridKeySpace(SEGMENTS)
 
 
 class FakeClock:
@@ -47,7 +48,7 @@ def trace_file(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(params=["zipf:1.1", "uniform", "drift:hot=20,p=0.9,every=500", "trace:loop:"])
+@pytest.fixture(params=["zipf:1.1", "uniform", "drift:hot=20,p=0.9,every=500", "trace:loop:", "trace:loop:map:"])
 def spec(request: pytest.FixtureRequest, trace_file: Path) -> str:
     return request.param + (str(trace_file) if request.param.startswith("trace") else "")
 
@@ -61,36 +62,44 @@ def test_same_seed_and_stream_give_the_same_sequence(spec: str) -> None:
 def test_other_stream_or_seed_gives_another_sequence(spec: str) -> None:
     base = key_stream(spec, SEGMENTS, seed=3, stream=1).take(6000)
     assert key_stream(spec, SEGMENTS, seed=3, stream=2).take(6000) != base
+    if spec.startswith("trace:") and ":map:" not in spec:
+        return  # a trace's own keys: the seed picks no mapping, so it changes nothing
     assert key_stream(spec, SEGMENTS, seed=4, stream=1).take(6000) != base
 
 
 def test_keys_are_model_keys(spec: str) -> None:
+    if spec.startswith("trace:") and ":map:" not in spec:
+        return  # a trace's own keys are whatever the trace holds (tested below)
     for key in key_stream(spec, SEGMENTS, seed=1).take(5000):
         segment, hour = map(int, key.split(":"))
         assert 0 <= segment < SEGMENTS and 0 <= hour < HOURS_PER_WEEK
 
 
-def test_index_to_key_is_segment_major() -> None:
-    assert index_to_key(0) == "0:0"
-    assert index_to_key(HOURS_PER_WEEK + 5) == "1:5"
+def test_streams_yield_the_key_spaces_own_keys(tmp_path: Path) -> None:
+    ids = [f"user-{i}" for i in range(500)]
+    np.save(tmp_path / "keys.npy", TableKeySpace.encode(ids))
+    space = TableKeySpace.load(tmp_path / "keys.npy")
+    sent = key_stream("zipf:1.1", space, seed=1).take(2000)
+    assert set(sent) <= set(ids) and len(set(sent)) > 100
+    assert key_stream("uniform", 2, seed=1).take(1)[0].count(":") == 1  # an int: the demo grid
 
 
 @pytest.mark.parametrize("s", [0.8, 1.0, 1.3])
 def test_zipf_rank_frequency_slope_is_minus_s(s: float) -> None:
-    draws = indices(ZipfKeys(200 * HOURS_PER_WEEK, s, seed=5), 300_000)
+    draws = indices(ZipfKeys(GridKeySpace(200), s, seed=5), 300_000)
     top = np.sort(np.bincount(draws))[::-1][:100]
     slope = np.polyfit(np.log(np.arange(1, 101)), np.log(top), 1)[0]
     assert slope == pytest.approx(-s, abs=0.1)
 
 
 def test_zipf_popular_keys_are_shuffled_by_the_seed() -> None:
-    stream = ZipfKeys(KEY_COUNT, 1.2, seed=9)
+    stream = ZipfKeys(GRID, 1.2, seed=9)
     top = [key for key, _ in Counter(indices(stream, 50_000).tolist()).most_common(5)]
     assert top == stream.rank_to_key[:5].tolist()
     assert sum(key < 20 for key in stream.rank_to_key[:20]) < 5  # not simply the lowest ids
-    assert not np.array_equal(ZipfKeys(KEY_COUNT, 1.2, seed=10).rank_to_key, stream.rank_to_key)
+    assert not np.array_equal(ZipfKeys(GRID, 1.2, seed=10).rank_to_key, stream.rank_to_key)
     # Streams of one seed agree on which keys are popular.
-    assert np.array_equal(ZipfKeys(KEY_COUNT, 1.2, seed=9, stream=7).rank_to_key, stream.rank_to_key)
+    assert np.array_equal(ZipfKeys(GRID, 1.2, seed=9, stream=7).rank_to_key, stream.rank_to_key)
 
 
 def test_uniform_covers_the_key_space_evenly() -> None:
@@ -101,7 +110,7 @@ def test_uniform_covers_the_key_space_evenly() -> None:
 
 
 def test_drift_hot_set_gets_fraction_p() -> None:
-    stream = DriftingHotSetKeys(KEY_COUNT, hot=50, p=0.8, every=10**9, seed=1)
+    stream = DriftingHotSetKeys(GRID, hot=50, p=0.8, every=10**9, seed=1)
     hot = set(stream.hot_keys())
     share = np.isin(indices(stream, 50_000), list(hot)).mean()
     assert share == pytest.approx(0.8, abs=0.01)
@@ -109,7 +118,7 @@ def test_drift_hot_set_gets_fraction_p() -> None:
 
 def test_drift_moves_the_hot_set_with_the_clock() -> None:
     clock = FakeClock(990.0)  # an epoch boundary: epochs count from clock zero
-    stream = DriftSpec(hot=30, p=1.0, period_s=30.0).build(SEGMENTS, seed=4, clock=clock)
+    stream = DriftSpec(hot=30, p=1.0, period_s=30.0).build(GRID, seed=4, clock=clock)
     before = set(indices(stream, 3000).tolist())
     assert before == set(stream.hot_keys())
     clock.now += 29.0
@@ -128,12 +137,20 @@ def test_drift_moves_every_n_requests_for_replay() -> None:
     assert not set(first.tolist()) & set(second.tolist())
 
 
-def test_trace_maps_distinct_keys_to_distinct_model_keys(trace_file: Path) -> None:
-    replay = key_stream(f"trace:{trace_file}", SEGMENTS, seed=2).take(6)
+def test_trace_map_maps_distinct_keys_to_distinct_model_keys(trace_file: Path) -> None:
+    replay = key_stream(f"trace:map:{trace_file}", SEGMENTS, seed=2).take(6)
     a, b, c = replay[0], replay[1], replay[3]
     assert replay == [a, b, a, c, b, a]
-    assert len({a, b, c}) == 3
-    assert key_stream(f"trace:{trace_file}", SEGMENTS, seed=2).take(6) == replay  # stable
+    assert len({a, b, c}) == 3 and all(GRID.index(k) >= 0 for k in (a, b, c))
+    assert key_stream(f"trace:map:{trace_file}", SEGMENTS, seed=2).take(6) == replay  # stable
+
+
+def test_trace_replays_its_own_keys_and_reports_the_unknown_share(tmp_path: Path) -> None:
+    path = tmp_path / "own.txt"
+    path.write_text("3:4\n3:4\nroad-a\n7:1\n99999:1\n")  # two of five requests for keys the model lacks
+    stream = key_stream(f"trace:{path}", SEGMENTS)
+    assert stream.take(5) == ["3:4", "3:4", "road-a", "7:1", "99999:1"]  # sent as they are: 404s, as users get
+    assert stream.unknown_share == pytest.approx(0.4) and not stream.remap
 
 
 def test_single_pass_trace_ends_and_loop_repeats(trace_file: Path) -> None:
@@ -144,11 +161,12 @@ def test_single_pass_trace_ends_and_loop_repeats(trace_file: Path) -> None:
     assert key_stream(f"trace:loop:{trace_file}", SEGMENTS).take(12) == sent + sent
 
 
-def test_trace_with_more_distinct_keys_than_the_key_space_is_refused(tmp_path: Path) -> None:
+def test_trace_mapped_with_more_distinct_keys_than_the_key_space_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "big.txt"
     path.write_text("\n".join(f"k{i}" for i in range(HOURS_PER_WEEK + 1)))
     with pytest.raises(ValueError, match=r"169 distinct keys but the key space has only 168"):
-        key_stream(f"trace:{path}", 1)
+        key_stream(f"trace:map:{path}", 1)
+    assert key_stream(f"trace:{path}", 1).unknown_share == 1.0  # its own keys: sent, all unknown
 
 
 def test_empty_trace_is_refused(tmp_path: Path) -> None:

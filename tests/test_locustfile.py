@@ -20,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import LOCUSTFILE, locustfile_constant
+
+pytestmark = pytest.mark.slow  # every test runs Locust processes (a few seconds of start-up and load)
+
 REPO = Path(__file__).resolve().parents[1]
-LOCUSTFILE = REPO / "loadtests" / "locustfile.py"
 # The server knows segments below this; the load test asks for twice as many, so about half
 # of a uniform stream's keys are unknown (404).
 KNOWN_SEGMENTS = 2
@@ -29,6 +32,8 @@ RUN_SECONDS = 3
 USERS = 2
 # Requests per second the paced run asks for.
 RATE = 40
+# After a stall a user sends its missed slots back to back, but never more than this many seconds of them.
+MAX_CATCH_UP_S = locustfile_constant("MAX_CATCH_UP_S")
 # A trace with repeats: four distinct keys in seven requests.
 TRACE_KEYS = ("road-a", "road-b", "road-a", "road-c", "road-b", "road-d", "road-a")
 PROCESS_TIMEOUT_S = 40
@@ -174,7 +179,11 @@ def runs(trace_file: Path) -> dict[str, tuple[LocustRun, Received]]:
         processes = {
             name: start_locust(servers[name][0], *args, env=env) for name, (args, env) in arguments.items()
         }
-        return {name: (finish(process), servers[name][1]) for name, process in processes.items()}
+        finished = {name: (finish(process), servers[name][1]) for name, process in processes.items()}
+    for name, (run, _) in finished.items():
+        # Every one of these runs prints final statistics; without them, show why.
+        assert run.stats, f"{name}: locust exited {run.returncode} without statistics:\n{run.log[-3000:]}"
+    return finished
 
 
 Runs = dict[str, tuple[LocustRun, Received]]
@@ -192,8 +201,15 @@ def test_rate_paces_the_offered_load(runs: Runs) -> None:
     per_second = entry["num_reqs_per_sec"]
     assert isinstance(per_second, dict)
     # Closed-loop, two users against this server send hundreds a second; paced, about RATE.
-    assert max(per_second.values()) <= RATE * 1.25
-    assert RATE <= entry["num_requests"] <= RATE * RUN_SECONDS  # type: ignore[operator]
+    # The bounds hold on a loaded 2-core machine, whatever it stalls: in any one second a user
+    # sends its slots of that second plus at most MAX_CATCH_UP_S of missed ones, and Locust counts
+    # a request in the second it completes, which adds at most one in-flight request per user.
+    # A stall lowers the counts; the catch-up after it stays within these bounds.
+    assert max(per_second.values()) <= RATE * (1 + MAX_CATCH_UP_S) + 2 * USERS
+    # Every user sends its first request at once, then one per slot: RATE * RUN_SECONDS + USERS
+    # at most. No floor on the rate: a user waits for each response, and on a loaded machine this
+    # process's fake server (sharing the GIL with two others) answered 2 users at 6 requests/s.
+    assert USERS <= entry["num_requests"] <= RATE * RUN_SECONDS + USERS  # type: ignore[operator]
 
 
 def test_failures_carry_the_server_error_code_and_detail(runs: Runs) -> None:

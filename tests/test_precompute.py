@@ -12,7 +12,7 @@ from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import popularity_prior, precompute, top_keys_from_file
 from serving.store import KeyLayout, decode
-from tests.conftest import TEST_SEGMENTS
+from tests.helpers import TEST_SEGMENTS
 
 
 def test_full_table_then_pointer(make_settings) -> None:  # type: ignore[no-untyped-def]
@@ -42,9 +42,14 @@ def test_top_keys_from_file(tmp_path: Path) -> None:
     assert top_keys_from_file(trace, 2) == ["3:3", "1:1"]
     with pytest.raises(FileNotFoundError):
         top_keys_from_file(tmp_path / "none", 2)
-    trace.write_text("1:1\nnot-a-key\n")
-    with pytest.raises(ValueError, match="trace.keys.*not-a-key"):
+    trace.write_text("1:1\nnot*a-key\n")
+    with pytest.raises(ValueError, match="trace.keys.*not\\*a-key.*key rule"):
         top_keys_from_file(trace, 2)
+
+
+def test_a_head_of_keys_the_model_lacks_is_refused_clearly(make_settings) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ValueError, match="cannot precompute traffic-light@.*'999:1' is outside"):
+        precompute(make_settings(), ["1:1", "999:1"], progress=False)
 
 
 def test_popularity_prior_is_busiest_first(registry: Path) -> None:

@@ -14,7 +14,7 @@ from loadtests.harness.redis_server import EmbeddedRedis
 from serving.precompute import precompute
 from serving.precompute_dask import partitions, precompute_on_dask
 from serving.store import KeyLayout, build_store
-from tests.conftest import TEST_SEGMENTS
+from tests.helpers import TEST_SEGMENTS
 
 KEY_COUNT = TEST_SEGMENTS * 168
 distributed = pytest.importorskip("distributed")

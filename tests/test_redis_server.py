@@ -1,13 +1,19 @@
-"""loadtests/harness/redis_server.py: a real redis-server starts, answers, restarts and is cleaned up."""
+"""loadtests/harness/redis_server.py: a real redis-server starts, answers, restarts and is cleaned up;
+it is locked down (random password, no CONFIG/SAVE/..., loopback only)."""
 
 import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
+import psutil
+import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
-from loadtests.harness.redis_server import EmbeddedRedis, find_redis_server
+from loadtests.harness.redis_server import DISABLED_COMMANDS, EmbeddedRedis, find_redis_server
 
 
 def test_binary_found() -> None:
@@ -21,8 +27,9 @@ def test_start_ping_stop() -> None:
         assert client.ping()
         client.set("k", "v")
         assert client.get("k") == b"v"
-        assert client.config_get("bind")["bind"] == "127.0.0.1"
-        assert client.config_get("save")["save"] == ""
+        assert client.info("persistence")["rdb_changes_since_last_save"] >= 1  # counted, never saved
+        listening = [c.laddr for c in psutil.Process(server.pid).net_connections() if c.status == psutil.CONN_LISTEN]
+        assert listening and all(address.ip == "127.0.0.1" for address in listening)
         pid = server.pid
     finally:
         server.close()
@@ -43,12 +50,47 @@ def test_password() -> None:
     with EmbeddedRedis(password="s3cret") as server:
         assert redis.Redis.from_url(server.url).ping()
         try:
-            redis.Redis(port=server.port).get("x")
+            # No retries: redis-py retries an authentication error with backoff by default (3 s).
+            redis.Redis(port=server.port, retry=Retry(NoBackoff(), 0)).get("x")
             raise AssertionError("unauthenticated access worked")
         except redis.AuthenticationError:
             pass
         except redis.ResponseError as exc:
             assert "NOAUTH" in str(exc)
+
+
+def test_random_password_by_default() -> None:
+    with EmbeddedRedis() as first, EmbeddedRedis() as second:
+        assert first.password and second.password and first.password != second.password
+        assert len(first.password) >= 32
+        assert redis.Redis.from_url(first.url).ping()
+        with pytest.raises((redis.AuthenticationError, redis.ResponseError), match="(?i)auth"):
+            redis.Redis(host="127.0.0.1", port=first.port).set("x", "1")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=first.port, password=second.password).ping()
+
+
+def test_password_never_on_the_command_line_or_in_repr() -> None:
+    """/proc/PID/cmdline is readable by every local user; repr and address end up in logs."""
+    with EmbeddedRedis() as server:
+        assert server.password not in Path(f"/proc/{server.pid}/cmdline").read_text()
+        assert server.password not in repr(server) and server.password not in server.address
+        assert server.password in server.url
+
+
+def test_config_set_and_file_writing_commands_are_refused(tmp_path: Path) -> None:
+    """The red-team attack: CONFIG SET dir + dbfilename, then SAVE, wrote authorized_keys."""
+    with EmbeddedRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            client.config_set("dir", str(tmp_path))
+        with pytest.raises(redis.ResponseError, match="unknown command"):
+            client.config_get("dir")
+        for command in DISABLED_COMMANDS:
+            with pytest.raises(redis.ResponseError, match="unknown command"):
+                client.execute_command(command, "HELP")
+        assert list(tmp_path.iterdir()) == []
+        assert client.ping()  # the server itself is untouched
 
 
 def test_dies_with_parent() -> None:

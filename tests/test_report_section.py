@@ -16,7 +16,7 @@ from tuning.traces import Trace
 
 @pytest.fixture(scope="module")
 def trace() -> Trace:
-    return Trace.from_keys(key_stream("zipf:1.1", segment_count=20, seed=3).take(6000))
+    return Trace.from_keys(key_stream("zipf:1.1", 20, seed=3).take(6000))
 
 
 @pytest.mark.parametrize("slo", [40.0, 0.1])

@@ -21,7 +21,7 @@ import pytest
 from hybridserve.cli import _parser
 from loadtests.harness.redis_server import EmbeddedRedis, free_port
 from serving.settings import Settings
-from tests.conftest import ADMIN, running
+from tests.helpers import ADMIN, running
 
 ADMIN_ROUTES = [("post", "/v1/admin/flush", {}), ("put", "/v1/admin/policy", {}), ("post", "/v1/admin/reload", {})]
 PASSWORD = "s3cret-Pw_with:colon"
@@ -52,6 +52,11 @@ def test_blank_token_disables_admin() -> None:
 def test_token_never_shown(make_settings) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(admin_token="very-secret-token")
     assert "very-secret-token" not in repr(settings) and "very-secret-token" not in str(settings.model_dump())
+
+
+def test_redis_password_never_shown() -> None:
+    settings = Settings(redis_url="redis://:very-secret-pw@127.0.0.1:6379/0")
+    assert "very-secret-pw" not in repr(settings) and "very-secret-pw" not in str(settings)
 
 
 def _hits_redis(settings: Settings) -> None:

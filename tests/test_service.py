@@ -13,7 +13,7 @@ import pytest
 from loadtests.harness.redis_server import EmbeddedRedis
 from loadtests.harness.server_process import ServerProcess
 from serving.precompute import precompute
-from tests.conftest import ADMIN, running
+from tests.helpers import ADMIN, running
 
 KEYS = [f"{s}:{h}" for s in range(4) for h in range(5)]
 
@@ -87,27 +87,32 @@ def test_policy_changes_go_through_the_settings_rules(make_settings) -> None:  #
 
 CONCURRENT_CLIENTS = 50
 TIMEOUT_S = 0.25
-# A request may wait for one Redis timeout, then for the breaker's answer: about twice the timeout.
-# The slack covers a loaded 2-core machine running the clients, the server and Redis together.
-LATENCY_BOUND_S = 2 * TIMEOUT_S + 1.0
+# A request may wait for one Redis timeout, then for the breaker's answer: about twice the timeout,
+# on top of what 50 concurrent clients already wait for a turn on one server core. That queueing is
+# measured in the same run before the fault (the worst latency then), so the bound holds on a loaded
+# 2-core machine; before the fix, requests queued on reconnects one after another (2.4 s measured
+# with this timeout).
+REDIS_WAIT_BOUND_S = 2 * TIMEOUT_S
+MAX_HAMMER_S = 60.0
 
 
-async def _hammer(url: str, seconds: float) -> list[tuple[float, float, int]]:
-    """(start, latency, status) of every request of 50 concurrent clients for ``seconds``."""
-    done: list[tuple[float, float, int]] = []
-    deadline = time.monotonic() + seconds
+async def _hammer(url: str, stop: asyncio.Event, done: list[tuple[float, float, int]]) -> None:
+    """50 concurrent clients (one connection each) recording (start, latency, status) until ``stop``
+    (or MAX_HAMMER_S, whichever comes first)."""
+    deadline = time.monotonic() + MAX_HAMMER_S
+    limits = httpx.Limits(max_connections=CONCURRENT_CLIENTS, max_keepalive_connections=CONCURRENT_CLIENTS)
+    # One client with a pool: 50 clients would each build an SSL context, seconds on a loaded box.
+    async with httpx.AsyncClient(base_url=url, timeout=10.0, limits=limits) as client:
 
-    async def client_loop(offset: int) -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+        async def client_loop(offset: int) -> None:
             i = offset
-            while time.monotonic() < deadline:
+            while not stop.is_set() and time.monotonic() < deadline:
                 start = time.monotonic()
                 status = (await client.get(f"/v1/predict/{KEYS[i % len(KEYS)]}")).status_code
                 done.append((start, time.monotonic() - start, status))
                 i += 1
 
-    await asyncio.gather(*(client_loop(i) for i in range(CONCURRENT_CLIENTS)))
-    return done
+        await asyncio.gather(*(client_loop(i) for i in range(CONCURRENT_CLIENTS)))
 
 
 def test_no_request_waits_long_when_redis_dies_under_concurrent_load(make_settings, own_redis: EmbeddedRedis) -> None:  # type: ignore[no-untyped-def]
@@ -115,16 +120,39 @@ def test_no_request_waits_long_when_redis_dies_under_concurrent_load(make_settin
                              breaker_reset_s=0.5, admin_token=None)
     with ServerProcess(settings) as server:
         async def scenario() -> tuple[list[tuple[float, float, int]], float]:
-            load = asyncio.create_task(_hammer(server.url, seconds=3.0))
-            await asyncio.sleep(1.0)
+            stop, results = asyncio.Event(), []
+            load = asyncio.create_task(_hammer(server.url, stop, results))
+            while len(results) < 200 and not load.done():  # every client is up and Redis is serving
+                await asyncio.sleep(0.05)
             killed = time.monotonic()
             own_redis.kill()
-            return await load, killed
+            await asyncio.sleep(2.0)
+            stop.set()
+            await load
+            return results, killed
 
         results, killed = asyncio.run(scenario())
+    before = [latency for start, latency, _ in results[100:] if start + latency < killed]
     after = [(latency, status) for start, latency, status in results if start >= killed - TIMEOUT_S]
-    assert after, "load went on after the kill"
+    assert before and after, "load ran before and after the kill"
     assert all(status == 200 for _, status in after), "hybrid fails open: no failed request"
-    worst = max(latency for latency, _ in after)
-    print(f"\nRedis SIGKILL under {CONCURRENT_CLIENTS} clients: {len(after)} requests after, worst {worst * 1000:.0f} ms")
-    assert worst < LATENCY_BOUND_S, f"a request waited {worst:.2f}s (bound {LATENCY_BOUND_S}s)"
+    worst, queueing = max(latency for latency, _ in after), max(before)
+    print(f"\nRedis SIGKILL under {CONCURRENT_CLIENTS} clients: {len(after)} requests after, worst {worst * 1000:.0f} ms "
+          f"(worst before the fault {queueing * 1000:.0f} ms)")
+    # 1.5x the queueing: on a 2-core machine shared with other work, the worst of a few hundred
+    # requests moves by half again between two windows of a second.
+    assert worst < 1.5 * queueing + REDIS_WAIT_BOUND_S, f"a request waited {worst:.2f}s; before the fault at most {queueing:.2f}s"
+
+
+def test_static_key_missing_from_a_complete_table_is_503_not_404(make_settings, own_redis: EmbeddedRedis) -> None:  # type: ignore[no-untyped-def]
+    import redis
+
+    from serving.store import KeyLayout
+
+    settings = make_settings(mode="static", redis_url=own_redis.url)
+    version = precompute(settings, progress=False).model_version
+    redis.Redis.from_url(own_redis.url).delete(KeyLayout(settings.redis_namespace).prediction(settings.model_name, version, "2:2"))
+    with running(settings) as (_, client):
+        lost = client.get("/v1/predict/2:2")
+        assert lost.status_code == 503 and lost.json()["error"] == "table_unavailable" and "incomplete" in lost.json()["detail"]
+        assert client.get("/v1/predict/2:3").status_code == 200

@@ -79,6 +79,7 @@ def test_curves_match_reference_table(name: str) -> None:
             assert measured[policy][column] == pytest.approx(expected, abs=TOLERANCE), (policy, fraction)
 
 
+@pytest.mark.slow
 def test_belady_is_never_worse(web07: Trace) -> None:
     curves = miss_ratio_curves(web07, LIBCACHESIM_POLICIES + REDIS_POLICIES, DEFAULT_FRACTIONS)
     belady = {point.cache_size: point.miss_ratio for point in _curve(curves, "Belady").points}

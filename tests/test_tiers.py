@@ -15,7 +15,7 @@ from serving.metrics import Counts
 from serving.precompute import precompute
 from serving.modes import MODE_TIERS
 from serving.tiers import L1Tier, TierWalk, run_now
-from tests.conftest import TEST_SEGMENTS, running
+from tests.helpers import TEST_SEGMENTS, running
 from tuning.simulate import ServerPolicy, ServerReplay
 
 

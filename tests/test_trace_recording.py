@@ -6,7 +6,7 @@ from collections import Counter
 from pathlib import Path
 
 from hybridserve.cli import main
-from tests.conftest import running
+from tests.helpers import running
 from tuning.traces import read_trace
 
 

@@ -19,7 +19,7 @@ import pytest
 
 from loadtests.harness.server_process import ServerProcess
 from serving.control import ControlState
-from tests.conftest import ADMIN, running
+from tests.helpers import ADMIN, running
 from tests.test_consistency import KEYS, TwoVersions, two_versions  # noqa: F401  (the fixture)
 
 # Stated convergence: control_poll_s (0.25 s) + applying the change (a model load, ~0.1 s). The

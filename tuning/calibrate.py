@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from loadtests.keys import index_to_key
 from serving.model import LoadedModel
 from serving.settings import Settings
 from tuning.live import LiveServer
@@ -84,7 +83,7 @@ def _calibration_keys(settings: Settings) -> list[str]:
     model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
     if model.features.key_count < 2 * CYCLE_KEYS:
         raise ValueError(f"calibration needs {2 * CYCLE_KEYS} keys; the model has {model.features.key_count}")
-    return [index_to_key(i) for i in range(2 * CYCLE_KEYS)]
+    return [model.key_space.key(i) for i in range(2 * CYCLE_KEYS)]
 
 
 def _phase(live: LiveServer, keys: itertools.repeat[str] | itertools.cycle[str], requests: int, tier: str) -> TierCost:

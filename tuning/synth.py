@@ -5,7 +5,7 @@ trace has the same popularity shape a load test of the same spec sends.
 
 Example::
 
-    write_synthetic_trace("zipf:1.1", requests=50_000, segments=200, seed=7, out="zipf.keys.txt")
+    write_synthetic_trace("zipf:1.1", requests=50_000, space=200, seed=7, out="zipf.keys.txt")
     read_trace("zipf.keys.txt").n_unique
 """
 
@@ -14,16 +14,18 @@ from __future__ import annotations
 from pathlib import Path
 
 from loadtests.keys import KeysExhausted, key_stream
+from models.keyspace import KeySpace
 
 # Keys are written in chunks so a long trace never sits in memory as one list of strings.
 SYNTH_CHUNK = 65_536
 
 
-def write_synthetic_trace(spec: str, *, requests: int, segments: int, seed: int, out: str | Path) -> Path:
-    """Write ``requests`` keys of distribution ``spec`` (e.g. ``zipf:1.1``), one per line, to ``out``."""
+def write_synthetic_trace(spec: str, *, requests: int, space: KeySpace | int, seed: int, out: str | Path) -> Path:
+    """Write ``requests`` keys of distribution ``spec`` (e.g. ``zipf:1.1``) over ``space`` (a model's
+    key space, or the demo grid of that many segments), one per line, to ``out``."""
     if requests < 1:
         raise ValueError(f"requests must be >= 1, got {requests}")
-    stream = key_stream(spec, segment_count=segments, seed=seed)
+    stream = key_stream(spec, space, seed=seed)
     target = Path(out)
     with open(target, "w", encoding="utf-8") as handle:
         left = requests

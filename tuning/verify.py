@@ -24,7 +24,8 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from loadtests.keys import index_to_key, map_trace
+from loadtests.keys import map_trace
+from models.keyspace import KeySpace
 from serving.model import LoadedModel
 from serving.settings import Settings
 from tuning.live import LiveServer
@@ -63,10 +64,10 @@ class VerifyResult:
         return asdict(self) | {"difference_pp": self.difference_pp, "within_tolerance": self.within_tolerance}
 
 
-def model_key_trace(trace: Trace, key_count: int, limit: int, seed: int = 0) -> Trace:
-    """The first ``limit`` requests of ``trace`` as model keys (``"17:42"``) of a ``key_count`` key space."""
+def model_key_trace(trace: Trace, space: KeySpace, limit: int, seed: int = 0) -> Trace:
+    """The first ``limit`` requests of ``trace`` as keys of the model's key space (mapped)."""
     sample = [trace.keys[i] for i in trace.ids[:limit].tolist()]
-    return Trace.from_keys(index_to_key(i) for i in map_trace(sample, key_count, seed).tolist())
+    return Trace.from_keys(space.key(i) for i in map_trace(sample, space.count, seed).tolist())
 
 
 def verify(
@@ -76,7 +77,7 @@ def verify(
     if candidate.mode != "hybrid":
         raise ValueError(f"verify replays hybrid configurations; got {candidate.mode}")
     model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
-    replay = model_key_trace(trace, model.features.key_count, limit, seed)
+    replay = model_key_trace(trace, model.key_space, limit, seed)
     policy = ServerPolicy.hybrid(head_size=candidate.head_size, l1_capacity=candidate.l1_size, admission=candidate.admission)
     simulated = simulate_server_policy(replay, policy, train_fraction=DEFAULT_TRAIN_FRACTION)
     train, test = replay.split(DEFAULT_TRAIN_FRACTION)

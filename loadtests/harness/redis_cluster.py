@@ -12,13 +12,14 @@ Its URL uses the cluster scheme of :mod:`serving.cluster`: ``redis+cluster://HOS
 Example::
 
     with RedisCluster(masters=3, replicas=1) as cluster:
-        print(cluster.url)                    # redis+cluster://127.0.0.1:P1,127.0.0.1:P2,...
+        print(cluster.url)                    # redis+cluster://:PASSWORD@127.0.0.1:P1,127.0.0.1:P2,...
         victim = cluster.kill_master_of(slot=0)
         cluster.wait_until_served(slot=0)     # a replica took over
 """
 
 from __future__ import annotations
 
+import secrets
 import socket
 import time
 from dataclasses import dataclass
@@ -92,18 +93,27 @@ class RedisCluster:
             raise ValueError("a cluster needs at least one master and no negative replica count")
         self.master_count = masters
         self.replica_count = replicas
-        args = ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
-                "--cluster-node-timeout", str(node_timeout_ms), "--cluster-require-full-coverage", "no"]
-        self.nodes = [EmbeddedRedis(port=free_node_port(), extra_args=args) for _ in range(masters * (1 + replicas))]
+        # One password for every node: replicas authenticate to their master with it (masterauth).
+        self.password = secrets.token_urlsafe(24)
+        config = ["cluster-enabled yes", "cluster-config-file nodes.conf", f"cluster-node-timeout {node_timeout_ms}",
+                  "cluster-require-full-coverage no", f'masterauth "{self.password}"']
+        self.nodes = [EmbeddedRedis(port=free_node_port(), password=self.password, extra_config=config,
+                                    keep_commands=("MIGRATE",)) for _ in range(masters * (1 + replicas))]
 
     @property
     def url(self) -> str:
-        """The cluster URL, every node a seed (``redis+cluster://127.0.0.1:P1,...``)."""
-        return "redis+cluster://" + ",".join(f"{LOOPBACK}:{node.port}" for node in self.nodes)
+        """The cluster URL, every node a seed (``redis+cluster://:PASSWORD@127.0.0.1:P1,...``): a
+        secret, for clients only; :attr:`addresses` for logs."""
+        return f"redis+cluster://:{self.password}@{self.addresses}"
+
+    @property
+    def addresses(self) -> str:
+        """``127.0.0.1:P1,127.0.0.1:P2,...``, without the password."""
+        return ",".join(f"{LOOPBACK}:{node.port}" for node in self.nodes)
 
     def admin(self, node: EmbeddedRedis) -> redis.Redis:
         """A plain (non-cluster) client of one node, for admin commands."""
-        return redis.Redis(host=LOOPBACK, port=node.port, socket_timeout=5.0, decode_responses=True)
+        return redis.Redis(host=LOOPBACK, port=node.port, password=self.password, socket_timeout=5.0, decode_responses=True)
 
     # ----- forming ---------------------------------------------------------------------------
 
@@ -212,7 +222,7 @@ class RedisCluster:
         src.execute_command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
         moved = 0
         while keys := src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, MIGRATE_BATCH):
-            src.execute_command("MIGRATE", LOOPBACK, target.port, "", 0, 5000, "KEYS", *keys)
+            src.execute_command("MIGRATE", LOOPBACK, target.port, "", 0, 5000, "AUTH", self.password, "KEYS", *keys)
             moved += len(keys)
             time.sleep(pause_s)
         others = [self.by_port(i.port) for i in self.topology() if i.master and not i.failed and i.port not in (source.port, target.port)]

@@ -5,10 +5,18 @@ wheel, so nothing has to be installed by hand. No persistence (no RDB, no AOF), 
 only, stopped on :meth:`EmbeddedRedis.stop`, at interpreter exit, and by the kernel when the parent
 process dies (``PR_SET_PDEATHSIG``), so a crashed test run leaves no server behind.
 
+Locked down, because every local user can reach a loopback port: a random password (unless one is
+given), and the commands that reach the file system or the process (:data:`DISABLED_COMMANDS`:
+``CONFIG SET dir`` + ``SAVE`` writes any file the server may write) are renamed to nothing. The
+settings go through a config file readable by its owner only, never argv (``/proc/PID/cmdline`` is
+world-readable), and :attr:`EmbeddedRedis.url` is the only place the password appears; log
+:attr:`EmbeddedRedis.address` instead.
+
 Example::
 
     with EmbeddedRedis() as redis_server:
-        print(redis_server.url)   # redis://127.0.0.1:PORT/0
+        print(redis_server.url)       # redis://:PASSWORD@127.0.0.1:PORT/0 (a secret)
+        print(redis_server.address)   # 127.0.0.1:PORT (fit for logs)
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import atexit
 import ctypes
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -28,6 +37,10 @@ from pathlib import Path
 STARTUP_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 LOOPBACK = "127.0.0.1"
+PASSWORD_BYTES = 24
+DISABLED_COMMANDS = ("CONFIG", "SAVE", "BGSAVE", "BGREWRITEAOF", "DEBUG", "MODULE", "SLAVEOF", "REPLICAOF",
+                     "SHUTDOWN", "MIGRATE", "ACL")
+"""Commands renamed to "" (unknown to every client): files, modules, replication, shutdown, users."""
 _PR_SET_PDEATHSIG = 1
 
 
@@ -63,8 +76,18 @@ def _die_with_parent() -> None:
     libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _quoted(value: str) -> str:
+    """``value`` as one double-quoted redis.conf argument (any character, quotes included)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
 class EmbeddedRedis:
-    """One redis-server child process. Restartable on the same port (for outage tests)."""
+    """One redis-server child process. Restartable on the same port (for outage tests).
+
+    ``password`` None draws a random one; the commands of :data:`DISABLED_COMMANDS` are disabled,
+    save those named in ``keep_commands``; ``extra_config`` lines are appended to the config file.
+    It is stopped with signals (SIGTERM, then SIGKILL), as clients cannot send ``SHUTDOWN``.
+    """
 
     def __init__(
         self,
@@ -72,13 +95,20 @@ class EmbeddedRedis:
         password: str | None = None,
         maxmemory: str = "0",
         maxmemory_policy: str = "noeviction",
-        extra_args: Sequence[str] = (),
+        extra_config: Sequence[str] = (),
+        keep_commands: Sequence[str] = (),
     ) -> None:
         self.port = port or free_port()
-        self.password = password
+        self.password = password if password is not None else secrets.token_urlsafe(PASSWORD_BYTES)
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
-        self.extra_args = list(extra_args)  # e.g. cluster mode (loadtests.harness.redis_cluster)
+        # Further redis.conf lines, e.g. cluster mode (loadtests.harness.redis_cluster), and commands of
+        # DISABLED_COMMANDS to leave enabled (a cluster's nodes need MIGRATE to move slots).
+        self.extra_config = list(extra_config)
+        unknown = {c.upper() for c in keep_commands} - set(DISABLED_COMMANDS)
+        if unknown:
+            raise ValueError(f"keep_commands names commands that are not disabled: {sorted(unknown)}")
+        self.disabled_commands = tuple(c for c in DISABLED_COMMANDS if c not in {k.upper() for k in keep_commands})
         self._binary = find_redis_server()
         self._dir = tempfile.mkdtemp(prefix="hybridserve-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -86,37 +116,56 @@ class EmbeddedRedis:
 
     @property
     def url(self) -> str:
-        """Connection URL, with the password when one is set."""
+        """Connection URL, with the password: a secret, for clients only, never for logs."""
         auth = f":{self.password}@" if self.password else ""
         return f"redis://{auth}{LOOPBACK}:{self.port}/0"
+
+    @property
+    def address(self) -> str:
+        """``127.0.0.1:PORT``: where the server listens, without the password (for logs)."""
+        return f"{LOOPBACK}:{self.port}"
+
+    def __repr__(self) -> str:
+        return f"EmbeddedRedis({self.address}, pid={self.pid})"
 
     @property
     def pid(self) -> int | None:
         """Process id of the running server, or None."""
         return self._proc.pid if self._proc and self._proc.poll() is None else None
 
-    def _argv(self) -> list[str]:
-        argv = [
-            self._binary,
-            "--port", str(self.port),
-            "--bind", LOOPBACK,
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._dir,
-            "--maxmemory", self.maxmemory,
-            "--maxmemory-policy", self.maxmemory_policy,
-            "--loglevel", "warning",
-        ]  # fmt: skip
+    def _config(self) -> str:
+        """redis.conf text: the password and the renamed commands (a config file is their only way in)."""
+        lines = [
+            f"port {self.port}",
+            f"bind {LOOPBACK}",
+            "protected-mode yes",
+            'save ""',
+            "appendonly no",
+            f'dir "{self._dir}"',
+            f"maxmemory {self.maxmemory}",
+            f"maxmemory-policy {self.maxmemory_policy}",
+            "loglevel warning",
+            *(f'rename-command {command} ""' for command in self.disabled_commands),
+        ]
         if self.password:
-            argv += ["--requirepass", self.password]
-        return argv + self.extra_args
+            lines.append(f"requirepass {_quoted(self.password)}")
+        lines += self.extra_config
+        return "\n".join(lines) + "\n"
+
+    def _write_config(self) -> str:
+        path = Path(self._dir) / "redis.conf"
+        # Owner-only from the first byte: the file holds the password.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as conf:
+            conf.write(self._config())
+        return str(path)
 
     def start(self) -> EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         if self.pid is not None:
             return self
         self._proc = subprocess.Popen(
-            self._argv(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
+            [self._binary, self._write_config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
         )
         self._wait_ready()
         return self
