@@ -87,20 +87,43 @@ def cmd_example(args: argparse.Namespace) -> int:
 
 
 def cmd_redis(args: argparse.Namespace) -> int:
-    """Run an embedded Redis in the foreground until interrupted."""
-    import time
-
+    """Run an embedded Redis (or with ``--cluster N`` a local Redis Cluster) in the foreground
+    until interrupted; prints its URL first."""
     from loadtests.harness.redis_server import EmbeddedRedis
 
+    if args.cluster:
+        return _run_cluster(args.cluster, args.replicas)
     with EmbeddedRedis(port=args.port) as server:
         # The full URL, password included, for the user who started it: their terminal, not a log.
         print(server.url, flush=True)
-        try:
-            while server.pid is not None:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            pass
+        _wait_while(lambda: server.pid is not None)
     return 0
+
+
+def _run_cluster(masters: int, replicas: int) -> int:
+    from loadtests.harness.redis_cluster import RedisCluster
+
+    with RedisCluster(masters=masters, replicas=replicas) as cluster:
+        print(cluster.url, flush=True)
+        _wait_while(lambda: bool(cluster.live_nodes()))
+    return 0
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: through the context managers' cleanup
+
+
+def _wait_while(alive: Callable[[], bool]) -> None:
+    """Sleep while ``alive()``, until Ctrl-C or SIGTERM (the servers stop on the way out)."""
+    import signal
+    import time
+
+    signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        while alive():
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
 
 
 def _keys_for(args: argparse.Namespace, settings: Settings, head: bool) -> list[str] | None:
@@ -122,10 +145,24 @@ def cmd_precompute(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     logs.configure(settings.log_level)
-    # The bar is for a person at a terminal; elsewhere the JSON progress lines say the same.
-    report = precompute(settings, _keys_for(args, settings, args.head), progress=not args.quiet and sys.stderr.isatty())
+    if args.engine == "dask":
+        report = _precompute_on_dask(args, settings)
+    else:
+        # The bar is for a person at a terminal; elsewhere the JSON progress lines say the same.
+        report = precompute(settings, _keys_for(args, settings, args.head), progress=not args.quiet and sys.stderr.isatty())
     print(json.dumps(report.as_dict(), indent=2))
     return 0
+
+
+def _precompute_on_dask(args: argparse.Namespace, settings: Settings) -> Any:
+    """The whole table on Dask (a local cluster, or ``--scheduler``'s); see serving.precompute_dask."""
+    if args.head or args.keys_file or args.head_size:
+        raise ValueError("--engine dask precomputes the whole static table; a hybrid head runs in process")
+    try:
+        from serving.precompute_dask import precompute_on_dask
+    except ImportError as exc:
+        raise RuntimeError(f"--engine dask needs the scale extra: pip install 'hybridserve[scale]' ({exc})") from None
+    return precompute_on_dask(settings, scheduler=args.scheduler, workers=args.dask_workers, partition_keys=args.partition_keys)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -154,6 +191,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             report = precompute(settings, _keys_for(args, settings, head) if head else None, progress=False)
             print(f"precomputed {report.keys} keys of {report.model_name}@{report.model_version} "
                   f"in {report.seconds:.2f}s ({report.keys_per_s:,.0f} keys/s)", flush=True)
+        settings = _with_worker_dir(settings)
         # Hand the final settings to uvicorn's worker processes through the environment.
         os.environ.update(settings.as_env())
         print(f"serving {settings.mode} on http://{settings.host}:{settings.port}", flush=True)
@@ -165,6 +203,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
         if embedded is not None:
             embedded.close()
     return 0
+
+
+def _with_worker_dir(settings: Settings) -> Settings:
+    """With several workers, a directory they share (control file, metrics snapshots); removed
+    when this process exits. One worker alone needs none."""
+    if settings.workers < 2 or settings.worker_dir is not None:
+        return settings
+    import atexit
+    import shutil
+    import tempfile
+
+    directory = Path(tempfile.mkdtemp(prefix="hybridserve-workers-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return settings.model_copy(update={"worker_dir": directory})
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -205,7 +257,8 @@ def _prices_and_target(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def _run_and_report(args: argparse.Namespace, specs: list[Any],
-                    extra_sections: Callable[[list[dict[str, Any]]], list[str]] | None = None) -> int:
+                    extra_sections: Callable[[list[dict[str, Any]]], list[str]] | None = None,
+                    extra_results: dict[str, Any] | None = None) -> int:
     """Run load-test specs, then write results.json and report.html and print the summary."""
     import platform
     from datetime import datetime, timezone
@@ -218,7 +271,7 @@ def _run_and_report(args: argparse.Namespace, specs: list[Any],
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": specs[0].duration_s,
                "prices": prices, "target": {"qps": args.target_qps, "key_count": args.target_keys} if target else "as measured"}
     sections = extra_sections(records) if extra_sections else []
-    results, html_path = report.write_report(records, Path(args.out), context, sections)
+    results, html_path = report.write_report(records, Path(args.out), context, sections, extra_results)
     print()
     print(report.summary_table(records))
     print()
@@ -233,9 +286,9 @@ def _matrix(args: argparse.Namespace) -> list[Any]:
 
     duration = args.duration or (runner.QUICK_DURATION_S if args.quick else runner.FULL_DURATION_S)
     if args.model:  # a user's own model, as registered (hybridserve import)
-        return runner.matrix(duration, args.rate, args.dist, models=(args.model,))
+        return runner.matrix(duration, args.rate, args.dist, models=(args.model,), load_workers=args.load_workers)
     _ensure_models(_settings(args).registry)
-    return runner.matrix(duration, args.rate, args.dist)
+    return runner.matrix(duration, args.rate, args.dist, load_workers=args.load_workers)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -244,9 +297,51 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Train both profiles if needed, run the comparison and a tuning pass (``make demo``)."""
+    """Train both profiles if needed, run the comparison, a capacity ladder, the projection and a
+    tuning pass (``make demo``)."""
     specs = _matrix(args)
-    return _run_and_report(args, specs, lambda records: [_demo_tuning_section(args, records)])
+    figures: dict[str, Any] = {}
+    return _run_and_report(args, specs, lambda records: [*_capacity_sections(args, records, figures), _demo_tuning_section(args, records)],
+                           figures)
+
+
+def _capacity_sections(args: argparse.Namespace, records: list[Any], figures: dict[str, Any]) -> list[str]:
+    """Capacity per mode of the light profile and the projection to the user's target, as report
+    sections; their figures go into ``figures`` (results.json's ``capacity`` and ``projection``)."""
+    from loadtests import capacity, projection, report
+
+    rates = capacity.QUICK_RATES if args.quick else capacity.DEFAULT_RATES
+    duration = capacity.QUICK_DURATION_S if args.quick else capacity.FULL_DURATION_S
+    print(flush=True)
+    curves = capacity.measure_capacity(_settings(args).registry, "light", MODES, rates, args.slo_p99_ms, duration)
+    target = projection.Target(qps=args.project_qps, keys=args.project_keys)
+    rows = projection.project(records, curves, target, _prices_and_target(args)[0])
+    figures["capacity"] = [dict(c.as_dict(), provisioning=capacity.provisioning(c, target.qps)) for c in curves]
+    figures["projection"] = {"target": vars(target), "formulas": projection.projection_formulas(), "rows": [p.as_dict() for p in rows]}
+    return [report.capacity_section(curves, target.qps), report.projection_section(rows, target)]
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    """The capacity ladder of each mode: highest rate per core under the SLO; writes capacity.json
+    and capacity.html (latency against throughput, knee marked)."""
+    from loadtests import capacity, report
+
+    registry = _settings(args).registry
+    _ensure_models(registry)
+    rates = tuple(float(r) for r in args.rates.split(","))
+    curves = capacity.measure_capacity(registry, args.profile, tuple(args.modes.split(",")), rates,
+                                       args.slo_p99_ms, args.duration)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = [dict(c.as_dict(), provisioning=capacity.provisioning(c, args.project_qps)) for c in curves]
+    (out / "capacity.json").write_text(json.dumps(document, indent=2))
+    (out / "capacity.html").write_text('<!doctype html><meta charset="utf-8"><title>hybridserve capacity</title>'
+                                       + report.capacity_section(curves, args.project_qps))
+    for curve in document:
+        print(f"{curve['profile']}/{curve['mode']}: {curve['capacity_rps_per_core']:.0f} req/s per core "
+              f"({curve['broke_because']}); {args.project_qps:g} req/s need {curve['provisioning']['cores']} cores")
+    print(f"wrote {out / 'capacity.json'}\nwrote {out / 'capacity.html'}")
+    return 0
 
 
 def _model_key_space(registry: Path, name: str) -> Any:
@@ -286,7 +381,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
     if not args.model:
         _ensure_models(_settings(args).registry)
     spec = RunSpec(args.model or args.profile, args.mode, args.dist, rate=args.rate, users=args.users, duration_s=args.duration,
-                   batch_size=args.batch_size, seed=args.seed, head_size=args.run_head_size, l1_size=args.run_l1_size)
+                   batch_size=args.batch_size, seed=args.seed, head_size=args.run_head_size, l1_size=args.run_l1_size,
+                   load_workers=args.load_workers)
     return _run_and_report(args, [spec])
 
 
@@ -358,7 +454,19 @@ def _parser() -> argparse.ArgumentParser:
                              ("loadtest", cmd_loadtest, "one load test of one mode, with the same report")):
         cmp = sub.add_parser(name, help=text, description=text)
         _load_options(cmp, single=name == "loadtest")
+        if name == "demo":
+            _capacity_options(cmp)
         cmp.set_defaults(func=func)
+    cap = sub.add_parser("capacity", help="offered-load ladder per mode: highest rate per core under a p99 SLO",
+                         description=cmd_capacity.__doc__)
+    _setting(cap, "--registry", "registry", "model registry directory (missing profiles are trained into it)")
+    cap.add_argument("--out", default="out/capacity", help="where capacity.json and capacity.html go")
+    cap.add_argument("--profile", choices=("light", "heavy"), default="light", help="model profile to serve")
+    cap.add_argument("--modes", default=",".join(MODES), help="comma-separated modes")
+    cap.add_argument("--rates", default="100,200,400,800,1600,3200", help="comma-separated offered rates, ascending")
+    cap.add_argument("--duration", type=float, default=6.0, help="seconds per rate")
+    _capacity_options(cap)
+    cap.set_defaults(func=cmd_capacity)
     _trace_tune(sub)
     return parser
 
@@ -394,8 +502,12 @@ def _train_redis_precompute(sub: Any) -> None:
     _setting(ex, "--registry", "registry", "model registry directory to publish into")
     ex.set_defaults(func=cmd_example)
 
-    red = sub.add_parser("redis", help="run an embedded redis-server in the foreground", description=cmd_redis.__doc__)
+    red = sub.add_parser("redis", help="run an embedded redis-server (or a local cluster) in the foreground",
+                         description=cmd_redis.__doc__)
     red.add_argument("--port", type=int, default=None, help="TCP port on 127.0.0.1 (default: a free one)")
+    red.add_argument("--cluster", type=int, default=0, metavar="N",
+                     help="a local Redis Cluster of N masters instead (URL: redis+cluster://...; 0: one server)")
+    red.add_argument("--replicas", type=int, default=0, help="with --cluster: replicas per master")
     red.set_defaults(func=cmd_redis)
 
     pre = sub.add_parser("precompute", help="precompute predictions into Redis", description=cmd_precompute.__doc__)
@@ -409,6 +521,11 @@ def _train_redis_precompute(sub: Any) -> None:
                      "(default: rank by predicted traffic)")
     _setting(pre, "--log-level", "log_level", choices=LOG_LEVELS)
     pre.add_argument("--quiet", action="store_true", help="no progress bar")
+    pre.add_argument("--engine", choices=("process", "dask"), default="process",
+                     help="dask: the whole table computed and written by Dask workers (extra 'scale')")
+    pre.add_argument("--scheduler", default=None, help="with --engine dask: tcp://HOST:8786 (default: a local cluster)")
+    pre.add_argument("--dask-workers", type=int, default=2, help="with --engine dask and no scheduler: local worker processes")
+    pre.add_argument("--partition-keys", type=int, default=250_000, help="with --engine dask: keys per task")
     pre.set_defaults(func=cmd_precompute)
 
 
@@ -467,6 +584,13 @@ def _trace_tune(sub: Any) -> None:
     tune.set_defaults(func=cmd_tune)
 
 
+def _capacity_options(parser: argparse.ArgumentParser) -> None:
+    """Options of the capacity ladder and the projection (capacity, demo)."""
+    parser.add_argument("--slo-p99-ms", type=float, default=DEMO_SLO_P99_MS, help="p99 SLO a rate must meet")
+    parser.add_argument("--project-qps", type=float, default=1e5, help="project cores and cost to this many requests/s")
+    parser.add_argument("--project-keys", type=int, default=100_000_000, help="... and this key space")
+
+
 def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     """Options shared by compare, demo and loadtest."""
     _setting(parser, "--registry", "registry", "model registry directory (missing profiles are trained into it)")
@@ -482,6 +606,8 @@ def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     parser.add_argument("--price-vcpu-hour", type=float, default=0.05, help="USD per serving vCPU-hour")
     parser.add_argument("--price-batch-vcpu-hour", type=float, default=0.02, help="USD per batch vCPU-hour")
     parser.add_argument("--price-gb-hour", type=float, default=0.02, help="USD per GB-hour of cache memory")
+    parser.add_argument("--load-workers", type=int, default=0, metavar="N",
+                        help="drive Locust as a master with N worker processes (0: one process)")
     if not single:
         parser.add_argument("--quick", action="store_true", help="short runs (about two minutes in all)")
         parser.add_argument("--duration", type=float, default=None, help="seconds per run (overrides --quick; "

@@ -101,7 +101,10 @@ OPTIONS: tuple[tuple[str, type, object, str], ...] = (
     ("--batch-size", int, DEFAULT_BATCH_SIZE, "Keys per request: 1 uses GET /v1/predict/{key}, more POST /v1/predict"),
     ("--rate", float, DEFAULT_RATE, "Target requests/s over all users of this process (open loop); 0: closed loop"),
     ("--seed", int, DEFAULT_SEED, "Seed of the key distribution (which keys are popular, and the request sequence)"),
-    ("--latency-file", str, "", "Write a 2%-resolution latency histogram (JSON) here when the test stops"),
+    ("--latency-file", str, "", "Write a 2%-resolution latency histogram (JSON) here when the test stops "
+                                "({worker} in the path: the worker's index, in a distributed run)"),
+    ("--latency-after-s", float, 0.0, "Leave the first seconds of a run (users starting, connections opening) "
+                                      "out of the --latency-file histogram"),
 )
 
 
@@ -197,6 +200,8 @@ def reset_plan(environment: Environment, **_kwargs: Any) -> None:
     PredictUser.plan = None
     PredictUser.ending = False
     LATENCY.clear()
+    skip = float(getattr(environment.parsed_options, "latency_after_s", 0.0) or 0.0) if environment.parsed_options else 0.0
+    LATENCY.record_from = time.monotonic() + skip
 
 
 class LatencyHistogram:
@@ -212,6 +217,7 @@ class LatencyHistogram:
     def __init__(self) -> None:
         self.counts: dict[int, int] = {}
         self._log_growth = math.log(self.GROWTH)
+        self.record_from = 0.0  # monotonic time before which responses are not counted (warm-up)
 
     def clear(self) -> None:
         """Forget everything (a new test run)."""
@@ -232,17 +238,23 @@ LATENCY = LatencyHistogram()
 
 @events.request.add_listener
 def record_latency(response_time: float, **_kwargs: Any) -> None:
-    """Every request, failed ones included (their time is part of what users wait)."""
-    LATENCY.add(response_time)
+    """Every request after the warm-up, failed ones included (their time is part of what users wait)."""
+    if time.monotonic() >= LATENCY.record_from:
+        LATENCY.add(response_time)
 
 
 @events.test_stop.add_listener
 def write_latency(environment: Environment, **_kwargs: Any) -> None:
-    """Dump the histogram where ``--latency-file`` says (the runner reads it)."""
+    """Dump the histogram where ``--latency-file`` says (the runner reads it). In a distributed run
+    the master passes its options to every worker, so ``{worker}`` in the path becomes each
+    worker's index (one file per worker, merged by the runner); the master, which sends no
+    requests, writes none."""
     path = getattr(environment.parsed_options, "latency_file", "") if environment.parsed_options else ""
-    if path:
-        with open(path, "w", encoding="utf-8") as handle:
-            json.dump(LATENCY.buckets(), handle)
+    if not path or isinstance(environment.runner, MasterRunner):
+        return
+    path = path.replace("{worker}", str(getattr(environment.runner, "worker_index", 0)))
+    with open(path, "w", encoding="utf-8") as handle:
+        json.dump(LATENCY.buckets(), handle)
 
 
 def failure_message(status: int, body: bytes | None, error: Exception | None) -> str:

@@ -25,6 +25,8 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from loadtests import cost  # noqa: E402
+from loadtests.capacity import CapacityCurve, capacity_formulas, provisioning  # noqa: E402
+from loadtests.projection import Projection, Target, projection_formulas  # noqa: E402
 
 MODE_COLOURS = {"static": "#4C72B0", "dynamic": "#DD8452", "hybrid": "#55A868"}
 PERCENTILE_COLOURS = {"p50": "#9ecae1", "p95": "#4292c6", "p99": "#08519c"}
@@ -314,11 +316,71 @@ can exceed inference itself; the in-process L1 is the fast path.</p>
 </body></html>"""
 
 
-def write_report(records: Sequence[dict[str, Any]], out: Path, context: dict[str, Any], extra_sections: Sequence[str] = ()) -> tuple[Path, Path]:
-    """Write results.json and report.html into ``out``; returns their paths."""
+def _capacity_chart(curves: Sequence[CapacityCurve]) -> str:
+    """Client p99 against achieved throughput, one line per mode, the knee starred, the SLO dashed."""
+    fig, ax = plt.subplots(figsize=(9, 4))
+    for curve in curves:
+        colour = MODE_COLOURS.get(curve.mode, "#777")
+        ax.plot([r.achieved_rps for r in curve.rungs], [max(r.p99_ms, 0.05) for r in curve.rungs], "o-", color=colour,
+                label=f"{curve.profile}/{curve.mode}")
+        if curve.knee is not None:
+            ax.plot([curve.knee.achieved_rps], [max(curve.knee.p99_ms, 0.05)], "*", color=colour, markersize=18,
+                    markeredgecolor="black")
+    if curves:
+        ax.axhline(curves[0].slo_p99_ms, linestyle="--", color="#c00", label=f"SLO p99 {curves[0].slo_p99_ms:g} ms")
+    ax.set_xlabel("achieved requests/s (one server core)")
+    ax.set_ylabel("p99 ms (client side)")
+    ax.set_yscale("log")
+    ax.set_title("Latency against throughput; ★ = knee (highest rate that met the SLO)")
+    ax.legend()
+    return _png(fig)
+
+
+def capacity_section(curves: Sequence[CapacityCurve], target_qps: float) -> str:
+    """HTML: the latency/throughput chart, capacity per core and the cost of ``target_qps`` both ways."""
+    rows = []
+    for curve in curves:
+        need = provisioning(curve, target_qps)
+        knee = curve.knee
+        cells = [f"{curve.profile}/{curve.mode}", f"{knee.achieved_rps:.0f}" if knee else "none",
+                 f"{curve.capacity_per_core:.0f}" + (" (lower bound)" if curve.generator_bound else ""),
+                 f"{knee.server_cpu_us_per_request:.0f}" if knee else "-", f"{need['cpu_cores_busy']:.1f}",
+                 str(need["cores"]), f"{need['utilisation']:.0%}", curve.broke_because]
+        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    cols = ["run", "knee req/s", "req/s per core", "CPU µs/req at knee", f"CPU-seconds way: cores busy at {target_qps:g}/s",
+            f"provisioned cores at {target_qps:g}/s", "utilisation", "ladder stopped because"]
+    return (f"<h2>Capacity</h2><p>Each mode's server (one core) offered a ladder of rates until a rung broke the "
+            f"SLO. Cost of {target_qps:g} requests/s: CPU-seconds (what the comparison prices) against cores provisioned "
+            "to hold the SLO.</p>"
+            f'<img src="{_capacity_chart(curves)}" style="max-width:100%">'
+            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>" + "".join(rows) + "</table>"
+            f"<pre>{html.escape(capacity_formulas())}</pre>")
+
+
+def projection_section(rows: Sequence[Projection], target: Target) -> str:
+    """HTML: what each mode needs at the user's target, with the formulas."""
+    cols = ["run", "API cores", "from", "Redis GB", "Redis masters", "Redis nodes", "keys per refresh",
+            "refresh hours (1 process)", "refresh CPU hours", "$ per refresh"]
+    body = []
+    for p in rows:
+        cells = [f"{p.profile}/{p.mode}", str(p.api_cores), p.api_cores_from, f"{p.redis_bytes / 1e9:.1f}", str(p.redis_masters),
+                 str(p.redis_nodes), f"{p.precompute_keys:,}", f"{p.precompute_hours_one_process:.2f}",
+                 f"{p.precompute_cpu_hours:.2f}", f"{p.precompute_cost_per_refresh:.2f}"]
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    return (f"<h2>Projection: {target.keys:,} keys at {target.qps:,.0f} requests/s</h2>"
+            "<p>From the per-unit figures measured above (this machine), by these formulas:</p>"
+            "<table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>" + "".join(body) + "</table>"
+            f"<pre>{html.escape(projection_formulas())}</pre>")
+
+
+def write_report(records: Sequence[dict[str, Any]], out: Path, context: dict[str, Any], extra_sections: Sequence[str] = (),
+                 extra_results: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """Write results.json (``extra_results`` added at its top level, e.g. ``capacity``) and
+    report.html into ``out``; returns their paths."""
     out.mkdir(parents=True, exist_ok=True)
     results = out / "results.json"
-    results.write_text(json.dumps({"context": {k: v for k, v in context.items() if k != "prices"}, "runs": list(records)}, indent=2, default=str))
+    document = {"context": {k: v for k, v in context.items() if k != "prices"}, "runs": list(records), **(extra_results or {})}
+    results.write_text(json.dumps(document, indent=2, default=str))
     report = out / "report.html"
     report.write_text(render_html(records, context, extra_sections))
     return results, report

@@ -3,7 +3,10 @@
 For each run: a fresh embedded Redis and a fresh server process (``python -m hybridserve.cli serve``,
 pinned to its own core with taskset when there are two or more), the mode prepared (static: every
 key precomputed; hybrid: the head precomputed from a sample of earlier traffic, L1 empty), a
-warm-up, then Locust in its own process for a fixed time at a fixed offered rate. Around the
+warm-up, then Locust in its own process for a fixed time at a fixed offered rate (or, with
+``RunSpec.load_workers``, a Locust master and N worker processes sharing the rate; latency
+percentiles then come from the workers' histograms added together, and the generator counts as
+saturated when any one of its processes is). Around the
 measured window it samples server CPU (per-thread schedstat, the server process and its children), Redis CPU
 (``INFO cpu``), the server's tier counters (``/v1/cache/stats``) and the keys the run stored in Redis
 (``MEMORY USAGE`` summed over the run's namespace, so a mode that stores nothing reports 0 because
@@ -28,11 +31,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -46,7 +51,7 @@ from loadtests.keys import TraceKeys, key_stream
 from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, key_space_for
 from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
-from loadtests.harness.redis_server import EmbeddedRedis
+from loadtests.harness.redis_server import EmbeddedRedis, free_port
 from loadtests.harness.server_process import ServerProcess, pinned
 from serving.cache import measure_l1_bytes_per_entry
 from serving.modes import precomputes
@@ -59,6 +64,10 @@ HEAD_SAMPLE_REQUESTS = 100_000
 SATURATION_SHARE = 0.95
 DEMO_PROFILES = ("light", "heavy")
 LOCUST_CPU_SATURATED = 90.0
+# How long a Locust master waits for its workers to connect, and how long workers get to quit
+# after their master has.
+LOAD_WORKERS_WAIT_S = 30
+STOP_GRACE_S = 10.0
 SCAN_COUNT = 1000
 CPU_SAMPLE_S = 1.0
 # Two-sided 95% normal quantile: the confidence interval reported with every p99.
@@ -86,6 +95,8 @@ class RunSpec:
     """Redis memory budget for the predictions in bytes (``maxmemory`` = Redis' own baseline + this); None: unbounded."""
     redis_eviction: str = "allkeys-lru"
     """``maxmemory-policy`` when ``redis_maxmemory`` is set."""
+    load_workers: int = 0  # Locust worker processes under one master; 0: one plain Locust process
+    latency_after_s: float = 0.0  # seconds at the start of a run left out of the latency percentiles
 
     @property
     def model_name(self) -> str:
@@ -134,6 +145,8 @@ class RunResult:
     """Achieved below ``SATURATION_SHARE`` of the offered rate, or Locust at ``LOCUST_CPU_SATURATED``."""
     load_generator_cpu_percent: float
     """Locust's peak CPU percent over one-second intervals inside the traffic window."""
+    latency_histograms: int
+    """Locust processes whose histograms were merged into ``latency_ms`` (1, or ``load_workers``)."""
     cost: dict[str, Any] = field(default_factory=dict)
     unknown_key_share: float = 0.0
     """A trace replay: share of its requests for keys the model does not have (answered 404)."""
@@ -215,35 +228,61 @@ def _warm_up(url: str, spec: RunSpec, space: KeySpace) -> None:
 
 # ----- measurement -------------------------------------------------------------------------------
 
-def _run_locust(spec: RunSpec, url: str, registry: Path, workdir: Path) -> tuple[dict[str, Any], float]:
-    """Run Locust headless; returns its final statistics and its peak CPU percent in the traffic window."""
+def _locust_argvs(spec: RunSpec, url: str, registry: Path, workdir: Path) -> list[list[str]]:
+    """The Locust command lines: one plain process, or with ``spec.load_workers`` a master (which
+    prints the statistics) followed by its workers. The master hands its options to the workers,
+    ``--rate`` included, and ``--rate`` paces one process, so each worker gets its share."""
+    workers = spec.load_workers
+    base = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE)]
     # --json prints the complete final statistics on stdout (the --csv files are rewritten only
     # once a second and miss the last second of a run); failure reasons still go to stderr.
-    argv = [sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary", "--json",
-            "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
-            "--key-dist", spec.distribution, "--model", spec.model_name, "--registry", str(registry),
-            "--batch-size", str(spec.batch_size),
-            "--rate", str(spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
-            "--latency-file", str(workdir / "latency.json")]
+    first = [*base, "--headless", "--only-summary", "--json",
+             "-u", str(spec.users), "-r", str(spec.users), "-t", f"{int(spec.duration_s)}s", "--host", url,
+             "--key-dist", spec.distribution, "--model", spec.model_name, "--registry", str(registry),
+             "--batch-size", str(spec.batch_size),
+             "--rate", str(spec.rate / workers if workers else spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
+             "--latency-file", str(workdir / "latency-{worker}.json"), "--latency-after-s", str(spec.latency_after_s)]
+    if not workers:
+        return [first]
+    port = str(free_port())
+    master = [*first, "--master", "--master-bind-host", "127.0.0.1", "--master-bind-port", port,
+              "--expect-workers", str(workers), "--expect-workers-max-wait", str(LOAD_WORKERS_WAIT_S)]
+    return [master] + [[*base, "--worker", "--master-host", "127.0.0.1", "--master-port", port]] * workers
+
+
+def _run_locust(spec: RunSpec, url: str, registry: Path, workdir: Path) -> tuple[dict[str, Any], float]:
+    """Run Locust headless (one process, or a master and its workers); returns its final
+    statistics and the peak CPU percent of its busiest process in the traffic window."""
     stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
+    for stale in workdir.glob("latency-*.json"):
+        stale.unlink()  # an earlier run on the same bench: never merged into this one
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-        proc = psutil.Popen(pinned(argv, _cores()[1]), stdout=out, stderr=err)
-        samples = _watch_cpu(proc, spec.duration_s + 60)
+        procs = [psutil.Popen(pinned(argv, _cores()[1]), stdout=out if i == 0 else subprocess.DEVNULL, stderr=err)
+                 for i, argv in enumerate(_locust_argvs(spec, url, registry, workdir))]
+        samples = _watch_cpu(procs, spec.duration_s + 60 + LOAD_WORKERS_WAIT_S)
     if not stdout_path.read_text().strip():
         raise RuntimeError(f"Locust printed no statistics: {stderr_path.read_text()[-2000:]}")
     stats = locust_stats(json.loads(stdout_path.read_text()), stderr_path.read_text())
-    latency_path = workdir / "latency.json"
-    if latency_path.exists():
-        stats["latency_ms"].update(precise_percentiles(json.loads(latency_path.read_text())))
+    histograms = [json.loads(path.read_text()) for path in sorted(workdir.glob("latency-*.json"))]
+    if histograms:
+        stats["latency_ms"].update(precise_percentiles(histograms))
+    stats["latency_histograms"] = len(histograms)
     # Only the traffic window: Locust's start-up (imports, a second or more of full CPU on a loaded
     # machine) would otherwise read as a saturated generator in a short run.
-    return stats, window_cpu_percent(samples, *stats["window"])
+    return stats, max((window_cpu_percent(taken, *stats["window"]) for taken in samples), default=0.0)
 
 
-def precise_percentiles(buckets: list[list[float]]) -> dict[str, float]:
-    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histogram, and the 95%
-    confidence interval of the p99 (``p99_low``, ``p99_high``; see :func:`quantile_interval`)."""
-    histogram: Counter[float] = Counter({float(bound): int(count) for bound, count in buckets})
+def precise_percentiles(histograms: list[list[list[float]]]) -> dict[str, float]:
+    """p50/p95/p99 (ms, 2% resolution) from the locustfile's latency histograms, one per Locust
+    process: their bucket counts are added, so the percentiles are those of all requests together
+    (averaging each process's percentiles would not be). Empty when nothing was recorded. With the
+    95% confidence interval of the p99 (``p99_low``, ``p99_high``; see :func:`quantile_interval`)."""
+    histogram: Counter[float] = Counter()
+    for buckets in histograms:
+        for bound, count in buckets:
+            histogram[float(bound)] += int(count)
+    if not histogram:
+        return {}  # nothing recorded (a run shorter than its warm-up): Locust's own figures stand
     out = {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
     out["p99_low"], out["p99_high"] = quantile_interval(histogram, 0.99)
     return out
@@ -275,21 +314,28 @@ def _ranked(histogram: Counter[float], rank: int) -> float:
     return 0.0
 
 
-def _watch_cpu(proc: psutil.Popen, timeout_s: float) -> list[tuple[float, float]]:
-    """``(wall clock, CPU seconds so far)`` of a process every ``CPU_SAMPLE_S`` until it exits
-    (killed after ``timeout_s``). The wall clock is ``time.time()``, the clock of Locust's statistics."""
-    samples: list[tuple[float, float]] = []
+def _watch_cpu(procs: list[psutil.Popen], timeout_s: float) -> list[list[tuple[float, float]]]:
+    """``(wall clock, CPU seconds so far)`` of each process every ``CPU_SAMPLE_S`` until the first
+    (the one that reports) exits, or ``timeout_s`` (then it is killed); the rest (Locust workers,
+    which quit with their master) get ``STOP_GRACE_S`` more. The wall clock is ``time.time()``,
+    the clock of Locust's statistics."""
+    samples: list[list[tuple[float, float]]] = [[] for _ in procs]
     deadline = time.monotonic() + timeout_s
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            used = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            break
-        samples.append((time.time(), used.user + used.system))
+    while procs[0].poll() is None and time.monotonic() < deadline:
+        now = time.time()
+        for proc, taken in zip(procs, samples):
+            try:
+                used = proc.cpu_times()
+            except psutil.NoSuchProcess:
+                continue
+            taken.append((now, used.user + used.system))
         time.sleep(CPU_SAMPLE_S)
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait()
+    for proc in procs:
+        try:
+            proc.wait(STOP_GRACE_S if proc is not procs[0] else 0)
+        except psutil.TimeoutExpired:
+            proc.kill()
+            proc.wait()
     return samples
 
 
@@ -419,8 +465,25 @@ class StoredKeys:
         return cls(len(names), sum(int(size or 0) for size in sizes))
 
 
-def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
-    """Run one cell of the matrix end to end and measure it."""
+@dataclass
+class Bench:
+    """A prepared run: Redis with what the mode needs precomputed, a warmed-up server, and where
+    Locust writes. Several measurements may follow one another on it (a capacity ladder)."""
+
+    server: ServerProcess
+    redis: redis.Redis
+    registry: Path
+    version: str
+    space: KeySpace
+    key_count: int
+    precompute: tuple[float, float]
+    workdir: Path
+    server_cores: int
+
+
+@contextmanager
+def prepared(spec: RunSpec, registry: Path) -> Iterator[Bench]:
+    """A fresh Redis and server process for ``spec``, the mode prepared and the server warmed up."""
     artifact = resolve(registry, spec.model_name)
     card = artifact.card()
     space = key_space_for(card, artifact.path)
@@ -433,28 +496,44 @@ def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Sce
         settings = Settings(redis_url=redis_server.url, registry=registry, model_name=spec.model_name, mode=spec.mode,
                             l1_size=spec.l1_size, head_size=spec.head_size, **dict(spec.settings))
         baseline = int(client.info("memory")["used_memory"])
-        pre_s, pre_cpu = _prepare(spec, settings, space, workdir)
+        pre = _prepare(spec, settings, space, workdir)
         if spec.redis_maxmemory is not None:
             # After the precompute (a batch job must not meet OOM half-way); the head counts in the budget.
             _limit_memory(redis_server, baseline, spec.redis_maxmemory, spec.redis_eviction)
-        with ServerProcess(settings, server_cores) as server:
-            _warm_up(server.url, spec, space)
-            stored0 = StoredKeys.read(client, settings.redis_namespace)
-            before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
-            locust, locust_cpu = _run_locust(spec, server.url, registry, workdir)
-            after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
-            stored1 = StoredKeys.read(client, settings.redis_namespace)
-        client.close()
+        try:
+            with ServerProcess(settings, server_cores) as server:
+                _warm_up(server.url, spec, space)
+                yield Bench(server, client, registry, artifact.version, space, key_count, pre, workdir,
+                            len(server_cores or os.sched_getaffinity(0)))
+        finally:
+            client.close()
+
+
+def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
+    """One Locust run of ``spec`` against a prepared bench, with what it cost."""
+    server, client = bench.server, bench.redis
+    namespace = server.settings.redis_namespace
+    stored0 = StoredKeys.read(client, namespace)
+    before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
+    locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
+    after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
+    stored1 = StoredKeys.read(client, namespace)
     # The warm-up's keys: the same shape as those L1 held.
     l1_entry_bytes = measure_l1_bytes_per_entry(
-        key_stream(spec.distribution, space, seed=spec.seed, stream=98).take(WARMUP_REQUESTS))
-    result = _result(spec, artifact.version, key_count, locust, locust_cpu, before, after,
-                     (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), (pre_s, pre_cpu), prices, target,
+        key_stream(spec.distribution, bench.space, seed=spec.seed, stream=98).take(WARMUP_REQUESTS))
+    result = _result(spec, bench.version, bench.key_count, locust, locust_cpu, before, after,
+                     (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), bench.precompute, prices, target,
                      l1_entry_bytes=l1_entry_bytes)
-    stream = key_stream(spec.distribution, space, seed=spec.seed)
+    stream = key_stream(spec.distribution, bench.space, seed=spec.seed)
     if isinstance(stream, TraceKeys):
         result.unknown_key_share, result.trace_keys_mapped = stream.unknown_share, stream.remap
     return result
+
+
+def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
+    """Run one cell of the matrix end to end and measure it."""
+    with prepared(spec, registry) as bench:
+        return measure(bench, spec, prices, target)
 
 
 def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any], locust_cpu: float,
@@ -474,6 +553,7 @@ def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any],
         redis_bytes=stored[1].bytes, redis_keys=stored[1].keys, redis_keys_added=stored[1].keys - stored[0].keys,
         redis_bytes_added=stored[1].bytes - stored[0].bytes, l1_entries=int(after["stats"]["l1"]["size"]), precompute_s=pre[0],
         precompute_cpu_s=pre[1], load_generator_saturated=saturated, load_generator_cpu_percent=locust_cpu,
+        latency_histograms=locust["latency_histograms"],
     )
     result.l1_bytes = round(result.l1_entries * l1_entry_bytes)
     result.cost = _cost(result, prices, target)
@@ -501,12 +581,14 @@ FULL_DURATION_S = 25.0
 
 
 def matrix(duration_s: float, rate: float, distribution: str = "zipf:1.1",
-           models: tuple[str, ...] = DEMO_PROFILES) -> list[RunSpec]:
+           models: tuple[str, ...] = DEMO_PROFILES, load_workers: int = 0) -> list[RunSpec]:
     """Each model (demo profiles, or registered names) x three modes on ``distribution``, plus
     hybrid on uniform traffic per model (unless ``distribution`` is uniform already)."""
-    specs = [RunSpec(p, m, distribution, rate=rate, duration_s=duration_s) for p in models for m in ("static", "dynamic", "hybrid")]
+    specs = [RunSpec(p, m, distribution, rate=rate, duration_s=duration_s, load_workers=load_workers)
+             for p in models for m in ("static", "dynamic", "hybrid")]
     if distribution != "uniform":
-        specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s) for p in models]
+        specs += [RunSpec(p, "hybrid", "uniform", rate=rate, duration_s=duration_s, load_workers=load_workers)
+                  for p in models]
     return specs
 
 

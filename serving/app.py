@@ -30,6 +30,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.registry import RegistryError, resolve
 from serving import logs
+from serving.cluster import ClusterURL, is_cluster_url
+from serving.control import ControlFollower, control_channel
 from serving.errors import (
     AdminDisabled,
     BodyTooLarge,
@@ -41,6 +43,7 @@ from serving.errors import (
     Unauthorized,
     UnknownVersion,
 )
+from serving.metrics import WorkerSnapshots
 from serving.modes import uses_store
 from serving.openapi import install_openapi
 from serving.service import PredictionService
@@ -172,6 +175,28 @@ def _build_service(settings: Settings) -> PredictionService:
     return PredictionService(settings, store)
 
 
+@asynccontextmanager
+async def _shared_with_other_workers(app: FastAPI, settings: Settings, service: PredictionService) -> AsyncIterator[None]:
+    """Admin changes made on any worker or replica reach this one (:mod:`serving.control`), and
+    with a ``worker_dir`` this worker's counters reach /metrics on the others."""
+    control = ControlFollower(control_channel(settings, service.store), service, settings.control_poll_s)
+    snapshots = WorkerSnapshots(settings.worker_dir) if settings.worker_dir is not None else None
+    await control.start()
+    if snapshots is not None:
+        snapshots.start(service.metrics, settings.metrics_snapshot_s)
+    app.state.control, app.state.snapshots = control, snapshots
+    try:
+        yield
+    finally:
+        await control.stop()
+        if snapshots is not None:
+            await snapshots.stop()
+
+
+def _control(request: Request) -> ControlFollower:
+    return request.app.state.control  # type: ignore[no-any-return]
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI app for ``settings``; the model loads in the lifespan, not at import."""
 
@@ -183,7 +208,8 @@ def create_app(settings: Settings) -> FastAPI:
         app.state.service = service
         logs.log_event("server_start", mode=settings.mode, model_name=settings.model_name, model_version=_version(service))
         try:
-            yield
+            async with _shared_with_other_workers(app, settings, service):
+                yield
         finally:
             await service.close()
             logs.log_event("server_stop", mode=settings.mode, model_name=settings.model_name)
@@ -244,7 +270,9 @@ class _OutageLog:
 
 
 def _redis_address(url: str | None) -> str:
-    """``host:port`` of a Redis URL, never its password."""
+    """``host:port`` of a Redis URL (a cluster's: its seeds, comma-separated), never its password."""
+    if url and is_cluster_url(url):
+        return ",".join(f"{host}:{port}" for host, port in ClusterURL(url).seeds)
     parts = urlsplit(url or "")
     return f"{parts.hostname}:{parts.port or 6379}"
 
@@ -325,8 +353,10 @@ def _add_operation_routes(app: FastAPI) -> None:
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Response:
-        """Prometheus metrics."""
-        return Response(_service(request).metrics.render(), media_type="text/plain; version=0.0.4")
+        """Prometheus metrics (of every worker of this server)."""
+        snapshots: WorkerSnapshots | None = request.app.state.snapshots
+        others = snapshots.others() if snapshots is not None else ()
+        return Response(_service(request).metrics.render(others), media_type="text/plain; version=0.0.4")
 
     @app.get("/v1/cache/stats")
     async def cache_stats(request: Request) -> Response:
@@ -339,27 +369,32 @@ def _add_admin_routes(app: FastAPI) -> None:
 
     @app.post("/v1/admin/flush", dependencies=admin)
     async def flush(body: FlushRequest, request: Request) -> Response:
-        """Empty L1 and/or this model's predictions in Redis."""
-        return JSONBody({"flushed": await _service(request).flush(body.l1, body.redis)})
+        """Empty L1 and/or this model's predictions in Redis (L1 on every worker and replica)."""
+        flushed = await _service(request).flush(body.l1, body.redis)
+        return JSONBody({"flushed": flushed, "propagated": await _control(request).publish(l1_flush=body.l1)})
 
     @app.put("/v1/admin/policy", dependencies=admin)
     async def policy(body: PolicyRequest, request: Request) -> Response:
-        """Change L1 size, TTLs or the admission rule at run time (the head is set at precompute)."""
+        """Change L1 size, TTLs or the admission rule at run time (the head is set at precompute),
+        on every worker and replica."""
         try:
-            return JSONBody({"policy": _service(request).configure(**body.model_dump(exclude_none=True))})
+            policy = _service(request).configure(**body.model_dump(exclude_none=True))
         except ValidationError as exc:
             raise InvalidRequest(_validation_detail(exc.errors())) from None
+        return JSONBody({"policy": policy, "propagated": await _control(request).publish(policy=policy)})
 
     @app.post("/v1/admin/reload", dependencies=admin)
     async def reload(body: ReloadRequest, request: Request) -> Response:
-        """Load another model version (``latest`` re-reads the registry pointer)."""
+        """Load another model version (``latest`` re-reads the registry pointer), on every worker
+        and replica within ``control_poll_s`` (``propagated``: the others were told)."""
         service = _service(request)
         if not service.computes:
             _require_published(request.app.state.settings, body.version)
         before = _version(service)
         loaded = await service.reload(body.version)
         logs.log_event("reload", requested=body.version, previous_version=before, model_version=loaded)
-        return JSONBody({"model_version": loaded})
+        propagated = await _control(request).publish(version=loaded if service.computes else None)
+        return JSONBody({"model_version": loaded, "propagated": propagated})
 
 
 def _version(service: PredictionService) -> str | None:

@@ -4,14 +4,22 @@ model inference time and batch sizes, Redis errors and fallbacks.
 Hot-path counters and histograms are plain integers (:class:`Counts`, :class:`Buckets`; an update
 costs well under a microsecond); a custom collector turns them into Prometheus counters and
 histograms when ``/metrics`` is scraped. Each app has its own
-registry, so several apps can live in one process (tests).
+registry, so several apps can live in one process (tests). Workers of one server share their
+counts through snapshot files (:class:`WorkerSnapshots`), merged by the worker a scrape reaches.
 """
 
 from __future__ import annotations
 
+import asyncio
+import os
 from bisect import bisect_left
-from collections.abc import Callable, Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -160,6 +168,7 @@ class Metrics:
 
     def __init__(self, mode: str, gauges: Callable[[], dict[str, float]]) -> None:
         self.mode = mode
+        self.gauges = gauges
         self.counts = Counts()
         self.registry = CollectorRegistry()
         self.latency = {s: Buckets(LATENCY_BUCKETS) for s in SOURCES}
@@ -183,6 +192,79 @@ class Metrics:
         self.batch_rows.observe(rows)
         self.inference.observe(seconds)
 
-    def render(self) -> bytes:
-        """The Prometheus text exposition."""
-        return generate_latest(self.registry)
+    def _histograms(self) -> dict[str, Buckets]:
+        return {**{f"latency:{s}": b for s, b in self.latency.items()}, "inference": self.inference, "batch_rows": self.batch_rows}
+
+    def snapshot(self) -> dict[str, Any]:
+        """Counters, histogram counts and gauges, JSON-ready: what another worker merges."""
+        return {"counts": self.counts.as_dict(), "gauges": self.gauges(),
+                "histograms": {name: [b.counts, b.sum] for name, b in self._histograms().items()}}
+
+    def _absorb(self, snapshot: dict[str, Any]) -> None:
+        for name, value in snapshot["counts"].items():
+            setattr(self.counts, name, getattr(self.counts, name) + value)
+        for name, (counts, total) in snapshot["histograms"].items():
+            buckets = self._histograms()[name]
+            buckets.counts = [a + b for a, b in zip(buckets.counts, counts)]
+            buckets.sum += total
+
+    def render(self, others: Sequence[dict[str, Any]] = ()) -> bytes:
+        """The Prometheus text exposition; with ``others`` (snapshots of the other workers of this
+        server), of all of them together: counters and histograms summed, gauges summed too (L1
+        entries over all workers; the breaker gauge counts workers whose breaker is open)."""
+        if not others:
+            return generate_latest(self.registry)
+        mine = self.snapshot()
+        gauges: Counter[str] = Counter()
+        for snapshot in (mine, *others):
+            gauges.update(snapshot["gauges"])
+        merged = Metrics(self.mode, lambda: dict(gauges))
+        for snapshot in (mine, *others):
+            merged._absorb(snapshot)
+        return generate_latest(merged.registry)
+
+
+class WorkerSnapshots:
+    """Each worker's metrics in a file of the shared ``worker_dir``, merged by whichever worker a
+    scrape reaches (prometheus_client's multiprocess mode does the same with mmapped files per
+    metric; our counters are plain integers, so a JSON snapshot every ``every_s`` costs the hot
+    path nothing). A scrape sees the other workers' counts as of their last snapshot (at most
+    ``every_s`` old) and its own live; a worker that died keeps its last counts, as counters should.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / f"metrics-{os.getpid()}.json"
+        self._task: asyncio.Task[None] | None = None
+
+    def write(self, metrics: Metrics) -> None:
+        """Replace this worker's snapshot (atomically: a reader never sees half a file)."""
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_bytes(orjson.dumps(metrics.snapshot()))
+        os.replace(tmp, self.path)
+
+    def others(self) -> list[dict[str, Any]]:
+        """The other workers' last snapshots."""
+        found = []
+        for path in self.directory.glob("metrics-*.json"):
+            if path != self.path:
+                try:
+                    found.append(orjson.loads(path.read_bytes()))
+                except (OSError, orjson.JSONDecodeError):
+                    continue  # a worker's file replaced between listing and reading
+        return found
+
+    def start(self, metrics: Metrics, every_s: float) -> None:
+        """Write a snapshot every ``every_s`` seconds until :meth:`stop`."""
+        self._task = asyncio.get_running_loop().create_task(self._run(metrics, every_s))
+
+    async def _run(self, metrics: Metrics, every_s: float) -> None:
+        while True:
+            self.write(metrics)
+            await asyncio.sleep(every_s)
+
+    async def stop(self) -> None:
+        """Stop writing (the last snapshot stays: its counts still count)."""
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)

@@ -123,6 +123,13 @@ async def write_predictions(
                 on_batch(index)
 
 
+async def publish_table(store: PredictionStore, settings: Settings, model: LoadedModel, previous: str | None) -> None:
+    """Make a completely written table the served one (the pointer moves in one SET), then drop
+    versions older than ``previous``, which servers may still be reading."""
+    await store.set_pointer(model.name, model.version)
+    await _drop_old_versions(store, settings, model, previous)
+
+
 async def _drop_old_versions(store: PredictionStore, settings: Settings, model: LoadedModel, previous: str | None) -> None:
     known = versions(settings.registry, model.name)
     keep = set(known[-KEEP_VERSIONS:]) | {model.version, previous}
@@ -161,12 +168,10 @@ async def _precompute(
         log_event("precompute_start", model_name=model.name, model_version=model.version, keys=len(targets), full_table=full)
         wall, cpu = time.perf_counter(), time.process_time()
         await write_predictions(store, model, targets, settings, progress, on_batch)
-        if full:
-            await store.set_pointer(model.name, model.version)
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         added = await store.used_memory() - before
         if full:
-            await _drop_old_versions(store, settings, model, previous)
+            await publish_table(store, settings, model, previous)
     finally:
         await store.close()
     report = PrecomputeReport(model.name, model.version, len(targets), wall, cpu, len(targets) / wall if wall else 0.0, added, full)

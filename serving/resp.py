@@ -179,16 +179,29 @@ class RespClient:
         protocol = await self._connection()
         return await self._send(protocol, commands)
 
-    async def _send(self, protocol: _Protocol, commands: Sequence[Command]) -> list[Any]:
+    async def execute_each(self, commands: Sequence[Command]) -> list[Any]:
+        """Like :meth:`execute`, but an error reply takes its command's place as a
+        :class:`RespReplyError` instead of raising, so one refused command (a cluster's ``MOVED``)
+        does not hide the others' replies. Connection failures still raise."""
+        protocol = await self._connection()
+        return await self._send(protocol, commands, inline_errors=True)
+
+    async def _send(self, protocol: _Protocol, commands: Sequence[Command], inline_errors: bool = False) -> list[Any]:
         payload = b"".join(hiredis.pack_command(tuple(c)) for c in commands)
         futures = protocol.send(payload, len(commands))
         last = futures[-1]
         timer = asyncio.get_running_loop().call_later(self._timeout_s, self._expire, protocol, last)
         try:
             for future in futures:
-                await future
+                try:
+                    await future
+                except RespReplyError:
+                    if not inline_errors:
+                        raise
         finally:
             timer.cancel()
+        if inline_errors:
+            return [f.exception() or f.result() for f in futures]
         return [f.result() for f in futures]
 
     def _expire(self, protocol: _Protocol, future: asyncio.Future[Any]) -> None:

@@ -111,6 +111,13 @@ class Settings(BaseSettings):
     """TCP port to bind."""
     workers: int = Field(1, ge=1, le=64)
     """Server processes (uvicorn workers)."""
+    worker_dir: Path | None = None
+    """Directory the workers of one server share (control file without a store, metrics snapshots);
+    ``hybridserve serve`` makes one for ``--workers`` above 1."""
+    control_poll_s: float = Field(0.25, gt=0, le=60)
+    """How often every worker re-reads the control record (admin changes made on another worker)."""
+    metrics_snapshot_s: float = Field(1.0, gt=0, le=60)
+    """How often a worker writes its counters to ``worker_dir`` for /metrics on any worker."""
     log_level: LogLevel = "info"
     """Lowest level of the JSON log lines on stderr (start and stop, reloads, breaker transitions, precompute progress)."""
 

@@ -1,15 +1,19 @@
 """The prediction store: its protocol, the Redis key layout and encoding, timeouts and the breaker.
 
 :class:`PredictionStore` is what serving and the precompute job need of a store (batched get and
-put, the version pointer, delete by model); :class:`RedisStore` implements it on one Redis node
-(a Redis Cluster implementation can follow, selected by :func:`build_store` from the URL).
+put, the version pointer, delete by model); :class:`RedisStore` implements it on one Redis node,
+:class:`ClusterStore` on a Redis Cluster; :func:`build_store` picks one from the URL.
 
 Key layout (``ns`` is ``Settings.redis_namespace``), see :class:`KeyLayout`::
 
     {ns}:{model}:{version}:{key}   -> 4-byte little-endian float32 prediction
     {ns}:{model}:static            -> version whose static table is complete (the pointer)
+    {ns}@control:{model}           -> the control record all workers follow (serving.control)
 
 Every key carries the model name and version, so a new version never reads an old one's value.
+In a cluster the same layout holds: prediction keys carry no ``{hash tag}``, so one version's table
+spreads over all 16384 slots (and all masters), while the pointer is one fixed key, read with one
+GET on the node that owns its slot: no SCAN to find the served version.
 A prediction is stored as the exact float32 the model produced, so every mode returns the same
 float for the same key. A miss is ``None``; a value that does not decode to a finite float32 is
 never served (:class:`~serving.errors.CorruptPrediction`).
@@ -23,16 +27,16 @@ from __future__ import annotations
 
 import math
 import struct
-import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 from redis.exceptions import ResponseError as RedisResponseError
 
+from serving.breaker import Breaker, CircuitBreaker
+from serving.cluster import ClusterClient, is_cluster_url
 from serving.errors import CorruptPrediction, StoreRejected, StoreUnavailable
-from serving.logs import log_breaker_transition
 from serving.resp import RespClient, RespConnectionError, RespReplyError, RespTimeoutError
 from serving.settings import Settings
 
@@ -78,6 +82,11 @@ class KeyLayout:
         """Redis key naming the version whose static table is complete."""
         return f"{self.namespace}:{model}:static"
 
+    def control(self, model: str) -> str:
+        """Redis key of the control record every worker follows (:mod:`serving.control`); the
+        ``@`` keeps it outside every model's prefix, so deleting a model never deletes it."""
+        return f"{self.namespace}@control:{model}"
+
     def version_prefix(self, model: str, version: str) -> str:
         """Prefix of every prediction of one version."""
         return f"{self.namespace}:{model}:{version}:"
@@ -87,70 +96,6 @@ class KeyLayout:
         return f"{self.namespace}:{model}:"
 
 
-class CircuitBreaker:
-    """Stops paying Redis timeouts while Redis is down.
-
-    Closed: calls go through. After ``failures`` consecutive failures it opens: calls fail at once.
-    After ``reset_s`` one call is let through as a probe; success closes it, failure re-opens it.
-    ``clock`` is injectable so tests step time instead of sleeping.
-    """
-
-    def __init__(self, failures: int, reset_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.failures_to_open = failures
-        self.reset_s = reset_s
-        self._clock = clock
-        self._consecutive = 0
-        self._opened_at: float | None = None
-        self._probing = False
-        self._probe_started = 0.0
-        self.opened_count = 0
-
-    @property
-    def state(self) -> str:
-        """``closed``, ``open`` or ``half_open``."""
-        if self._opened_at is None:
-            return "closed"
-        return "half_open" if self._probing or self._clock() - self._opened_at >= self.reset_s else "open"
-
-    def allow(self) -> bool:
-        """Whether a call may go to Redis now."""
-        if self._opened_at is None:
-            return True
-        now = self._clock()
-        if now - self._opened_at < self.reset_s:
-            return False
-        # A probe that never reported back (its request was cancelled, e.g. the client hung up)
-        # must not keep the breaker open forever: after another reset_s a new probe may go.
-        if self._probing and now - self._probe_started < self.reset_s:
-            return False
-        if not self._probing:
-            log_breaker_transition("open", "half_open", self._consecutive)
-        self._probing = True
-        self._probe_started = now
-        return True
-
-    def success(self) -> None:
-        """Record a call that worked."""
-        if self._opened_at is not None:
-            log_breaker_transition("half_open", "closed", 0)
-        self._consecutive = 0
-        self._opened_at = None
-        self._probing = False
-
-    def failure(self) -> None:
-        """Record a call that failed or timed out."""
-        was_probing = self._probing
-        self._consecutive += 1
-        self._probing = False
-        if self._opened_at is not None or self._consecutive >= self.failures_to_open:
-            if self._opened_at is None:
-                self.opened_count += 1
-                log_breaker_transition("closed", "open", self._consecutive)
-            elif was_probing:
-                log_breaker_transition("half_open", "open", self._consecutive)
-            self._opened_at = self._clock()
-
-
 class PredictionStore(Protocol):
     """What serving and precompute need of a prediction store; every call is bounded in time.
 
@@ -158,7 +103,7 @@ class PredictionStore(Protocol):
     error reply; reads raise :class:`CorruptPrediction` for a value that is not a finite float32.
     """
 
-    breaker: CircuitBreaker
+    breaker: Breaker
     errors: int  # outages (what the breaker counts)
     rejected: int  # error replies (Redis up, but it refused)
     full: bool  # the last write was refused for lack of memory (cleared by a write that works)
@@ -177,6 +122,14 @@ class PredictionStore(Protocol):
 
     async def set_pointer(self, model: str, version: str) -> None:
         """Make ``version`` the complete static table of ``model``."""
+        ...
+
+    async def get_control(self, model: str) -> bytes | None:
+        """The control record of ``model``'s servers (:mod:`serving.control`), or ``None``."""
+        ...
+
+    async def set_control(self, model: str, raw: bytes) -> None:
+        """Replace the control record."""
         ...
 
     async def delete_version(self, model: str, version: str) -> int:
@@ -201,7 +154,9 @@ class PredictionStore(Protocol):
 
 
 def build_store(settings: Settings, *, timeout_s: float | None = None) -> PredictionStore:
-    """The store ``settings.redis_url`` names (``redis://`` or ``rediss://``: one node).
+    """The store ``settings.redis_url`` names: ``redis://`` or ``rediss://``, one node
+    (:class:`RedisStore`); ``redis+cluster://HOST:PORT,...`` or ``rediss+cluster://``, a Redis
+    Cluster (:class:`ClusterStore`, scheme in :mod:`serving.cluster`).
 
     ``timeout_s`` overrides ``settings.redis_timeout_s`` (batch jobs wait longer than requests).
     """
@@ -209,7 +164,8 @@ def build_store(settings: Settings, *, timeout_s: float | None = None) -> Predic
         raise ValueError("this needs a Redis: set HYBRIDSERVE_REDIS_URL (the CLI starts an embedded one)")
     breaker = CircuitBreaker(settings.breaker_failures, settings.breaker_reset_s)
     timeout = settings.redis_timeout_s if timeout_s is None else timeout_s
-    return RedisStore(settings.redis_url, timeout, breaker, KeyLayout(settings.redis_namespace))
+    kind = ClusterStore if is_cluster_url(settings.redis_url) else RedisStore
+    return kind(settings.redis_url, timeout, breaker, KeyLayout(settings.redis_namespace))
 
 
 class RedisStore:
@@ -223,12 +179,16 @@ class RedisStore:
     """
 
     def __init__(self, url: str, timeout_s: float, breaker: CircuitBreaker, layout: KeyLayout) -> None:
-        self.breaker = breaker
+        self.breaker: Breaker = breaker
         self.layout = layout
         self.errors = 0
         self.rejected = 0
         self.full = False
-        self._fast = RespClient(url, timeout_s)
+        self._open(url, timeout_s)
+
+    def _open(self, url: str, timeout_s: float) -> None:
+        """The clients: the fast one for predictions, redis-py for the rare admin commands."""
+        self._fast: RespClient | ClusterClient = RespClient(url, timeout_s)
         self._client = aioredis.Redis.from_url(
             url,
             socket_timeout=timeout_s,
@@ -297,6 +257,15 @@ class RedisStore:
         """Move the static pointer."""
         await self._execute((("SET", self.layout.pointer(model), version),), retry=False, write=True)
 
+    async def get_control(self, model: str) -> bytes | None:
+        """GET of the control record."""
+        [raw] = await self._execute((("GET", self.layout.control(model)),), retry=True)
+        return raw  # type: ignore[return-value]
+
+    async def set_control(self, model: str, raw: bytes) -> None:
+        """SET of the control record."""
+        await self._execute((("SET", self.layout.control(model), raw),), retry=False, write=True)
+
     async def delete_version(self, model: str, version: str) -> int:
         """SCAN + UNLINK one version's predictions."""
         return await self._delete_matching(self.layout.version_prefix(model, version) + "*", keep=())
@@ -348,3 +317,118 @@ class RedisStore:
         """Close the connections."""
         await self._fast.close()
         await self._client.aclose()
+
+
+class ClusterBreakers:
+    """The store-wide view of a cluster's per-node breakers (a :class:`Breaker`). It never stops a
+    call itself: each node's breaker does, for that node's keys only, so one master down does not
+    fail the requests whose keys live on the others. Its state is the worst of the nodes'."""
+
+    def __init__(self, client: ClusterClient) -> None:
+        self._client = client
+
+    @property
+    def state(self) -> str:
+        """``open`` if a node's breaker is open, else ``half_open`` if one probes, else ``closed``."""
+        states = {breaker.state for breaker in self._client.breakers.values()}
+        return next((s for s in ("open", "half_open") if s in states), "closed")
+
+    def allow(self) -> bool:
+        """Always: the nodes' breakers decide, per node."""
+        return True
+
+    def success(self) -> None:
+        """Counted by the node that answered."""
+
+    def failure(self) -> None:
+        """Counted by the node that failed."""
+
+
+class ClusterStore(RedisStore):
+    """:class:`PredictionStore` on a Redis Cluster (``redis+cluster://``), a breaker per node.
+
+    The same key layout and error kinds as :class:`RedisStore`; commands go through the
+    slot-routing :class:`~serving.cluster.ClusterClient`. Keys of one request live on different
+    slots, so a read is pipelined GETs and a write pipelined SETs, one pipeline per node, all nodes
+    at once (MGET and MSET must stay within one slot). Deleting by pattern SCANs every master.
+    A master that dies fails only the requests that touch its slots, until a replica takes over
+    and the client re-reads the topology.
+    """
+
+    def _open(self, url: str, timeout_s: float) -> None:
+        # One breaker per node, built like the store's; the store's own becomes their summary.
+        template = self.breaker
+        assert isinstance(template, CircuitBreaker)
+        self._fast = self._cluster = ClusterClient(
+            url, timeout_s, node_breaker=lambda: CircuitBreaker(template.failures_to_open, template.reset_s))
+        self.breaker = ClusterBreakers(self._cluster)
+
+    @property
+    def redirects(self) -> int:
+        """MOVED and ASK replies followed so far (slots moving under this server)."""
+        return self._cluster.redirects
+
+    async def get_predictions(self, model: str, version: str, keys: Sequence[str]) -> list[float | None]:
+        """Stored predictions of ``keys``: one GET each, pipelined per node."""
+        replies = await self._execute([("GET", rk) for rk in self.layout.predictions(model, version, keys)], retry=True)
+        return [decode(raw) for raw in replies]  # type: ignore[arg-type]
+
+    async def put_predictions(self, model: str, version: str, items: Sequence[tuple[str, float]], ttl_s: int) -> None:
+        """One SET per value (with EX when ``ttl_s``), pipelined per node."""
+        redis_keys = self.layout.predictions(model, version, [key for key, _ in items])
+        expiry: tuple[str | int, ...] = ("EX", ttl_s) if ttl_s else ()
+        await self._execute([("SET", rk, encode(v), *expiry) for rk, (_, v) in zip(redis_keys, items)], retry=False, write=True)
+
+    async def _delete_matching(self, pattern: str, keep: Sequence[bytes]) -> int:
+        """SCAN every master, UNLINK what matches (routed, so a key that moved meanwhile is found)."""
+        deleted = 0
+        try:
+            await self._cluster.refresh(force=True)
+            for master in self._cluster.masters():
+                cursor = b"0"
+                while True:
+                    [(cursor, batch)] = await self._cluster.execute_on(master, [("SCAN", cursor, "MATCH", pattern, "COUNT", DELETE_BATCH)])
+                    doomed = [key for key in batch if key not in keep]
+                    if doomed:
+                        deleted += sum(await self._cluster.execute([("UNLINK", key) for key in doomed]))
+                    if cursor == b"0":
+                        break
+        except RespReplyError as exc:
+            self.rejected += 1
+            raise StoreRejected(f"Redis refused: {exc}") from exc
+        except OSError as exc:
+            raise self._failed(exc) from exc
+        return deleted
+
+    async def _each_master(self, command: tuple[str, ...]) -> list[object]:
+        """One command on every master (after a topology refresh), replies in master order."""
+        await self._cluster.refresh()
+        return [reply for master in self._cluster.masters() for reply in await self._cluster.execute_on(master, [command])]
+
+    async def used_memory(self) -> int:
+        """Sum of ``used_memory`` over the masters (replicas hold copies, priced apart)."""
+        try:
+            infos = await self._each_master(("INFO", "memory"))
+        except (RespReplyError, OSError) as exc:
+            raise self._failed(exc) from exc
+        return sum(_info_field(info, "used_memory") for info in infos)  # type: ignore[arg-type]
+
+    async def ping(self) -> bool:
+        """Whether every master answers PING now (bypasses the breaker)."""
+        try:
+            return all(reply == b"PONG" for reply in await self._each_master(("PING",)))
+        except (RespReplyError, OSError):
+            return False
+
+    async def close(self) -> None:
+        """Close every node's connection."""
+        await self._cluster.close()
+
+
+def _info_field(info: bytes, name: str) -> int:
+    """One integer field of an INFO reply."""
+    prefix = name.encode() + b":"
+    for line in info.splitlines():
+        if line.startswith(prefix):
+            return int(line[len(prefix):])
+    raise ValueError(f"INFO has no {name}")

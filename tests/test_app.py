@@ -166,7 +166,7 @@ def test_reload_unknown_version_is_404_in_every_mode(make_settings, mode: str) -
         assert unknown.status_code == 404 and unknown.json()["error"] == "unknown_version", unknown.text
         for version in ("latest", served):
             again = client.post("/v1/admin/reload", json={"version": version}, headers=ADMIN)
-            assert again.status_code == 200 and again.json() == {"model_version": served}, again.text
+            assert again.status_code == 200 and again.json() == {"model_version": served, "propagated": True}, again.text
 
 
 def test_version_namespacing(make_settings, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -181,7 +181,7 @@ def test_version_namespacing(make_settings, tmp_path: Path) -> None:  # type: ig
         new = build_and_publish("light", registry, segments=TEST_SEGMENTS, seed=123)
         assert new.version != old_version
         reload = client.post("/v1/admin/reload", json={"version": "latest"}, headers=ADMIN)
-        assert reload.json() == {"model_version": new.version}
+        assert reload.json() == {"model_version": new.version, "propagated": True}
         for key in KEYS[:50]:
             body = client.get(f"/v1/predict/{key}").json()
             assert body["model_version"] == new.version

@@ -120,6 +120,38 @@ def test_dockerfile_builds_what_compose_runs() -> None:
     assert set(built) >= {"api", "locust-master", "locust-worker"}
 
 
+CLUSTER_COMPOSE = ROOT / "docker-compose.cluster.yml"
+
+
+def _cluster_services() -> dict[str, dict[str, Any]]:
+    return yaml.safe_load(CLUSTER_COMPOSE.read_text())["services"]  # type: ignore[no-any-return]
+
+
+def test_cluster_variant_forms_a_cluster_of_its_nodes() -> None:
+    services = _cluster_services()
+    nodes = sorted(name for name in services if name.startswith("redis-node-"))
+    assert len(nodes) == 6
+    for name in nodes:
+        command = [_resolve(str(part)) for part in services[name]["command"]]
+        assert command[0] == "redis-server" and command[command.index("--cluster-enabled") + 1] == "yes"
+    init = " ".join(services["redis-cluster-init"]["command"])
+    assert "redis-cli --cluster create" in init and "--cluster-replicas 1" in init and "--cluster-yes" in init
+    assert "for n in 1 2 3 4 5 6" in init and set(services["redis-cluster-init"]["depends_on"]) == set(nodes)
+
+
+@pytest.mark.parametrize("name", ["precompute", "api"])
+def test_cluster_variant_points_the_servers_at_the_cluster(name: str) -> None:
+    from serving.cluster import ClusterURL
+
+    service = _cluster_services()[name]
+    assert name in _services(), "an override of a service of the base file"
+    url = _environment(service)["HYBRIDSERVE_REDIS_URL"]
+    Settings.model_validate({"redis_url": url})
+    seeds = ClusterURL(url).seeds
+    assert seeds and all(host in _cluster_services() and port == 6379 for host, port in seeds)
+    assert service["depends_on"]["redis-cluster-init"]["condition"] == "service_completed_successfully"
+
+
 def _mounts(service: dict[str, Any]) -> dict[str, Path]:
     """Container path -> repository path of a service's bind mounts, each of which must exist."""
     mounts = {}

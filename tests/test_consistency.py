@@ -104,7 +104,7 @@ def test_version_switch_under_load(make_settings, two_versions: TwoVersions) -> 
             time.sleep(0.1)
         reload = client.post("/v1/admin/reload", json={"version": two_versions.new}, headers=ADMIN)
         switched = time.monotonic()  # after the reload response: no old answer may be sent from here on
-        assert reload.status_code == 200 and reload.json() == {"model_version": two_versions.new}
+        assert reload.status_code == 200 and reload.json() == {"model_version": two_versions.new, "propagated": True}
         deadline = time.monotonic() + 20.0  # enough answers after the switch, even on a slow machine
         while time.monotonic() < deadline and sum(s.sent_at >= switched for s in list(seen)) < 20:
             time.sleep(0.1)

@@ -24,3 +24,17 @@ def test_render() -> None:
     assert 'hybridserve_request_seconds_bucket{le="0.0025",mode="hybrid",source="redis"} 1.0' in text
     assert 'hybridserve_batch_rows_sum{mode="hybrid"} 4.0' in text
     assert 'hybridserve_l1_entries{mode="hybrid"} 7.0' in text
+
+
+def test_render_merges_other_workers_snapshots() -> None:
+    mine, other = Metrics("hybrid", lambda: {"l1_entries": 2.0}), Metrics("hybrid", lambda: {"l1_entries": 5.0})
+    mine.counts.keys, other.counts.keys = 3, 4
+    mine.observe_request("l1", 0.0003)
+    other.observe_request("l1", 0.0003)
+    other.observe_request("model", 0.02)
+    text = mine.render([other.snapshot()]).decode()
+    assert 'hybridserve_keys_total{mode="hybrid"} 7.0' in text
+    assert 'hybridserve_request_seconds_count{mode="hybrid",source="l1"} 2.0' in text
+    assert 'hybridserve_request_seconds_count{mode="hybrid",source="model"} 1.0' in text
+    assert 'hybridserve_l1_entries{mode="hybrid"} 7.0' in text
+    assert mine.counts.keys == 3, "merging never changes this worker's own counts"

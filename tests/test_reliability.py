@@ -7,23 +7,19 @@ real server over real HTTP. Load comes from a few threads, bounded in request co
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 
-import httpx
 import pytest
 
 from serving.precompute import precompute
 from loadtests.harness.redis_server import EmbeddedRedis
 from serving.store import CircuitBreaker
 from tests.helpers import running
+from tests.load import LoadThreads
 
 LOAD_THREADS = 4
-MAX_REQUESTS_PER_THREAD = 4000
-MAX_LOAD_S = 60.0
 OUTAGE_S = 2.0
 RECOVERY_BOUND_S = 15.0  # generous: breaker reset (0.5 s here) + reconnect, on a loaded 2-core box
 KEYS = [f"{s}:{h}" for s in range(3) for h in range(10)]
@@ -36,56 +32,11 @@ def own_redis() -> Iterator[EmbeddedRedis]:
         yield server
 
 
-@dataclass
-class Load:
-    """Threads sending GET /v1/predict/{key} until stopped (or their count/time bound)."""
-
-    url: str
-    failures: list[str] = field(default_factory=list)
-    sources: list[tuple[float, str]] = field(default_factory=list)
-    stop: threading.Event = field(default_factory=threading.Event)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def _worker(self, offset: int) -> None:
-        deadline = time.monotonic() + MAX_LOAD_S
-        with httpx.Client(base_url=self.url, timeout=10.0) as client:
-            for i in range(MAX_REQUESTS_PER_THREAD):
-                if self.stop.is_set() or time.monotonic() > deadline:
-                    return
-                key = KEYS[(i + offset) % len(KEYS)]
-                try:
-                    response = client.get(f"/v1/predict/{key}")
-                    source = response.json()["source"] if response.status_code == 200 else None
-                    failure = None if source else f"{response.status_code} {response.text}"
-                except (httpx.HTTPError, ValueError) as exc:
-                    source, failure = None, repr(exc)
-                with self.lock:
-                    if source:
-                        self.sources.append((time.monotonic(), source))
-                    else:
-                        self.failures.append(str(failure))
-
-    def __enter__(self) -> Load:
-        self.threads = [threading.Thread(target=self._worker, args=(i * 7,), daemon=True) for i in range(LOAD_THREADS)]
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        for thread in self.threads:
-            thread.join(15)
-
-    def first_source_after(self, source: str, since: float) -> float | None:
-        with self.lock:
-            return next((t for t, s in self.sources if t >= since and s == source), None)
-
-
 @pytest.mark.slow
 def test_hybrid_fails_open_through_redis_kill_and_recovers(make_settings, own_redis: EmbeddedRedis) -> None:  # type: ignore[no-untyped-def]
     # L1 off: every request reaches Redis, so the outage is felt by every request, not hidden by L1.
     settings = make_settings(mode="hybrid", redis_url=own_redis.url, l1_size=0, redis_timeout_s=0.2, breaker_reset_s=0.5)
-    with running(settings) as (_, client), Load(str(client.base_url).rstrip("/")) as load:
+    with running(settings) as (_, client), LoadThreads(str(client.base_url).rstrip("/"), KEYS, threads=LOAD_THREADS) as load:
         _wait_for(lambda: load.first_source_after("redis", 0.0) is not None, "Redis serves before the fault")
         own_redis.kill()
         killed = time.monotonic()
@@ -97,18 +48,18 @@ def test_hybrid_fails_open_through_redis_kill_and_recovers(make_settings, own_re
         assert fallbacks > 0
         # Responses recorded well after the kill came from the model (a request stalled across the
         # kill on a slow machine may still carry a Redis value it read just before).
-        during = Counter(s for t, s in load.sources if t > killed + 1.0)
+        during = Counter(a.source for a in load.answers if a.status == 200 and a.t > killed + 1.0)
         assert "redis" not in during and "l1" not in during, during
-        assert any(s == "model" for t, s in load.sources if t > killed), "load went on through the outage"
+        assert load.first_source_after("model", killed) is not None, "load went on through the outage"
         own_redis.start()  # same port, empty (no persistence)
         restarted = time.monotonic()
         while time.monotonic() - restarted < RECOVERY_BOUND_S and load.first_source_after("redis", restarted) is None:
             time.sleep(0.05)
         resumed = load.first_source_after("redis", restarted)
-    assert load.failures == [], load.failures[:5]
+    assert load.failures() == [], load.failures()[:5]
     assert resumed is not None, f"no Redis hit within {RECOVERY_BOUND_S}s of the restart"
     recovery_s = resumed - restarted
-    served = len(load.sources)
+    served = len(load.answers)
     print(f"\nredis kill: {served} requests, 0 failed, {fallbacks:.0f} fallbacks; redis hits resumed {recovery_s:.2f}s after restart")
     assert served > 0
 

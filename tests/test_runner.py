@@ -181,6 +181,28 @@ def test_report_files(records: list[Record], tmp_path: Path) -> None:
     assert report.verdict(records)
 
 
+def test_distributed_load_merges_the_workers_histograms(registry: Path) -> None:
+    """A Locust master with two workers: each worker writes its own latency histogram, the
+    percentiles come from their sum, the rate is shared, and nothing fails."""
+    spec = RunSpec("light", "dynamic", "zipf:1.1", rate=100, users=4, duration_s=RUN_SECONDS, load_workers=2)
+    [record] = compare(registry, [spec], cost.Prices(), progress=False)
+    assert record["failures"] == 0, record["failure_reasons"]
+    assert record["latency_histograms"] == 2 and record["load_workers"] == 2
+    assert record["requests"] > 0 and record["latency_ms"]["p50"] <= record["latency_ms"]["p99"]
+    assert record["latency_ms"]["p50"] != round(record["latency_ms"]["p50"])  # the 2% histogram, not Locust's
+    assert record["achieved_rps"] < 1.5 * spec.rate, "the offered rate is split between the workers, not multiplied"
+
+
+def test_percentiles_are_merged_not_averaged() -> None:
+    from loadtests.runner import precise_percentiles
+
+    fast = [[1.0, 99]]  # one worker: 99 answers at 1 ms
+    slow = [[50.0, 99]]  # another: 99 answers at 50 ms
+    merged = precise_percentiles([fast, slow])
+    assert merged["p50"] == 1.0 and merged["p99"] == 50.0  # averaging the two p50s would say 25.5
+    assert precise_percentiles([[], []]) == {}, "nothing recorded (all warm-up): no made-up zeros"
+
+
 def test_generator_cpu_counts_only_the_traffic_window() -> None:
     # (wall clock, CPU seconds so far): a start-up second at full CPU, then 30% a second.
     samples = [(100.0, 0.0), (101.0, 1.0), (102.0, 1.3), (103.0, 1.6), (104.0, 1.9)]

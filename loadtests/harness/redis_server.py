@@ -31,6 +31,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 10.0
@@ -83,7 +84,8 @@ def _quoted(value: str) -> str:
 class EmbeddedRedis:
     """One redis-server child process. Restartable on the same port (for outage tests).
 
-    ``password`` None draws a random one; the commands of :data:`DISABLED_COMMANDS` are disabled.
+    ``password`` None draws a random one; the commands of :data:`DISABLED_COMMANDS` are disabled,
+    save those named in ``keep_commands``; ``extra_config`` lines are appended to the config file.
     It is stopped with signals (SIGTERM, then SIGKILL), as clients cannot send ``SHUTDOWN``.
     """
 
@@ -93,12 +95,21 @@ class EmbeddedRedis:
         password: str | None = None,
         maxmemory: str = "0",
         maxmemory_policy: str = "noeviction",
+        extra_config: Sequence[str] = (),
+        keep_commands: Sequence[str] = (),
     ) -> None:
         self._config_command = f"CONFIG-{secrets.token_hex(16)}"
         self.port = port or free_port()
         self.password = password if password is not None else secrets.token_urlsafe(PASSWORD_BYTES)
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
+        # Further redis.conf lines, e.g. cluster mode (loadtests.harness.redis_cluster), and commands of
+        # DISABLED_COMMANDS to leave enabled (a cluster's nodes need MIGRATE to move slots).
+        self.extra_config = list(extra_config)
+        unknown = {c.upper() for c in keep_commands} - set(DISABLED_COMMANDS)
+        if unknown:
+            raise ValueError(f"keep_commands names commands that are not disabled: {sorted(unknown)}")
+        self.disabled_commands = tuple(c for c in DISABLED_COMMANDS if c not in {k.upper() for k in keep_commands})
         self._binary = find_redis_server()
         self._dir = tempfile.mkdtemp(prefix="hybridserve-redis-")
         self._proc: subprocess.Popen[bytes] | None = None
@@ -135,13 +146,14 @@ class EmbeddedRedis:
             f"maxmemory {self.maxmemory}",
             f"maxmemory-policy {self.maxmemory_policy}",
             "loglevel warning",
-            *(f'rename-command {command} ""' for command in DISABLED_COMMANDS if command != "CONFIG"),
+            *(f'rename-command {command} ""' for command in self.disabled_commands if command != "CONFIG"),
             # CONFIG under a name only this object knows: clients cannot reach it, the harness can
             # still set a memory budget after a precompute (set_memory_limit).
-            f"rename-command CONFIG {self._config_command}",
+            *([f"rename-command CONFIG {self._config_command}"] if "CONFIG" in self.disabled_commands else []),
         ]
         if self.password:
             lines.append(f"requirepass {_quoted(self.password)}")
+        lines += self.extra_config
         return "\n".join(lines) + "\n"
 
     def set_memory_limit(self, maxmemory_bytes: int, policy: str) -> None:
@@ -150,8 +162,9 @@ class EmbeddedRedis:
 
         client = redis.Redis.from_url(self.url)
         try:
-            client.execute_command(self._config_command, "SET", "maxmemory-policy", policy)
-            client.execute_command(self._config_command, "SET", "maxmemory", str(maxmemory_bytes))
+            command = self._config_command if "CONFIG" in self.disabled_commands else "CONFIG"
+            client.execute_command(command, "SET", "maxmemory-policy", policy)
+            client.execute_command(command, "SET", "maxmemory", str(maxmemory_bytes))
         finally:
             client.close()
 
