@@ -34,6 +34,7 @@ from serving.store import build_store
 from serving.v2 import router as v2_router
 
 PREDICTION_EXAMPLE = {"key": "17:42", "prediction": 812.5, "source": "l1", "model_version": "a16b398c84f1"}
+LIVEZ_BODY = b'{"status":"ok"}'
 
 
 class JSONBody(Response):
@@ -216,10 +217,20 @@ def _add_prediction_routes(app: FastAPI, settings: Settings) -> None:
         return JSONBody({"model_version": version, "predictions": [p.as_dict() for p in predictions]})
 
 
+async def _livez(request: Request) -> Response:
+    """``GET /livez``: liveness as a plain Starlette route with a constant body. It pays only what
+    every request pays here (server, middleware, routing, a Response), so it is the stack's floor
+    that ``make bench`` measures each path against."""
+    return Response(LIVEZ_BODY, media_type="application/json")
+
+
 def _add_operation_routes(app: FastAPI) -> None:
+    app.router.routes.insert(0, Route("/livez", _livez, methods=["GET"], include_in_schema=False))
+
     @app.get("/healthz")
     async def healthz() -> Response:
-        """Liveness: the process answers (a constant body, also the benchmarks' framework floor)."""
+        """Liveness: the process answers (a constant body through FastAPI's route handling; `make bench`
+        reports it beside /livez, the floor without that handling)."""
         return JSONBody({"status": "ok"})
 
     @app.get("/readyz")

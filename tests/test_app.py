@@ -32,7 +32,7 @@ def test_each_mode_end_to_end(make_settings, mode: str) -> None:  # type: ignore
         assert body["key"] == "3:17" and isinstance(body["prediction"], float)
         assert body["source"] == {"static": "redis", "dynamic": "model", "hybrid": "model"}[mode]
         assert len(body["model_version"]) == 12
-        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/healthz").json() == {"status": "ok"} == client.get("/livez").json()
         assert client.get("/readyz").status_code == 200
 
 
