@@ -269,9 +269,13 @@ def main() -> int:
             return s
 
         hybrid = ours("hybrid", "hybrid", "traffic-light", SERVER_CORE)
-        hybrid_routed = ours("hybrid-routed", "hybrid", "traffic-light", SERVER_CORE, HYBRIDSERVE_L1_HIT_PATH="false")
+        hybrid_routed = ours("hybrid-routed", "hybrid", "traffic-light", SERVER_CORE, HYBRIDSERVE_FAST_PATH="false")
         hybrid_l2 = ours("hybrid-l1=0", "hybrid", "traffic-light", SERVER_CORE, HYBRIDSERVE_L1_SIZE="0")
         dyn_light = ours("dynamic-light", "dynamic", "traffic-light", SERVER_CORE)
+        # The same without serving/fast_path.py: what answering in front of the routing saves.
+        hybrid_l2_routed = ours("hybrid-l1=0-routed", "hybrid", "traffic-light", SERVER_CORE, HYBRIDSERVE_L1_SIZE="0",
+                                HYBRIDSERVE_FAST_PATH="false")
+        dyn_light_routed = ours("dynamic-light-routed", "dynamic", "traffic-light", SERVER_CORE, HYBRIDSERVE_FAST_PATH="false")
         heavy_on = ours("dynamic-heavy-batching", "dynamic", "traffic-heavy", SERVER_CORE, HYBRIDSERVE_BATCHING="true")
         heavy_off = ours("dynamic-heavy-nobatch", "dynamic", "traffic-heavy", SERVER_CORE, HYBRIDSERVE_BATCHING="false")
         w1 = ours("hybrid-w1-unpinned", "hybrid", "traffic-light", None, HYBRIDSERVE_WORKERS="1")
@@ -292,8 +296,10 @@ def main() -> int:
         wide_paths = [f"/v1/predict/{s}:{h}" for s, h in [(rng.randrange(200), rng.randrange(168)) for _ in range(2000)]]
         for s in (hybrid, hybrid_routed, w1, w2):
             warm(s, l1_paths, "l1")
-        warm(hybrid_l2, wide_paths[:200], "redis")
-        warm(dyn_light, wide_paths[:50], "model")
+        for s in (hybrid_l2, hybrid_l2_routed):
+            warm(s, wide_paths[:200], "redis")
+        for s in (dyn_light, dyn_light_routed):
+            warm(s, wide_paths[:50], "model")
         warm(heavy_on, wide_paths[:50], "model")
         warm(heavy_off, wide_paths[:50], "model")
         warm(proto, wide_paths[:50], "sklearn")
@@ -302,10 +308,12 @@ def main() -> int:
             "floor": Contender("floor: GET /livez (Starlette route, constant bytes)", hybrid, ["/livez"]),
             "fastapi": Contender("GET /healthz (FastAPI route, constant dict)", hybrid, ["/healthz"]),
             "l1": Contender("hybrid L1 hit", hybrid, l1_paths),
-            "l1_routed": Contender("hybrid L1 hit through the routing (L1_HIT_PATH=false)", hybrid_routed, l1_paths),
+            "l1_routed": Contender("hybrid L1 hit through the routing (FAST_PATH=false)", hybrid_routed, l1_paths),
             "floor_routed": Contender("floor: GET /livez on that server", hybrid_routed, ["/livez"]),
             "l2": Contender("hybrid Redis hit (L1_SIZE=0)", hybrid_l2, wide_paths),
+            "l2_routed": Contender("hybrid Redis hit through the routing (FAST_PATH=false)", hybrid_l2_routed, wide_paths),
             "dyn_light": Contender("dynamic light", dyn_light, wide_paths),
+            "dyn_routed": Contender("dynamic light through the routing (FAST_PATH=false)", dyn_light_routed, wide_paths),
             "proto": Contender("prototype (sklearn per request)", proto, wide_paths),
             "heavy_on": Contender("dynamic heavy, batching on, 32 clients", heavy_on, wide_paths, HEAVY_CONNS),
             "heavy_off": Contender("dynamic heavy, batching off, 32 clients", heavy_off, wide_paths, HEAVY_CONNS),
@@ -394,8 +402,10 @@ RATIOS: tuple[tuple[str, str, str, float | None], ...] = (
     ("dynamic light / floor", "dyn_light", "floor", 0.55),
     ("FastAPI /healthz / floor (second reference)", "fastapi", "floor", None),
     ("hybrid L1 hit / FastAPI /healthz", "l1", "fastapi", None),
-    ("L1 hit through the routing (L1_HIT_PATH=false) / its floor", "l1_routed", "floor_routed", None),
-    ("L1 hit: hit path / through the routing", "l1", "l1_routed", None),
+    ("L1 hit through the routing (FAST_PATH=false) / its floor", "l1_routed", "floor_routed", None),
+    ("L1 hit: fast path / through the routing", "l1", "l1_routed", None),
+    ("Redis hit: fast path / through the routing", "l2", "l2_routed", None),
+    ("dynamic light: fast path / through the routing", "dyn_light", "dyn_routed", None),
     ("heavy batching on / off (req/s)", "heavy_on", "heavy_off", 3.0),
     ("WORKERS=2 / WORKERS=1 (L1 hit, unpinned)", "w2", "w1", None),
 )

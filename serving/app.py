@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from serving import logs
 from serving.errors import AdminDisabled, BodyTooLarge, Forbidden, InvalidRequest, ServingError, TooManyKeys, Unauthorized
-from serving.hit_path import L1HitLayer
+from serving.fast_path import FastPredictLayer
 from serving.modes import uses_store
 from serving.service import PredictionService
 from serving.settings import Settings
@@ -156,8 +156,8 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="hybridserve", version="0.1.0", lifespan=lifespan,
                   description="Static, dynamic and hybrid (cached) serving of one ONNX model.")
     app.state.settings = settings
-    if settings.l1_hit_path:
-        app.add_middleware(L1HitLayer, state=app.state)  # added first: the innermost, after every other middleware
+    if settings.fast_path:
+        app.add_middleware(FastPredictLayer, state=app.state)  # added first: the innermost, after every other middleware
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     _install_error_handlers(app)
     _add_prediction_routes(app, settings)

@@ -271,7 +271,7 @@ class PredictionService:
     def predict_cached(self, key: str) -> Prediction | None:
         """The prediction for one key if L1 holds it, else ``None`` (nothing counted: the caller
         then takes :meth:`predict`, which counts the miss). A hit counts as :meth:`predict` counts
-        it (L1 lookup, keys, request latency, trace); :mod:`serving.hit_path` answers with it."""
+        it (L1 lookup, keys, request latency, trace); :mod:`serving.fast_path` answers with it."""
         start = time.perf_counter()
         state = self._state
         if state is None or state.l1 is None or self.tier_names[0] != "l1":
