@@ -260,7 +260,25 @@ def run_one(peer: Peer, model: Model) -> Outcome:
         last_lines = " / ".join(line.strip() for line in str(exc).strip().splitlines()[-3:])  # a traceback's end says why
         return Outcome(peer.name, model.profile, error=f"{type(exc).__name__}: {last_lines[-600:]}")
     finally:
-        server.stop()
+        stop_tree(server)
+
+
+def stop_tree(server: ManagedProcess) -> None:
+    """Stop a server and every process it started: LitServe's API server and inference worker,
+    BentoML's workers outlive a parent that is only sent SIGTERM, and would keep using the core."""
+    try:
+        children = psutil.Process(server.pid).children(recursive=True) if server.process else []
+    except psutil.NoSuchProcess:
+        children = []
+    server.stop()
+    for child in children:
+        try:
+            child.terminate()
+        except psutil.NoSuchProcess:
+            continue
+    _, alive = psutil.wait_procs(children, timeout=5.0)
+    for child in alive:
+        child.kill()
 
 
 def _model_us_per_row(server: ManagedProcess) -> float | None:
