@@ -440,6 +440,9 @@ def _method(generator: str, gen_max: float) -> list[str]:
         "route returning a constant dict) is kept as a second reference row. L1 hit: 64 keys warmed into L1 (checked "
         "`source == \"l1\"`). Redis hit: HYBRIDSERVE_L1_SIZE=0, 2000 keys from the full light table precomputed into Redis "
         "(checked `source == \"redis\"`). Dynamic/prototype: the same 2000 random keys.",
+        "- `GET /v1/predict/{key}` is answered by serving/fast_path.py in front of the routing, which the floor still passes "
+        "through: a cheap path can run above the floor. The rows marked FAST_PATH=false are the same paths through the "
+        "routing (servers started with HYBRIDSERVE_FAST_PATH=false), measured in the same rounds.",
         "- Prototype: `benchmarks/prototype.py`, the first server a team writes: a FastAPI route calling scikit-learn's "
         "`predict` on one row per request (no ONNX, no cache, no batching), on the same pinned core.",
         "- Server CPU: the CPU time of the server process and its children over the window, from each thread's "
