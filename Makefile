@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test fuzz bench soak report-check clean
+.PHONY: demo test fuzz bench bench-peers soak report-check clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hybridserve needs Python 3.11+, found " + sys.version.split()[0] + " (set PYTHON=python3.x)")'
@@ -27,8 +27,15 @@ FUZZ_EXAMPLES ?= 300
 fuzz: $(STAMP)
 	HYBRIDSERVE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/python -m pytest -q -p no:cacheprovider tests/test_bad_input.py -k schemathesis
 
+# Uses wrk when it is on PATH (apt-get install wrk), else the Python generator; results.md says which.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench.py
+
+# MLServer, LitServe and BentoML, each in its own venv under benchmarks/.peers/ (pinned versions from
+# benchmarks/peers/*.txt, created on first use), against hybridserve on the same pinned core; writes
+# benchmarks/peers.md. Not part of `make test`.
+bench-peers: $(STAMP)
+	$(BIN)/python benchmarks/bench_peers.py
 
 # Hybrid under a fixed rate for SOAK_SECONDS (default 10 min): errors, latency percentiles per
 # window, server RSS at start and end. `make soak SOAK_SECONDS=60 SOAK_RATE=50`.

@@ -295,6 +295,24 @@ class PredictionService:
         self.metrics.observe_request(source, time.perf_counter() - start)
         return [Prediction(k, found[k][0], found[k][1], state.version) for k in keys]
 
+    def predict_cached(self, key: str) -> Prediction | None:
+        """The prediction for one key if L1 holds it, else ``None`` (nothing counted: the caller
+        then takes :meth:`predict`, which counts the miss). A hit counts as :meth:`predict` counts
+        it (L1 lookup, keys, request latency, trace); :mod:`serving.fast_path` answers with it."""
+        start = time.perf_counter()
+        state = self._state
+        if state is None or state.l1 is None or self.tier_names[0] != "l1":
+            return None
+        value = state.l1.get(key)  # L1 holds only validated keys of this version
+        if value is None:
+            return None
+        self.counts.looked_up("l1", 1, 0)
+        self.counts.keys += 1
+        if self._recorder is not None:
+            self._recorder.record(key)
+        self.metrics.observe_request("l1", time.perf_counter() - start)
+        return Prediction(key, value, "l1", state.version)
+
     async def _resolve(self, state: ServedState, keys: Sequence[str]) -> dict[str, tuple[float, str]]:
         try:
             return await state.walk.resolve(keys)

@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     """Most keys in one POST /v1/predict."""
     max_body_bytes: int = Field(65_536, ge=256)
     """Largest request body accepted."""
+    fast_path: bool = True
+    """Answer GET /v1/predict/{key} in front of the routing (serving/fast_path.py); off only to measure what it saves."""
+    otel: bool = False
+    """FastAPI's native OpenTelemetry (spans, metrics, logs to the global providers); off: no per-request provider check."""
     admin_token: SecretStr | None = None
     """Bearer token of the admin endpoints; unset: admin endpoints are disabled."""
     breaker_failures: int = Field(3, ge=1)

@@ -61,8 +61,8 @@ class ServerThread:
 
     @property
     def app(self):  # type: ignore[no-untyped-def]
-        """The ASGI app being served."""
-        return self.server.config.loaded_app
+        """The app being served (as created: uvicorn's own wrappers left out)."""
+        return self.server.config.app
 
     def start(self) -> ServerThread:
         """Start serving; returns once the server accepts connections."""

@@ -37,7 +37,7 @@ def test_each_mode_end_to_end(make_settings, mode: str) -> None:  # type: ignore
         assert body["key"] == "3:17" and isinstance(body["prediction"], float)
         assert body["source"] == {"static": "redis", "dynamic": "model", "hybrid": "model"}[mode]
         assert len(body["model_version"]) == 12
-        assert client.get("/healthz").json() == {"status": "ok"}
+        assert client.get("/healthz").json() == {"status": "ok"} == client.get("/livez").json()
         assert client.get("/readyz").status_code == 200
 
 
@@ -239,3 +239,12 @@ def test_static_redis_unreachable_is_503_within_timeout(make_settings, redis_ser
         assert response.status_code == 503 and response.json()["error"] in {"not_ready", "redis_unavailable"}
         assert time.monotonic() - start < 5  # bounded by the Redis timeout, never a hang
         assert client.get("/readyz").status_code == 503
+
+
+def test_fastapi_native_telemetry_only_when_asked(make_settings) -> None:  # type: ignore[no-untyped-def]
+    """Off by default (its per-request provider check is hot-path cost); HYBRIDSERVE_OTEL=true keeps FastAPI's defaults."""
+    from serving.app import create_app
+
+    off, on = create_app(make_settings(mode="dynamic")), create_app(make_settings(mode="dynamic", otel=True))
+    assert not any(off._telemetry[k] for k in ("tracing", "metrics", "logs"))
+    assert all(on._telemetry[k] for k in ("tracing", "metrics", "logs"))

@@ -139,9 +139,9 @@ def test_no_request_waits_long_when_redis_dies_under_concurrent_load(make_settin
     worst, queueing = max(latency for latency, _ in after), max(before)
     print(f"\nRedis SIGKILL under {CONCURRENT_CLIENTS} clients: {len(after)} requests after, worst {worst * 1000:.0f} ms "
           f"(worst before the fault {queueing * 1000:.0f} ms)")
-    # 1.5x the queueing: on a 2-core machine shared with other work, the worst of a few hundred
-    # requests moves by half again between two windows of a second.
-    assert worst < 1.5 * queueing + REDIS_WAIT_BOUND_S, f"a request waited {worst:.2f}s; before the fault at most {queueing:.2f}s"
+    # 2x the queueing: on a 2-core machine shared with other work, the worst of a few hundred
+    # requests moves by as much again between two windows of a second.
+    assert worst < 2 * queueing + REDIS_WAIT_BOUND_S, f"a request waited {worst:.2f}s; before the fault at most {queueing:.2f}s"
 
 
 def test_static_key_missing_from_a_complete_table_is_503_not_404(make_settings, own_redis: EmbeddedRedis) -> None:  # type: ignore[no-untyped-def]
