@@ -248,7 +248,7 @@ def _telemetry(settings: Settings) -> dict[str, Any]:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ServingError)
     async def serving_error(request: Request, exc: ServingError) -> Response:
-        return _error(exc.status, exc.code, exc.detail)
+        return _error(exc.status, exc.code, exc.public_detail)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
@@ -305,10 +305,16 @@ def _install_outage_handler(app: FastAPI, settings: Settings) -> None:
     outages = _OutageLog(OUTAGE_LOG_INTERVAL_S)
     address = _redis_address(settings.redis_url)
 
+    def report(exc: StoreUnavailable) -> None:
+        outages.warning(address, _without_password(exc.detail, settings.redis_url))
+
+    # The fast path (serving/fast_path.py) answers outside these handlers: it reports here too.
+    app.state.report_outage = report
+
     @app.exception_handler(StoreUnavailable)
     async def store_unavailable(request: Request, exc: StoreUnavailable) -> Response:
-        outages.warning(address, _without_password(exc.detail, settings.redis_url))
-        return _error(exc.status, exc.code, "cache unavailable")
+        report(exc)
+        return _error(exc.status, exc.code, exc.public_detail)
 
 
 def _validation_detail(errors: Sequence[Any]) -> str:

@@ -17,6 +17,11 @@ class ServingError(Exception):
         super().__init__(detail)
         self.detail = detail
 
+    @property
+    def public_detail(self) -> str:
+        """The ``detail`` a client is shown (every path that answers errors renders this)."""
+        return self.detail
+
 
 class BadRequest(ServingError):
     """The request is malformed (body, types, sizes)."""
@@ -140,6 +145,11 @@ class StoreUnavailable(StoreError):
     breaker is open. The only store error the breaker counts."""
 
     code = "redis_unavailable"
+
+    @property
+    def public_detail(self) -> str:
+        """Clients learn only that the cache is unavailable; the cause goes to the log."""
+        return "cache unavailable"
 
 
 class StoreRejected(StoreError):

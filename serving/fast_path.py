@@ -24,7 +24,7 @@ import orjson
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from serving.errors import ServingError
+from serving.errors import ServingError, StoreUnavailable
 
 PREFIX = "/v1/predict/"
 _PREFIX_LEN = len(PREFIX)
@@ -51,7 +51,9 @@ class FastPredictLayer:
             try:
                 [prediction] = await service.predict([key])
             except ServingError as exc:
-                status, body = exc.status, orjson.dumps({"error": exc.code, "detail": exc.detail})
+                if isinstance(exc, StoreUnavailable):
+                    self._state.report_outage(exc)  # the address to the log, as the app handler does
+                status, body = exc.status, orjson.dumps({"error": exc.code, "detail": exc.public_detail})
         if status == 200:
             body = orjson.dumps(prediction.as_dict())
         # The headers a Starlette Response with media_type application/json sends, in its order.
