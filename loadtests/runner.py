@@ -166,6 +166,7 @@ class RunResult:
         spec = record.pop("spec")
         spec["requested_duration_s"] = spec.pop("duration_s")
         record.update(spec)
+        record["model_name"] = self.spec.model_name  # a demo profile's model, or the registered name
         return record
 
 

@@ -153,7 +153,9 @@ def tier_costs(records: Sequence[Record], model: str) -> TierCosts:
 
 
 def _model_of(record: Record) -> str:
-    return str(record.get("model_name") or profile_model_name(record["profile"]))
+    # Records from before model_name was recorded: a demo profile, or a registered model's own name.
+    profile = str(record["profile"])
+    return str(record.get("model_name") or (profile_model_name(profile) if profile in ("light", "heavy") else profile))
 
 
 def _served(record: Record) -> int:
