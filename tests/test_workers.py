@@ -25,6 +25,8 @@ from tests.test_consistency import KEYS, TwoVersions, two_versions  # noqa: F401
 # Stated convergence: control_poll_s (0.25 s) + applying the change (a model load, ~0.1 s). The
 # bound is generous for a loaded 2-core CI machine; the measured figure is printed.
 CONVERGENCE_BOUND_S = 5.0
+# What the README states: a poll interval (0.25 s) plus loading the version, on a loaded 2-core box.
+STATED_CONVERGENCE_S = 2.0
 CONSECUTIVE = 30  # answers in a row in the new state before it counts as converged
 LOOP_BOUND_S = 60.0  # the whole wait, convergence and the run of answers, on a loaded machine
 SNAPSHOT_BOUND_S = 15.0  # /metrics counts every worker once their snapshots (every 1 s) are in
@@ -81,8 +83,13 @@ def test_admin_changes_reach_every_worker(make_settings, two_versions: TwoVersio
         sent += 40
 
         reload = client.post(f"{server.url}/v1/admin/reload", json={"version": two_versions.new}, headers=ADMIN)
+        reloaded = time.monotonic()
         assert reload.json() == {"model_version": two_versions.new, "propagated": True}
         reload_s = _converge(lambda: predict(0)["model_version"] == two_versions.new)
+        # A run of new answers may all come from the worker that took the reload (the kernel hands
+        # fresh connections to whichever worker is idle in accept): the claim checked below is that
+        # every worker serves the new version once STATED_CONVERGENCE_S have passed.
+        time.sleep(max(0.0, STATED_CONVERGENCE_S - (time.monotonic() - reloaded)))
         answers = [predict(i) for i in range(AFTER)]
         sent += AFTER
         assert [a for a in answers if a["model_version"] != two_versions.new] == []
