@@ -250,7 +250,7 @@ def main() -> int:
     redis_srv = EmbeddedRedis().start()
     if GEN_CORE is not None:
         os.sched_setaffinity(redis_srv.pid, {GEN_CORE})
-    servers: list[Server] = []
+    servers: list[ManagedProcess] = []
     try:
         # Precompute the whole light table into Redis: the precompute benchmark, and the L2 data.
         settings = Settings(redis_url=redis_srv.url, model_name="traffic-light", registry=REGISTRY)

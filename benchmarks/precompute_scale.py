@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from loadtests.harness.redis_server import EmbeddedRedis  # noqa: E402  (after the path)
 from models import data  # noqa: E402
-from models.publish import _write_version, build_and_publish  # noqa: E402
+from models.publish import build_and_publish, write_version  # noqa: E402
 from models.registry import content_version, resolve, set_latest  # noqa: E402
 from serving.precompute import precompute  # noqa: E402
 from serving.precompute_dask import precompute_on_dask  # noqa: E402
@@ -51,7 +51,7 @@ def widened_registry(root: Path, keys: int) -> Path:
     onnx_bytes = small.model_path.read_bytes()
     version = content_version(onnx_bytes, features)
     card = dict(small.card(), segments=segments, key_count=segments * data.HOURS_PER_WEEK)
-    _write_version(root / small.name / version, onnx_bytes, features, card)
+    write_version(root / small.name / version, onnx_bytes, features, card)
     set_latest(root, small.name, version)
     return root
 

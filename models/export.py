@@ -24,7 +24,7 @@ from skl2onnx import to_onnx
 from sklearn.base import RegressorMixin, is_classifier
 from sklearn.neighbors import KNeighborsClassifier, KNeighborsRegressor
 
-from models.runtime import run, session
+from models.runtime import run
 
 TARGET_OPSET = 17
 PARITY_RELATIVE_TOLERANCE = 1e-4

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from models import data, export
+from models import data, export, runtime
 from models.registry import CARD_FILE, FEATURES_FILE, MODEL_FILE, ModelArtifact, content_version, model_name, set_latest
 from models.train import Profile, TrainResult, ambiguous_rows, train_profile
 
@@ -78,7 +78,7 @@ def _card(result: TrainResult, onnx_bytes: bytes, sess: Any, parity: export.Pari
 def publish(result: TrainResult, registry: Path) -> ModelArtifact:
     """Export, parity-check, time and write one version; point ``latest`` at it."""
     onnx_bytes = export.to_onnx_bytes(result.model, result.X_train)
-    sess = export.session(onnx_bytes)
+    sess = runtime.session(onnx_bytes)
     X_parity, y_parity = result.X_holdout[:PARITY_ROWS], result.y_holdout[:PARITY_ROWS]
     parity = export.check_parity(result.model, sess, X_parity, y_parity, ambiguous_rows(result.model, X_parity))
     features = data.feature_table(result.segments)

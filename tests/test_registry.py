@@ -10,7 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from models import export
+from models import export, runtime
 from models.registry import RegistryError, resolve, versions
 from models.publish import build_and_publish
 from models.train import train_profile
@@ -95,7 +95,7 @@ def test_missing_model_is_a_clear_error(tmp_path: Path) -> None:
 def test_parity_check_fails_on_a_wrong_model() -> None:
     result = train_profile("light", segments=10)
     other = train_profile("light", segments=10, seed=99)
-    sess = export.session(export.to_onnx_bytes(other.model, other.X_train))
+    sess = runtime.session(export.to_onnx_bytes(other.model, other.X_train))
     with pytest.raises(export.ParityError, match="differs from scikit-learn"):
         export.check_parity(result.model, sess, result.X_holdout, result.y_holdout)
 
