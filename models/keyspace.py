@@ -113,6 +113,9 @@ class GridKeySpace:
             raise ValueError(f"a grid key space needs at least one segment, got {segments}")
         self.segments = segments
         self.count = segments * HOURS_PER_WEEK
+        # Keys already looked up, with their rows: a request's key is checked by the walk and looked
+        # up again for its feature row, and popular keys come back; only valid keys enter.
+        self._known: dict[str, int] = {}
 
     def check(self, key: str) -> str:
         """``key`` if it is ``<segment>:<hour>`` in canonical integers."""
@@ -122,11 +125,17 @@ class GridKeySpace:
 
     def index(self, key: str) -> int:
         """``segment * 168 + hour``."""
+        row = self._known.get(key)
+        if row is not None:
+            return row
         segment, hour = (int(part) for part in self.check(key).split(":"))
         if segment >= self.segments or hour >= HOURS_PER_WEEK:
             raise KeyNotFound(f"key {key!r} is outside the model's key space "
                              f"(segments 0..{self.segments - 1}, hours 0..{HOURS_PER_WEEK - 1})")
-        return segment * HOURS_PER_WEEK + hour
+        row = segment * HOURS_PER_WEEK + hour
+        if len(self._known) < KNOWN_KEYS_MAX:
+            self._known[key] = row
+        return row
 
     def key(self, row: int) -> str:
         """The key of a row."""
