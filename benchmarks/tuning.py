@@ -1,6 +1,8 @@
 """The tuner's answer, verified: every trace in ../shared/traces and a synthetic Zipf trace x both profiles.
 
-Per profile, tier costs by calibration (load tests: :func:`tuning.calibrate.calibrate`). Per trace:
+Per profile, tier costs by calibration (load tests: :func:`tuning.calibrate.calibrate`), and the
+comparison's own runs of the profile (``hybridserve compare``'s matrix at the verify rate) read by
+the same code, to show that the tuner and the comparison report price a tier alike. Per trace:
 fitted to the model's key space (the shared traces' integer ids are not grid keys, so they are
 mapped: ``--map-keys``), every candidate simulated once, the miss-ratio curves and the policy gap;
 per profile, the candidates ranked and the chosen one verified by a load test
@@ -26,7 +28,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import os  # noqa: E402
+
 from loadtests.keys import key_stream  # noqa: E402
+from loadtests.runner import compare, matrix  # noqa: E402
+from loadtests.tier_costs import TIERS, tier_costs  # noqa: E402
 from models.registry import model_name  # noqa: E402
 from loadtests.tier_costs import TierCosts  # noqa: E402
 from serving.model import LoadedModel  # noqa: E402
@@ -48,7 +54,7 @@ def main() -> int:
     if args.markdown_only:
         saved = json.loads((HERE / "tuning.json").read_text())
         costs = {row["profile"]: TierCosts.from_dict(row["tiers"]) for row in saved["rows"]}
-        (HERE / "tuning.md").write_text(_markdown(saved["context"], saved["rows"], costs))
+        (HERE / "tuning.md").write_text(_markdown(saved["context"], saved["rows"], costs, saved.get("agreement", [])))
         return 0
     registry = Path(args.registry)
     traces = _traces(Path(args.traces), registry)
@@ -57,10 +63,15 @@ def main() -> int:
     if args.resume:  # keep the rows written so far and their calibration; run the traces not done
         rows = json.loads((HERE / "tuning.json").read_text())["rows"]
         costs = {row["profile"]: TierCosts.from_dict(row["tiers"]) for row in rows}
+    agreement: list[dict[str, Any]] = json.loads((HERE / "tuning.json").read_text()).get("agreement", []) if args.resume else []
     for profile in (p for p in PROFILES if p not in costs):
         print(f"calibrating {profile} at {args.qps:g}/s ...", flush=True)
         costs[profile] = calibrate(Settings(registry=registry, model_name=model_name(profile)), args.qps,
                                    duration_s=args.calibration_seconds)
+        print(f"comparison runs of {profile} at {args.verify_rate:g}/s ...", flush=True)
+        records = compare(registry, [s for s in matrix(args.calibration_seconds, args.verify_rate) if s.profile == profile])
+        agreement += _agreement(profile, costs[profile], tier_costs(records, model_name(profile)), records)
+        _write(args, rows, costs, agreement)
     done = {row["trace"] for row in rows}
     for name, trace in ((n, t) for n, t in traces.items() if n not in done):
         model = LoadedModel.from_registry(registry, model_name("light"))
@@ -83,17 +94,35 @@ def main() -> int:
                          "cost_vs_memory": rec.cost_memory_curve(), "tiers": costs[profile].as_dict(),
                          "curves": curves, "seconds": time.perf_counter() - started})
             print(f"  {profile}: {_line(rows[-1])}", flush=True)
-            _write(args, rows, costs)  # after every row: a run cut short still leaves its results
+            _write(args, rows, costs, agreement)  # after every row: a run cut short still leaves its results
     print(f"wrote {HERE / 'tuning.md'}")
     return 0
 
 
-def _write(args: argparse.Namespace, rows: list[dict[str, Any]], costs: dict[str, Any]) -> None:
+def _agreement(profile: str, tuner: TierCosts, comparison: TierCosts, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each tier's CPU per request as the tuner's calibration and the comparison's runs price it,
+    at the rate (L1: the share) the comparison measured it."""
+    out = []
+    for tier in TIERS:
+        for point in comparison.curves[tier]:
+            mine = tuner.at(tier, point.rate, share=point.share)
+            out.append({"profile": profile, "tier": tier, "rate": point.rate, "share": point.share,
+                        "tuner_cpu_us": mine.cpu_s * 1e6, "comparison_cpu_us": point.cpu_s * 1e6,
+                        "difference": abs(mine.cpu_s - point.cpu_s) / point.cpu_s, "comparison_run": point.run,
+                        "tuner_p99_ms": mine.p99_ms, "comparison_p99_ms": point.p99_ms})
+    out.append({"profile": profile, "tier": "miss store", "rate": 0.0, "share": 0.0,
+                "tuner_cpu_us": tuner.miss_store_cpu_s * 1e6, "comparison_cpu_us": comparison.miss_store_cpu_s * 1e6,
+                "difference": abs(tuner.miss_store_cpu_s - comparison.miss_store_cpu_s) / max(comparison.miss_store_cpu_s, 1e-9),
+                "comparison_run": "estimated (no all-miss run in the matrix)", "tuner_p99_ms": 0.0, "comparison_p99_ms": 0.0})
+    return out
+
+
+def _write(args: argparse.Namespace, rows: list[dict[str, Any]], costs: dict[str, Any], agreement: list[dict[str, Any]]) -> None:
     context = {"machine": f"{platform.node()}, Python {platform.python_version()}",
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "qps": args.qps,
-               "slo_p99_ms": args.slo_p99_ms, "verify_rate": args.verify_rate}
-    (HERE / "tuning.json").write_text(json.dumps({"context": context, "rows": rows}, indent=1, default=str))
-    (HERE / "tuning.md").write_text(_markdown(context, rows, costs))
+               "slo_p99_ms": args.slo_p99_ms, "verify_rate": args.verify_rate, "load_average": os.getloadavg()[:2]}
+    (HERE / "tuning.json").write_text(json.dumps({"context": context, "rows": rows, "agreement": agreement}, indent=1, default=str))
+    (HERE / "tuning.md").write_text(_markdown(context, rows, costs, agreement))
 
 
 def _traces(folder: Path, registry: Path) -> dict[str, Trace]:
@@ -111,18 +140,35 @@ def _line(row: dict[str, Any]) -> str:
             f"(predicted {p['p99_ms']:.1f}), {'ok' if v['within_tolerance'] else 'OFF'}")
 
 
-def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[str, Any]) -> str:
+def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[str, Any], agreement: list[dict[str, Any]]) -> str:
+    load = context.get("load_average")
     lines = ["# The tuner's answer, verified by load tests", "",
-             f"`benchmarks/tuning.py`, {context['when']}, {context['machine']}: a shared 2-core machine, loaded by other "
-             f"work while this ran (figures are from one run each). Pricing at {context['qps']:g} predictions/s, p99 SLO "
+             f"`benchmarks/tuning.py`, {context['when']}, {context['machine']}: a 2-core machine"
+             + (f" (load average {load[0]:.1f} / {load[1]:.1f} over 1 / 5 min when this file was written)" if load else "")
+             + f"; figures are from one run each. Pricing at {context['qps']:g} predictions/s, p99 SLO "
              f"{context['slo_p99_ms']:g} ms; verification runs at {context['verify_rate']:g} requests/s offered.", "",
              "## Tier costs (calibrated by load tests)", "",
-             "| profile | tier | rate /s | CPU us/request | p99 ms (95% CI) | requests |", "|---|---|---|---|---|---|"]
-    for profile, tier_costs in costs.items():
-        for tier, points in tier_costs.curves.items():
+             "Server + Redis CPU per prediction; p99 client-side with its 95% confidence interval; the load is the "
+             "CPU seconds per second the run kept busy (a tier's p99 is read at the load of the whole mix).", "",
+             "| profile | tier | run | rate /s | L1 share | CPU us/request | load | p99 ms (95% CI) | requests |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for profile, profile_costs in costs.items():
+        for tier, points in profile_costs.curves.items():
             for p in points:
                 ci = f"{p.p99_low_ms:.1f}-{p.p99_high_ms:.1f}" if p.p99_low_ms is not None else "n/a"
-                lines.append(f"| {profile} | {tier} | {p.rate:.0f} | {p.cpu_s * 1e6:.0f} | {p.p99_ms:.1f} ({ci}) | {p.requests:,} |")
+                p99 = f"{p.p99_ms:.1f} ({ci})" if p.p99_of_tier else "(mixed run: not L1's own)"
+                lines.append(f"| {profile} | {tier} | {p.run} | {p.rate:.0f} | {p.share:.2f} | {p.cpu_s * 1e6:.0f} | {p.load:.3f} | "
+                             f"{p99} | {p.requests:,} |")
+        lines.append(f"| {profile} | miss store round trips | | | | {profile_costs.miss_store_cpu_s * 1e6:.0f} | | | |")
+    if agreement:
+        lines += ["", "## Tuner vs comparison: the same tiers priced from the comparison's own runs", "",
+                  "The comparison matrix of `hybridserve compare` (static, dynamic, hybrid on Zipf and on uniform keys) "
+                  "run separately at the verify rate and read by the same code (`loadtests/tier_costs.py`); the tuner's "
+                  "calibration priced at the comparison's rate (L1: at its share).", "",
+                  "| profile | tier | rate /s | L1 share | tuner CPU us | comparison CPU us | difference |", "|---|---|---|---|---|---|---|"]
+        for a in agreement:
+            lines.append(f"| {a['profile']} | {a['tier']} | {a['rate']:.0f} | {a['share']:.2f} | {a['tuner_cpu_us']:.0f} | "
+                         f"{a['comparison_cpu_us']:.0f} | {a['difference']:.0%} |")
     lines += ["", "## Policy gap: best server-runnable vs best libCacheSim (Belady excluded), whole trace from cold", "",
               "| trace | size | server best | miss | libCacheSim best | miss | gap pp |", "|---|---|---|---|---|---|---|"]
     for row in rows[::len(PROFILES)] if len(rows) > 1 else rows:
@@ -159,7 +205,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--slo-p99-ms", type=float, default=50.0)
     parser.add_argument("--verify-rate", type=float, default=300.0)
     parser.add_argument("--verify-seconds", type=float, default=90.0)
-    parser.add_argument("--calibration-seconds", type=float, default=8.0)
+    parser.add_argument("--calibration-seconds", type=float, default=12.0)
     return parser
 
 

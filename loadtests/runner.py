@@ -59,6 +59,8 @@ from serving.settings import Settings
 
 LOCUSTFILE = Path(__file__).with_name("locustfile.py")
 WARMUP_REQUESTS = 300
+# How long the idle CPU of the server and Redis is sampled before each run.
+IDLE_SAMPLE_S = 0.5
 HEAD_SAMPLE_REQUESTS = 100_000
 # Achieved below this share of the offered rate means the generator (or server) could not keep up.
 SATURATION_SHARE = 0.95
@@ -155,6 +157,11 @@ class RunResult:
     l1_bytes: int = 0
     """L1 memory at the end: ``l1_entries`` x the bytes of one entry, measured with tracemalloc on
     the run's own warm-up keys (:func:`serving.cache.measure_l1_bytes_per_entry`); priced with Redis'."""
+    idle_cpu_ms_per_s: dict[str, float] = field(default_factory=dict)
+    """CPU the server and Redis burn with no traffic (``server``, ``redis``; ms a second), sampled
+    before the run: timers, the control poll, Redis' cron. Taken out of the CPU figures for the
+    seconds of the measured window outside the traffic (Locust's start and stop), so they are the
+    CPU of serving at the run's rate."""
 
     def as_record(self) -> dict[str, Any]:
         """Flat JSON-ready record: the spec's fields, then the measured ones.
@@ -515,20 +522,32 @@ def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scena
     server, client = bench.server, bench.redis
     namespace = server.settings.redis_namespace
     stored0 = StoredKeys.read(client, namespace)
+    idle = _idle_cpu_s_per_s(server, client)
     before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
+    started = time.monotonic()
     locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
+    outside = max(0.0, time.monotonic() - started - locust["span_s"])  # Locust starting and stopping
     after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
     stored1 = StoredKeys.read(client, namespace)
     # The warm-up's keys: the same shape as those L1 held.
     l1_entry_bytes = measure_l1_bytes_per_entry(
         key_stream(spec.distribution, bench.space, seed=spec.seed, stream=98).take(WARMUP_REQUESTS))
     result = _result(spec, bench.version, bench.key_count, locust, locust_cpu, before, after,
-                     (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), bench.precompute, prices, target,
-                     l1_entry_bytes=l1_entry_bytes)
+                     (cpu1 - cpu0 - idle[0] * outside, rcpu1 - rcpu0 - idle[1] * outside), (stored0, stored1),
+                     bench.precompute, prices, target, l1_entry_bytes=l1_entry_bytes)
+    result.idle_cpu_ms_per_s = {"server": idle[0] * 1e3, "redis": idle[1] * 1e3}
     stream = key_stream(spec.distribution, bench.space, seed=spec.seed)
     if isinstance(stream, TraceKeys):
         result.unknown_key_share, result.trace_keys_mapped = stream.unknown_share, stream.remap
     return result
+
+
+def _idle_cpu_s_per_s(server: ServerProcess, client: redis.Redis) -> tuple[float, float]:
+    """Server and Redis CPU seconds a second with no traffic, over :data:`IDLE_SAMPLE_S`."""
+    cpu0, rcpu0, start = server.cpu_s(), _redis_cpu_s(client), time.monotonic()
+    time.sleep(IDLE_SAMPLE_S)
+    elapsed = time.monotonic() - start
+    return (server.cpu_s() - cpu0) / elapsed, (_redis_cpu_s(client) - rcpu0) / elapsed
 
 
 def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:

@@ -5,16 +5,32 @@ concurrent load at a fixed offered rate, the way the comparison measures modes:
 
 - **redis** (a Redis hit): static runs, where every request is one;
 - **model** (a model call, batched as the run's rate batches it): dynamic runs;
-- **l1** (an L1 hit): hybrid runs, whose CPU is the sum over tiers of share x cost (a miss there
-  also pays a Redis lookup and write: see :meth:`TierCosts.cpu_per_request`): with the Redis and
-  model costs known at the rates those tiers served in the run, what is left over is L1's (hybrid
-  runs where L1 answered at least :data:`MIN_L1_SHARE` of the requests).
+- **a hybrid miss's store round trips** (its Redis lookup and the write of the computed value, on top
+  of the model call): hybrid runs where nearly every request is a miss (:data:`ALL_MISS_SHARE`);
+- **l1** (an L1 hit): hybrid runs, whose CPU is the sum over tiers of share x cost: with the Redis
+  and model costs known at the rates those tiers served in the run, what is left over is L1's
+  (hybrid runs where L1 answered at least :data:`MIN_L1_SHARE` of the requests).
+
+Tier costs are marginal: what the server and Redis burn with no traffic (timers, the control poll,
+Redis' cron: a few milliseconds a second, recorded by each run) is a cost per second,
+:attr:`TierCosts.idle_cpu_s_per_s`, taken out of each run's CPU per request and added back per
+request at the rate priced (at 20 requests/s it is a third of a Redis hit's cost; at 300, a tenth).
+
+An L1 hit is a curve over the **share** of requests L1 answers, not over its rate (it is never
+batched): measured on this machine, an L1 hit costs about 60% more CPU in a Zipf mix where a third
+of the requests go on to Redis and the model than in a run where L1 answers nearly everything (the
+slower requests evict the fast path's code and data from the CPU caches). Calibration measures both
+ends (a hot-set run and a Zipf run); a mix in between is interpolated linearly in share.
 
 Each tier is a curve over the rate it serves (requests a second that tier answers): CPU per
-request falls and p99 grows with it (batching, queueing). :meth:`TierCosts.at` interpolates in
-log rate between measured points and holds the end values outside them, saying so (``extrapolated``).
-An L1 hit's p99 is not separable in a client-side measurement of a mixed run; it is bounded by the
-Redis tier's (an L1 hit is the same request path without the Redis round trip).
+request falls with it (batching), and p99 grows with how busy the server is (queueing).
+:meth:`TierCosts.at` prices CPU at the rate the tier serves, interpolated in log rate, and reads
+p99 at the **load** of the whole mix (server + Redis CPU seconds per second, ``rate x CPU``): a
+request of one tier waits behind the requests of every tier, so its p99 is the tier's measured p99
+at the point of its curve where the tier alone kept the server as busy. Outside the measured points
+the end values hold, said so (``extrapolated``). An L1 hit's p99 is measured by runs where L1
+answers nearly everything (:data:`CLEAN_L1_SHARE`, calibration's hot-set runs); without one it is
+bounded by the Redis tier's (an L1 hit is the same request path without the Redis round trip).
 
 Example::
 
@@ -27,7 +43,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from models.registry import model_name as profile_model_name
@@ -41,6 +57,11 @@ MIN_L1_SHARE = 0.2
 # An L1 hit never costs less than this share of a Redis hit: the HTTP request around it is most
 # of either (a floor for the leftover of a noisy decomposition, not a measurement).
 MIN_L1_COST_SHARE_OF_REDIS = 0.3
+# A hybrid run whose L1 answered at least this share measures an L1 hit's p99 itself.
+CLEAN_L1_SHARE = 0.9
+# A hybrid run whose model answered at least this share measures a miss's store round trips (its
+# few hits are priced and taken out).
+ALL_MISS_SHARE = 0.75
 
 Record = dict[str, Any]
 
@@ -64,6 +85,15 @@ class TierPoint:
     """The run it comes from (profile/mode/distribution at the offered rate)."""
     saturated: bool = False
     """The run could not offer its rate: the point is still measured, at the rate achieved."""
+    p99_of_tier: bool = True
+    """``p99_ms`` is this tier's own (False: a mixed run's, which says nothing of L1's alone)."""
+    share: float = 1.0
+    """The share of the run's requests this tier answered."""
+
+    @property
+    def load(self) -> float:
+        """Server + Redis CPU seconds per second the tier kept busy in its run (queueing grows with it)."""
+        return self.rate * self.cpu_s
 
 
 @dataclass(frozen=True)
@@ -89,31 +119,43 @@ class TierCosts:
     l1_bytes_per_entry: float
     """L1 bytes per entry (tracemalloc, :func:`serving.cache.measure_l1_bytes_per_entry`)."""
     precompute_cpu_s_per_key: float
+    miss_store_cpu_s: float = 0.0
+    """What a hybrid miss pays on top of the model call: its Redis lookup and the write of the value."""
+    idle_cpu_s_per_s: float = 0.0
+    """Server + Redis CPU seconds a second with no traffic (the runs' median)."""
     source: str = "load test"
     notes: list[str] = field(default_factory=list)
 
-    def at(self, tier: str, rate: float) -> TierEstimate:
-        """The tier's CPU per request and p99 when it serves ``rate`` requests/s."""
+    def at(self, tier: str, rate: float, load: float | None = None, share: float = 1.0) -> TierEstimate:
+        """The tier's CPU per request when it serves ``rate`` requests/s (L1: when it answers
+        ``share`` of the requests), and its p99 when the server's load (CPU seconds per second,
+        every tier together) is ``load`` (default: the tier alone at ``rate``)."""
         points = self.curves[tier]
         if tier == "l1":
-            # L1's p99 is bounded by Redis' at the same rate (see the module doc).
-            redis = self.at("redis", rate)
+            cpu = _interpolate(_by_share(points), share, log=False)
+        else:
             cpu = _interpolate([(p.rate, p.cpu_s) for p in points], rate)
-            return TierEstimate(tier, rate, cpu, redis.p99_ms, redis.extrapolated or _outside(points, rate))
-        cpu = _interpolate([(p.rate, p.cpu_s) for p in points], rate)
-        p99 = _interpolate([(p.rate, p.p99_ms) for p in points], rate)
-        return TierEstimate(tier, rate, cpu, p99, _outside(points, rate))
+        load = rate * cpu if load is None else load
+        p99, outside = self._p99(tier, load)
+        measured, value = ([p.share for p in points], share) if tier == "l1" else ([p.rate for p in points], rate)
+        return TierEstimate(tier, rate, cpu, p99, outside or _outside(sorted(measured), value))
+
+    def _p99(self, tier: str, load: float) -> tuple[float, bool]:
+        """The tier's p99 at server ``load``, and whether that lies outside its measured loads."""
+        own = sorted((p for p in self.curves[tier] if p.p99_of_tier), key=lambda p: p.load)
+        if not own:  # L1 from mixed runs only: bounded by Redis' (see the module doc)
+            return self._p99("redis", load)
+        return _interpolate([(p.load, p.p99_ms) for p in own], load), _outside([p.load for p in own], load)
 
     def cpu_per_request(self, shares: dict[str, float], rate: float, *, misses_pass_store: bool) -> float:
         """CPU seconds per request of a mix of tiers (``shares``: tier -> fraction) at ``rate``
-        requests/s, each tier priced at the rate it serves. With ``misses_pass_store`` (hybrid) a
-        miss also pays the Redis lookup and write a dynamic run's model call never made: a Redis
-        hit's cost less an L1 hit's (the HTTP request around both)."""
-        at = {tier: self.at(tier, share * rate).cpu_s for tier, share in shares.items() if share > 0}
-        total = sum(shares[tier] * cpu for tier, cpu in at.items())
-        if misses_pass_store and shares.get("model", 0.0) > 0:
-            redis, l1 = self.at("redis", shares["redis"] * rate).cpu_s, self.at("l1", shares["l1"] * rate).cpu_s
-            total += shares["model"] * max(0.0, redis - l1)
+        requests/s, each tier priced at the rate it serves (L1 at its share). With
+        ``misses_pass_store`` (hybrid) a miss also pays the Redis lookup and write a dynamic run's
+        model call never made (:attr:`miss_store_cpu_s`). The idle CPU is spread over the requests."""
+        total = self.idle_cpu_s_per_s / rate if rate > 0 else 0.0
+        total += sum(share * self.at(tier, share * rate, share=share).cpu_s for tier, share in shares.items() if share > 0)
+        if misses_pass_store:
+            total += shares.get("model", 0.0) * self.miss_store_cpu_s
         return total
 
     def as_dict(self) -> dict[str, Any]:
@@ -134,6 +176,7 @@ def tier_costs(records: Sequence[Record], model: str) -> TierCosts:
     model, or no hybrid run where L1 answered at least :data:`MIN_L1_SHARE` of the requests.
     """
     mine = [r for r in records if _model_of(r) == model and not r.get("failures")]
+    idle = sorted(_idle_s_per_s(r) for r in mine if r.get("idle_cpu_ms_per_s"))
     curves: dict[str, list[TierPoint]] = {}
     for tier, mode in MODE_OF_TIER.items():
         runs = [r for r in mine if r["mode"] == mode]
@@ -148,7 +191,10 @@ def tier_costs(records: Sequence[Record], model: str) -> TierCosts:
         l1_bytes_per_entry=_l1_bytes_per_entry(mine),
         precompute_cpu_s_per_key=static["precompute_cpu_s"] / static["key_count"],
     )
-    costs.curves["l1"] = _l1_points(costs, [r for r in mine if r["mode"] == "hybrid"])
+    costs.idle_cpu_s_per_s = idle[len(idle) // 2] if idle else 0.0
+    hybrids = [r for r in mine if r["mode"] == "hybrid"]
+    costs.miss_store_cpu_s = _miss_store_cpu_s(costs, hybrids)
+    costs.curves["l1"] = _l1_points(costs, hybrids)
     return costs
 
 
@@ -163,10 +209,18 @@ def _served(record: Record) -> int:
     return max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
 
 
+def _idle_s_per_s(record: Record) -> float:
+    """The run's server + Redis CPU seconds a second with no traffic (0 in records from before it was kept)."""
+    idle = record.get("idle_cpu_ms_per_s") or {}
+    return (idle.get("server", 0.0) + idle.get("redis", 0.0)) / 1e3
+
+
 def _cpu_per_request(record: Record) -> float:
-    """Server + Redis CPU seconds per prediction served (a batch of B keys counts B)."""
+    """Server + Redis CPU seconds per prediction served (a batch of B keys counts B), less the idle
+    CPU the run's rate spreads over each (marginal: see the module doc)."""
     per_http_request = (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"]) / 1e6
-    return per_http_request * record["tier_counts"]["requests"] / _served(record)
+    idle = _idle_s_per_s(record) / (record["achieved_rps"] * record.get("batch_size", 1))
+    return per_http_request * record["tier_counts"]["requests"] / _served(record) - idle
 
 
 def _label(record: Record) -> str:
@@ -180,34 +234,57 @@ def _point(record: Record, share: float, cpu_s: float | None = None) -> TierPoin
         cpu_s=_cpu_per_request(record) if cpu_s is None else cpu_s,
         p50_ms=latency["p50"], p99_ms=latency["p99"], requests=int(record["requests"]),
         p99_low_ms=latency.get("p99_low"), p99_high_ms=latency.get("p99_high"),
-        run=_label(record), saturated=bool(record.get("load_generator_saturated")),
+        run=_label(record), saturated=bool(record.get("load_generator_saturated")), share=share,
     )
+
+
+def _shares(record: Record) -> tuple[float, float, float, float]:
+    """A hybrid run's L1, Redis and model shares, and its predictions a second."""
+    l1, redis = record["hit_ratio"]["l1"], record["hit_ratio"]["redis"]
+    return l1, redis, max(0.0, 1 - l1 - redis), record["achieved_rps"] * record.get("batch_size", 1)
+
+
+def _miss_store_cpu_s(costs: TierCosts, hybrids: Iterable[Record]) -> float:
+    """A miss's store round trips: what hybrid runs of (nearly) only misses cost per miss beyond
+    the model call at the same rate (and their few hits). Without such a run, a Redis hit's cost
+    stands in (a lookup and a write are two Redis round trips, a Redis hit one plus the HTTP
+    request around it), and the notes say so."""
+    extras = []
+    for record in hybrids:
+        l1, redis, model, rate = _shares(record)
+        if model >= ALL_MISS_SHARE:
+            hits = l1 * costs.at("redis", l1 * rate).cpu_s + redis * costs.at("redis", redis * rate).cpu_s
+            extras.append((_cpu_per_request(record) - hits) / model - costs.at("model", model * rate).cpu_s)
+    if extras:
+        return max(0.0, sum(extras) / len(extras))
+    static = costs.curves["redis"][-1]
+    costs.notes.append(f"no hybrid run of only misses: a miss's Redis lookup and write priced as a Redis hit "
+                       f"({static.cpu_s * 1e6:.0f} us), not measured")
+    return static.cpu_s
 
 
 def _l1_points(costs: TierCosts, hybrids: Iterable[Record]) -> list[TierPoint]:
     """An L1 hit's CPU ``c1``: what each hybrid run's CPU leaves over once its Redis hits and its
     misses are priced as :meth:`TierCosts.cpu_per_request` prices them (a miss: the model call plus
-    a Redis hit's cost less ``c1``), so ``cpu = l1 c1 + r cr + m (cm + cr - c1)``, solved for ``c1``."""
+    its store round trips ``cs``), so ``cpu = l1 c1 + r cr + m (cm + cs)``, solved for ``c1``."""
     points = []
     for record in hybrids:
-        shares = record["hit_ratio"]
-        l1, redis = shares["l1"], shares["redis"]
-        model = 1 - l1 - redis
-        if l1 < MIN_L1_SHARE or l1 - model < MIN_L1_SHARE / 2:
-            continue  # too few L1 hits against misses to tell an L1 hit's cost apart
-        rate = record["achieved_rps"] * record.get("batch_size", 1)
+        l1, redis, model, rate = _shares(record)
+        if l1 < MIN_L1_SHARE:
+            continue  # too few L1 hits to tell an L1 hit's cost apart
         redis_cost = costs.at("redis", redis * rate).cpu_s
-        rest = redis * redis_cost + model * (costs.at("model", model * rate).cpu_s + redis_cost)
-        leftover = (_cpu_per_request(record) - rest) / (l1 - model)
+        rest = redis * redis_cost + model * (costs.at("model", model * rate).cpu_s + costs.miss_store_cpu_s)
+        leftover = (_cpu_per_request(record) - rest) / l1
         floor = MIN_L1_COST_SHARE_OF_REDIS * redis_cost
         if leftover < floor:
             costs.notes.append(f"{_label(record)}: L1 hit CPU {leftover * 1e6:.0f} us left over after Redis and "
                                f"model shares, raised to {floor * 1e6:.0f} us ({MIN_L1_COST_SHARE_OF_REDIS:.0%} of a Redis hit)")
-        points.append(_point(record, l1, max(leftover, floor)))
+        point = _point(record, l1, max(leftover, floor))
+        points.append(replace(point, p99_of_tier=l1 >= CLEAN_L1_SHARE))
     if not points:
         raise ValueError(f"no hybrid run of {costs.model} where L1 answered at least {MIN_L1_SHARE:.0%} of "
                          "the requests among the load-test records: it measures the l1 tier")
-    return sorted(points, key=lambda p: p.rate)
+    return sorted(points, key=lambda p: p.share)
 
 
 def _l1_bytes_per_entry(records: Sequence[Record]) -> float:
@@ -218,20 +295,31 @@ def _l1_bytes_per_entry(records: Sequence[Record]) -> float:
     return measure_l1_bytes_per_entry([f"{segment}:{hour}" for segment in range(60) for hour in range(168)])
 
 
-def _outside(points: Sequence[TierPoint], rate: float) -> bool:
-    return not points[0].rate <= rate <= points[-1].rate
+def _outside(measured: Sequence[float], value: float) -> bool:
+    """Whether ``value`` lies outside the measured values (sorted)."""
+    return not measured[0] <= value <= measured[-1]
 
 
-def _interpolate(curve: Sequence[tuple[float, float]], rate: float) -> float:
-    """Linear in log rate between the two points around ``rate``; the end value outside them."""
-    if rate <= curve[0][0] or len(curve) == 1:
+def _by_share(points: Sequence[TierPoint]) -> list[tuple[float, float]]:
+    """L1's CPU curve over its share: runs at the same share (to 0.01) averaged, whatever their rate
+    (an L1 hit is never batched; with the idle CPU taken out, its rate leaves only noise)."""
+    groups: dict[float, list[float]] = {}
+    for point in points:
+        groups.setdefault(round(point.share, 2), []).append(point.cpu_s)
+    return [(share, sum(cpus) / len(cpus)) for share, cpus in sorted(groups.items())]
+
+
+def _interpolate(curve: Sequence[tuple[float, float]], x: float, log: bool = True) -> float:
+    """Linear in log ``x`` (a rate or a load; ``log=False``: in ``x``, a share) between the two
+    points around ``x``; the end value outside them."""
+    if x <= curve[0][0] or len(curve) == 1:
         return curve[0][1]
-    if rate >= curve[-1][0]:
+    if x >= curve[-1][0]:
         return curve[-1][1]
-    for (r0, v0), (r1, v1) in zip(curve, curve[1:]):
-        if r0 <= rate <= r1:
-            if r1 == r0:
+    scale = math.log if log else float
+    for (x0, v0), (x1, v1) in zip(curve, curve[1:]):
+        if x0 <= x <= x1:
+            if x1 == x0:
                 return v1
-            t = (math.log(rate) - math.log(r0)) / (math.log(r1) - math.log(r0))
-            return v0 + t * (v1 - v0)
+            return v0 + (scale(x) - scale(x0)) / (scale(x1) - scale(x0)) * (v1 - v0)
     return curve[-1][1]

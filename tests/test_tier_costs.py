@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-from loadtests.tier_costs import MIN_L1_SHARE, tier_costs
+from loadtests.tier_costs import CLEAN_L1_SHARE, MIN_L1_SHARE, tier_costs
 
 RESULTS = Path(__file__).parent / "data" / "results_small.json"
 
@@ -40,8 +41,6 @@ def test_l1_is_what_the_hybrid_run_leaves_over(runs: list[dict]) -> None:
     shares = {"l1": run["hit_ratio"]["l1"], "redis": run["hit_ratio"]["redis"], "model": 1 - run["hit_ratio"]["total"]}
     rebuilt = costs.cpu_per_request(shares, run["achieved_rps"], misses_pass_store=True)
     assert rebuilt == pytest.approx(_cpu(run), rel=1e-3)  # per prediction served vs per HTTP request
-    # A miss behind Redis costs more than the same model call in a dynamic run.
-    assert rebuilt > costs.cpu_per_request(shares, run["achieved_rps"], misses_pass_store=False)
     assert 0 < costs.at("l1", 200).cpu_s < costs.at("redis", 200).cpu_s < costs.at("model", 200).cpu_s
 
 
@@ -50,10 +49,38 @@ def test_curves_interpolate_in_log_rate_and_say_when_they_extrapolate(runs: list
     low.update(achieved_rps=100.0, server_cpu_us_per_request=2000.0, latency_ms={**low["latency_ms"], "p99": 10.0})
     high.update(achieved_rps=400.0, server_cpu_us_per_request=1000.0, latency_ms={**high["latency_ms"], "p99": 40.0})
     costs = tier_costs([r for r in runs if r["mode"] != "dynamic"] + [low, high], "traffic-heavy")
-    middle = costs.at("model", 200.0)  # halfway in log rate
-    assert middle.cpu_s == pytest.approx(1500e-6) and middle.p99_ms == pytest.approx(25.0) and not middle.extrapolated
+    middle = costs.at("model", 200.0)  # halfway in log rate: CPU; its p99 at the load it makes (0.3 CPU s/s)
+    assert middle.cpu_s == pytest.approx(1500e-6) and not middle.extrapolated
+    assert middle.p99_ms == pytest.approx(10.0 + 30.0 * math.log(0.3 / 0.2) / math.log(0.4 / 0.2))
     beyond = costs.at("model", 1000.0)
     assert beyond.extrapolated and beyond.p99_ms == 40.0
+
+
+def test_p99_follows_the_load_of_the_whole_mix(runs: list[dict]) -> None:
+    """A tier serving few requests on a busy server queues behind the others: its p99 is read at
+    the mix's load, not at its own rate."""
+    low, high = dict(runs[4]), dict(runs[4])
+    low.update(achieved_rps=100.0, server_cpu_us_per_request=2000.0, latency_ms={**low["latency_ms"], "p99": 10.0})
+    high.update(achieved_rps=400.0, server_cpu_us_per_request=1000.0, latency_ms={**high["latency_ms"], "p99": 40.0})
+    costs = tier_costs([r for r in runs if r["mode"] != "dynamic"] + [low, high], "traffic-heavy")
+    alone, busy = costs.at("model", 100.0), costs.at("model", 100.0, load=0.4)
+    assert alone.p99_ms == pytest.approx(10.0) and busy.p99_ms == pytest.approx(40.0)
+    assert alone.cpu_s == busy.cpu_s  # batching follows the tier's own rate
+    assert costs.at("model", 100.0, load=0.8).extrapolated
+
+
+def test_l1_p99_is_its_own_only_from_runs_l1_answered_nearly_alone(runs: list[dict]) -> None:
+    hybrid = next(r for r in runs if r["profile"] == "heavy" and r["mode"] == "hybrid")
+    assert hybrid["hit_ratio"]["l1"] < CLEAN_L1_SHARE
+    mixed = tier_costs(runs, "traffic-heavy")
+    (point,) = mixed.curves["l1"]
+    assert not point.p99_of_tier
+    assert mixed.at("l1", point.rate).p99_ms == mixed.at("redis", point.rate, load=point.load).p99_ms  # Redis' bound
+    clean = dict(hybrid, hit_ratio={"l1": 0.97, "redis": 0.03, "total": 1.0},
+                 latency_ms={**hybrid["latency_ms"], "p99": 1.5})
+    costs = tier_costs([r for r in runs if r is not hybrid] + [clean], "traffic-heavy")
+    (point,) = costs.curves["l1"]
+    assert point.p99_of_tier and costs.at("l1", point.rate).p99_ms == 1.5
 
 
 def test_missing_runs_are_named(runs: list[dict]) -> None:
@@ -61,3 +88,36 @@ def test_missing_runs_are_named(runs: list[dict]) -> None:
         tier_costs([r for r in runs if r["mode"] != "dynamic"], "traffic-heavy")
     with pytest.raises(ValueError, match="no static run of traffic-other"):
         tier_costs(runs, "traffic-other")
+
+
+def test_a_miss_pays_its_store_round_trips_measured_by_an_all_miss_run(runs: list[dict]) -> None:
+    """A hybrid run of (nearly) only misses prices a miss's Redis lookup and write: what it costs
+    per miss beyond the dynamic run's model call; without one it is estimated, and the notes say so."""
+    heavy = [r for r in runs if r["profile"] == "heavy" and r["distribution"] != "uniform"]
+    dynamic = next(r for r in heavy if r["mode"] == "dynamic")
+    all_miss = dict(next(r for r in heavy if r["mode"] == "hybrid"), distribution="uniform",
+                    hit_ratio={"l1": 0.0, "redis": 0.1, "total": 0.1}, achieved_rps=dynamic["achieved_rps"] / 0.9,
+                    server_cpu_us_per_request=0.9 * (dynamic["server_cpu_us_per_request"] + 300.0) + 0.1 * 220.0,
+                    redis_cpu_us_per_request=0.9 * dynamic["redis_cpu_us_per_request"] + 0.1 * heavy[0]["redis_cpu_us_per_request"])
+    costs = tier_costs([*heavy, all_miss], "traffic-heavy")
+    assert costs.miss_store_cpu_s == pytest.approx(300e-6, rel=0.02)
+    shares = {"l1": 0.5, "redis": 0.3, "model": 0.2}
+    assert (costs.cpu_per_request(shares, 400, misses_pass_store=True) - costs.cpu_per_request(shares, 400, misses_pass_store=False)
+            == pytest.approx(0.2 * costs.miss_store_cpu_s))
+    estimated = tier_costs(heavy, "traffic-heavy")
+    assert estimated.miss_store_cpu_s == estimated.curves["redis"][-1].cpu_s
+    assert any("no hybrid run of only misses" in note for note in estimated.notes)
+
+
+def test_idle_cpu_is_a_cost_per_second_not_per_request(runs: list[dict]) -> None:
+    """A run's idle CPU (timers, polls) is taken out of its tiers' per-request cost and added back
+    at the rate priced: the same tier measured at 100/s and 400/s then costs the same per request."""
+    idle = {"server": 4.0, "redis": 2.0}  # ms a second
+    def at(rate: float, base_us: float) -> dict:
+        record = dict(runs[3], achieved_rps=rate, duration_s=10.0, idle_cpu_ms_per_s=idle, redis_cpu_us_per_request=0.0)
+        return record | {"server_cpu_us_per_request": base_us + 6000.0 / rate}  # 6 ms/s spread over the requests
+    costs = tier_costs([at(100.0, 200.0), at(400.0, 200.0), *[r for r in runs if r["mode"] != "static"]], "traffic-heavy")
+    assert costs.idle_cpu_s_per_s == pytest.approx(6e-3)
+    assert [p.cpu_s for p in costs.curves["redis"]] == pytest.approx([200e-6, 200e-6])
+    assert costs.cpu_per_request({"redis": 1.0}, 100.0, misses_pass_store=False) == pytest.approx(260e-6)
+    assert costs.cpu_per_request({"redis": 1.0}, 400.0, misses_pass_store=False) == pytest.approx(215e-6)

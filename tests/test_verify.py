@@ -71,7 +71,10 @@ def test_load_test_verifies_a_hybrid_recommendation(registry: Path, trace: Trace
 def test_calibration_measures_every_tier_by_load_tests(registry: Path) -> None:
     costs = calibrate(Settings(registry=registry, model_name="traffic-heavy"), qps=80.0, duration_s=2.0, progress=False)
     assert set(costs.curves) == set(TIERS)
-    assert len(costs.curves["redis"]) == 1 and len(costs.curves["model"]) == 2  # the model at two rates
+    assert len(costs.curves["redis"]) == len(costs.curves["model"]) == 2  # each at two rates: its curve
+    clean = [p for p in costs.curves["l1"] if p.p99_of_tier]  # the hot-set runs measure L1's own p99
+    assert len(clean) == 2 and len(costs.curves["l1"]) == 3  # and the Zipf mix its CPU in a mix
+    assert costs.miss_store_cpu_s > 0 and not any("no hybrid run of only misses" in n for n in costs.notes)
     assert all(p.cpu_s > 0 and p.p99_ms >= p.p50_ms > 0 and p.requests > 0 for ps in costs.curves.values() for p in ps)
     # The heavy model costs more than a Redis hit: the premise of caching it.
     assert costs.at("model", 50).cpu_s > costs.at("redis", 50).cpu_s

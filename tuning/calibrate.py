@@ -2,13 +2,17 @@
 
 Calibration *is* a small comparison: :func:`loadtests.runner.run_one` runs of the served model, each
 a fresh server and Redis under Locust at a fixed offered rate, read by
-:func:`loadtests.tier_costs.tier_costs` (static runs: the Redis tier; dynamic: the model; hybrid: L1).
-Dynamic runs at :data:`RATE_SHARES` of the calibration rate, so the model tier gets a latency- and
-CPU-vs-rate curve (batching and queueing as the target rate produces them); static and hybrid run
-once, at the full rate. The
-calibration rate is the target QPS, capped at :data:`MAX_CALIBRATION_RATE` (what one Locust process
-offers on a small machine; above it the curves hold their last measured point, and the candidates
-say so). A ``results.json`` of the same model (``hybridserve compare``) can stand in for all of it.
+:func:`loadtests.tier_costs.tier_costs`. Static runs measure a Redis hit and dynamic runs a model
+call, each at every one of :data:`RATE_SHARES` of the calibration rate, so each gets a CPU- and
+latency-vs-load curve (batching and queueing as the load produces them). Hybrid runs measure the
+rest: on a small hot set that L1 holds after the warm-up (:data:`L1_HOT_SET`, at every rate share)
+an L1 hit alone, with its own latency curve; on the comparison's Zipf keys an L1 hit in a mix (it
+costs more there); and on uniform keys with no L1 and no head, a miss's Redis lookup and write.
+The calibration rate is the target QPS, capped at :data:`MAX_CALIBRATION_RATE` (what one Locust
+process offers on a small machine; above it the curves hold their last measured point, and the
+candidates say so). A ``results.json`` of the same model (``hybridserve compare``) can stand in for
+all of it (its L1 then comes from its hybrid runs, its p99 bounded by Redis', and a miss's store
+round trips are estimated).
 
 Example::
 
@@ -30,22 +34,25 @@ from serving.settings import Settings
 
 # One Locust process offers this much reliably on a loaded 2-core machine.
 MAX_CALIBRATION_RATE = 400.0
-# Static and dynamic are measured at these shares of the calibration rate: their tier curves.
+# Every tier is measured at these shares of the calibration rate: its curve.
 RATE_SHARES: tuple[float, ...] = (0.25, 1.0)
 CALIBRATION_SECONDS = 12.0
 PROFILES: tuple[str, ...] = ("light", "heavy")
+# L1 runs: every request on a hot set this small (it never moves), so the runner's warm-up puts most
+# of it in L1 and L1 answers well over 90% of the run (tier_costs.CLEAN_L1_SHARE).
+L1_HOT_SET = "drift:hot=50,p=1,every=1000000000"
 
 
 def calibration_specs(model: str, qps: float, duration_s: float = CALIBRATION_SECONDS) -> list[RunSpec]:
-    """The runs that measure ``model``'s tiers: static and dynamic at each rate share, hybrid at the
-    full rate. ``ValueError`` for a model that is not a load-test profile."""
+    """The runs that measure ``model``'s tiers (see the module doc)."""
     profile = profile_of(model)
     rate = min(qps, MAX_CALIBRATION_RATE)
-    # Static once, at the full rate: a Redis hit is not batched, so its cost hardly moves with the
-    # rate, and every static run pays a precompute of the whole table.
-    specs = [RunSpec(profile, "static", rate=rate, duration_s=duration_s)]
-    specs += [RunSpec(profile, "dynamic", rate=max(1.0, rate * share), duration_s=duration_s) for share in RATE_SHARES]
-    return specs + [RunSpec(profile, "hybrid", rate=rate, duration_s=duration_s)]
+    rates = [max(1.0, rate * share) for share in RATE_SHARES]
+    return ([RunSpec(profile, mode, distribution, rate=r, duration_s=duration_s)
+             for mode, distribution in (("static", "zipf:1.1"), ("dynamic", "zipf:1.1"), ("hybrid", L1_HOT_SET)) for r in rates]
+            + [RunSpec(profile, "hybrid", "zipf:1.1", rate=rate, duration_s=duration_s),
+               RunSpec(profile, "hybrid", "uniform", rate=rate, duration_s=duration_s, head_size=0, l1_size=0,
+                       settings=(("admission", "always"),))])
 
 
 def calibrate(settings: Settings, qps: float, duration_s: float = CALIBRATION_SECONDS,

@@ -20,7 +20,8 @@ Each gets, with :class:`loadtests.tier_costs.TierCosts` (the load test's own mea
   miss also paying its Redis lookup and write (:meth:`loadtests.tier_costs.TierCosts.cpu_per_request`);
 - cache memory: Redis (the budget, or the entries held when unbounded) plus L1 entries x bytes;
 - precompute: head keys x precompute CPU per key, once per refresh period (a day);
-- p99 latency, by the tail rule of :func:`estimate_p99`, each tier's p99 at its own rate.
+- p99 latency, by the tail rule of :func:`estimate_p99`, each tier's p99 read at the load the
+  whole mix puts on the server (queueing: :meth:`loadtests.tier_costs.TierCosts.at`).
 
 They are priced with :mod:`loadtests.cost` at the user's QPS; the recommendation is the cheapest
 candidate whose estimated p99 meets the SLO (``chosen=None`` when none does).
@@ -319,8 +320,9 @@ def estimate_p99(shares: dict[str, float], p99_ms: dict[str, float]) -> float:
 
 def _estimate(candidate: Candidate, costs: TierCosts, qps: float, key_count: int, prices: Prices, slo: float) -> None:
     shares = {"l1": candidate.l1_hit_ratio, "redis": candidate.l2_hit_ratio, "model": candidate.miss_ratio}
-    at = {tier: costs.at(tier, share * qps) for tier, share in shares.items()}
     candidate.cpu_s_per_request = costs.cpu_per_request(shares, qps, misses_pass_store=candidate.mode == "hybrid")
+    # Each tier's p99 at the load of the whole mix: its requests queue behind every tier's.
+    at = {tier: costs.at(tier, share * qps, load=qps * candidate.cpu_s_per_request) for tier, share in shares.items()}
     candidate.p99_ms = estimate_p99(shares, {t: e.p99_ms for t, e in at.items()})
     candidate.extrapolated = [t for t in TIER_NAMES if shares[t] > 0 and at[t].extrapolated]
     candidate.meets_slo = candidate.p99_ms <= slo

@@ -202,8 +202,8 @@ def _measured(record: dict[str, Any]) -> dict[str, Any]:
 
 def _predicted(shares: Shares, costs: TierCosts, rate: float, *, hybrid: bool) -> dict[str, Any]:
     by_tier = {"l1": shares.l1, "redis": shares.redis, "model": shares.model}
-    at = {tier: costs.at(tier, by_tier[tier] * rate) for tier in TIER_NAMES}
     cpu = costs.cpu_per_request(by_tier, rate, misses_pass_store=hybrid)
+    at = {tier: costs.at(tier, by_tier[tier] * rate, load=rate * cpu) for tier in TIER_NAMES}
     return {"hit_ratio": shares.hit_ratio, "l1_hit_ratio": shares.l1, "cpu_us_per_request": cpu * 1e6,
             "p99_ms": estimate_p99(by_tier, {t: at[t].p99_ms for t in TIER_NAMES}), "rate": rate,
             "shares": by_tier}
