@@ -533,7 +533,7 @@ def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scena
     l1_entry_bytes = measure_l1_bytes_per_entry(
         key_stream(spec.distribution, bench.space, seed=spec.seed, stream=98).take(WARMUP_REQUESTS))
     result = _result(spec, bench.version, bench.key_count, locust, locust_cpu, before, after,
-                     (cpu1 - cpu0 - idle[0] * outside, rcpu1 - rcpu0 - idle[1] * outside), (stored0, stored1),
+                     (_less_idle(cpu1 - cpu0, idle[0] * outside), _less_idle(rcpu1 - rcpu0, idle[1] * outside)), (stored0, stored1),
                      bench.precompute, prices, target, l1_entry_bytes=l1_entry_bytes)
     result.idle_cpu_ms_per_s = {"server": idle[0] * 1e3, "redis": idle[1] * 1e3}
     stream = key_stream(spec.distribution, bench.space, seed=spec.seed)
@@ -548,6 +548,13 @@ def _idle_cpu_s_per_s(server: ServerProcess, client: redis.Redis) -> tuple[float
     time.sleep(IDLE_SAMPLE_S)
     elapsed = time.monotonic() - start
     return (server.cpu_s() - cpu0) / elapsed, (_redis_cpu_s(client) - rcpu0) / elapsed
+
+
+def _less_idle(used: float, idle: float) -> float:
+    """CPU ``used`` in the window less the ``idle`` estimate for its seconds without traffic; never
+    below zero (a process that was idle all along, e.g. Redis in dynamic mode, would otherwise go
+    negative by the noise of a half-second idle sample)."""
+    return max(0.0, used - idle)
 
 
 def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:
