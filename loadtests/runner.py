@@ -47,6 +47,7 @@ import psutil
 import redis
 
 from loadtests import cost
+from loadtests.drift_traffic import MonitoringSampler
 from loadtests.keys import TraceKeys, key_stream
 from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, key_space_for
 from models.registry import model_name, resolve
@@ -72,6 +73,7 @@ SCAN_COUNT = 1000
 CPU_SAMPLE_S = 1.0
 # Two-sided 95% normal quantile: the confidence interval reported with every p99.
 P99_CI_Z = 1.96
+SHIFT_FILE = "shift.json"  # where the locustfile notes when a drift run's shift began
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,9 @@ class RunSpec:
     """``maxmemory-policy`` when ``redis_maxmemory`` is set."""
     load_workers: int = 0  # Locust worker processes under one master; 0: one plain Locust process
     latency_after_s: float = 0.0  # seconds at the start of a run left out of the latency percentiles
+    instances: str = ""
+    """Send raw-feature instances instead of keys (``training`` or ``drift:at=A,shift=S``, see
+    :mod:`loadtests.drift_traffic`); the run then records the drift statistics over time."""
 
     @property
     def model_name(self) -> str:
@@ -155,6 +160,10 @@ class RunResult:
     l1_bytes: int = 0
     """L1 memory at the end: ``l1_entries`` x the bytes of one entry, measured with tracemalloc on
     the run's own warm-up keys (:func:`serving.cache.measure_l1_bytes_per_entry`); priced with Redis'."""
+
+    drift: dict[str, Any] = field(default_factory=dict)
+    """With ``spec.instances``: /v1/monitoring over the run, the shift's start and when alerts fired
+    (:meth:`loadtests.drift_traffic.MonitoringSampler.record`)."""
 
     def as_record(self) -> dict[str, Any]:
         """Flat JSON-ready record: the spec's fields, then the measured ones.
@@ -243,6 +252,8 @@ def _locust_argvs(spec: RunSpec, url: str, registry: Path, workdir: Path) -> lis
              "--batch-size", str(spec.batch_size),
              "--rate", str(spec.rate / workers if workers else spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
              "--latency-file", str(workdir / "latency-{worker}.json"), "--latency-after-s", str(spec.latency_after_s)]
+    if spec.instances:
+        first += ["--instances", spec.instances, "--shift-file", str(workdir / SHIFT_FILE)]
     if not workers:
         return [first]
     port = str(free_port())
@@ -516,7 +527,11 @@ def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scena
     namespace = server.settings.redis_namespace
     stored0 = StoredKeys.read(client, namespace)
     before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
-    locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
+    if spec.instances:
+        with MonitoringSampler(server.url) as sampler:
+            locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
+    else:
+        locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
     after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
     stored1 = StoredKeys.read(client, namespace)
     # The warm-up's keys: the same shape as those L1 held.
@@ -525,10 +540,22 @@ def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scena
     result = _result(spec, bench.version, bench.key_count, locust, locust_cpu, before, after,
                      (cpu1 - cpu0, rcpu1 - rcpu0), (stored0, stored1), bench.precompute, prices, target,
                      l1_entry_bytes=l1_entry_bytes)
+    if spec.instances:
+        result.drift = sampler.record(_shift_at_s(bench.workdir, sampler.started))
     stream = key_stream(spec.distribution, bench.space, seed=spec.seed)
     if isinstance(stream, TraceKeys):
         result.unknown_key_share, result.trace_keys_mapped = stream.unknown_share, stream.remap
     return result
+
+
+def _shift_at_s(workdir: Path, started: float) -> float | None:
+    """Seconds from the start of the run to the first shifted instance (the locustfile's note), or None."""
+    path = workdir / SHIFT_FILE
+    if not path.exists():
+        return None
+    shift_at = json.loads(path.read_text())["shift_started_at"] - started
+    path.unlink()  # a later run on the same bench writes its own
+    return max(0.0, shift_at)
 
 
 def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:

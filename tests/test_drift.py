@@ -22,6 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.linear_model import Ridge
 
+from loadtests.cost import Prices
+from loadtests.drift_report import drift_section
+from loadtests.drift_traffic import InstanceSpec, InstanceStream
+from loadtests.report import render_html
+from loadtests.runner import RunSpec, run_one
 from models.importer import import_model
 from models.reference import REFERENCE_KEY, bin_of, histogram
 from models.registry import ModelArtifact, resolve
@@ -260,3 +265,49 @@ def test_static_mode_and_monitoring_off_say_why(ready_settings) -> None:  # type
     with running(ready_settings("dynamic", drift_monitoring=False)) as (_, client):
         off = client.get("/v1/monitoring").json()
     assert off["enabled"] is False and "HYBRIDSERVE_DRIFT_MONITORING" in off["message"]
+
+
+# --------------------------------------------------------------------------- the drift load test
+
+
+def test_instance_spec_parses_and_refuses_with_what_is_allowed() -> None:
+    assert InstanceSpec.parse("drift:at=0.5,shift=2.0") == InstanceSpec(0.5, 2.0)
+    assert InstanceSpec.parse("drift:at=0.25,shift=1,features=lat+lon") == InstanceSpec(0.25, 1.0, ("lat", "lon"))
+    assert InstanceSpec.parse("training") == InstanceSpec(None, 0.0)
+    for bad in ("drift", "drift:at=2,shift=1", "drift:shift=1", "uniform", "drift:at=0.5,shift=x", "drift:at=0.5,shift=1,y=2"):
+        with pytest.raises(ValueError, match="'training' or 'drift:at=A,shift=S"):
+            InstanceSpec.parse(bad)
+
+
+def test_instance_stream_shifts_by_the_training_std_after_the_share(light_artifact: ModelArtifact) -> None:
+    card = light_artifact.card()
+    table = np.load(light_artifact.features_path)
+    before = InstanceStream(InstanceSpec.parse("drift:at=0.5,shift=2.0,features=lat"), card, table, seed=3).take(5, run_share=0.4)
+    after = InstanceStream(InstanceSpec.parse("drift:at=0.5,shift=2.0,features=lat"), card, table, seed=3).take(5, run_share=0.5)
+    lat_std = card["training_data"]["features"]["lat"]["std"]
+    for b, a in zip(before, after):
+        assert a["lat"] == pytest.approx(b["lat"] + 2 * lat_std) and a["lanes"] == b["lanes"]
+    with pytest.raises(ValueError, match="'speed' is not a feature"):
+        InstanceStream(InstanceSpec.parse("drift:at=0.5,shift=2.0,features=speed"), card, table, seed=3)
+
+
+DRIFT_RUN_SECONDS = 10
+
+
+def test_drift_load_test_records_the_statistics_and_when_the_alert_fired(registry: Path) -> None:
+    """A short bounded Locust run (own process) whose instances shift half-way: the runner's series
+    shows the shift, the alert fires after it (not before), and the report draws the section."""
+    spec = RunSpec("light", "dynamic", "uniform", rate=60, users=4, duration_s=DRIFT_RUN_SECONDS, batch_size=5,
+                   instances="drift:at=0.5,shift=2.0,features=length_km",
+                   settings=(("drift_sample_rate", 1.0), ("drift_window", WINDOW), ("drift_min_rows", MIN_ROWS)))
+    result = run_one(spec, registry, Prices())
+    drift = result.drift
+    assert result.failures == 0 and len(drift["series"]) >= DRIFT_RUN_SECONDS // 2
+    assert drift["shift_at_s"] is not None and 0 < drift["shift_at_s"] < DRIFT_RUN_SECONDS + 5
+    fired = drift["fired_at_s"]
+    assert "length_km" in fired and fired["length_km"] >= drift["shift_at_s"] - 1.0, drift  # 1 s: the two clocks' grain
+    before_shift = [s for s in drift["series"] if s["t"] < drift["shift_at_s"] and s["rows"] >= MIN_ROWS]
+    assert all(s["psi"]["length_km"] < THRESHOLD for s in before_shift)
+    assert max(s["psi"]["length_km"] for s in drift["series"]) > THRESHOLD
+    page = render_html([result.as_record()], {})
+    assert "<h2>Drift monitoring</h2>" in page and "length_km" in drift_section([result.as_record()])
