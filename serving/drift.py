@@ -2,8 +2,8 @@
 
 One :class:`DriftMonitor` per served version (it lives in the version's
 :class:`serving.service.ServedState`, so a reload starts a fresh window). It keeps the last
-``drift_window`` observed rows in a ring buffer of bin indices (bounded memory: one byte per
-feature and row), and from them, per feature:
+``drift_window`` observed rows in a ring buffer (bounded memory: six bytes per feature and row,
+the float32 value, its bin and whether it is out of range), and from them, per feature:
 
 - the **population stability index** of the window's bins against the reference shares of the
   card (:mod:`models.reference`): ``PSI = sum_i (a_i - e_i) * ln(a_i / e_i)`` over the bins, the
@@ -18,8 +18,9 @@ the statistic falls back to the threshold or below.
 Observed: the rows of raw-feature requests, the feature rows of requested keys (from the model's
 feature table), and every answered value. Only a ``drift_sample_rate`` share of requests is
 observed (every request's rows when it is): :meth:`DriftMonitor.sampled` is one addition on the
-hot path, and an observed request costs a few vectorised numpy calls whatever the number of
-features (``benchmarks/drift_overhead.py`` measures both). The statistics are recomputed every
+hot path, and an observed request is a copy of its rows into the ring buffer; binning runs in
+bulk, vectorised over rows and features (``benchmarks/drift_overhead.py`` measures what each
+costs). The statistics are recomputed every
 :data:`EVALUATE_EVERY_SHARE` of a window (and when read), so an alert fires at most that many
 rows after the window crossed the threshold.
 
@@ -89,15 +90,14 @@ class DriftSettings:
 
 @dataclass(frozen=True)
 class Reference:
-    """A card's reference as padded arrays: one row of edges and of shares per feature."""
+    """A card's reference as padded arrays, one row per feature and a last row for the prediction
+    (a *column* of an observed row: the features, then the answered value)."""
 
-    names: tuple[str, ...]
-    edges: np.ndarray  # (features, most edges), padded with +inf: no value is above a padded edge
-    shares: np.ndarray  # (features, most edges + 1), padded with 0: a padded bin is never filled
+    names: tuple[str, ...]  # the features, in the card's order
+    edges: np.ndarray  # (features + 1, most edges), padded with +inf: no value is above a padded edge
+    shares: np.ndarray  # (features + 1, most edges + 1), padded with 0: a padded bin is never filled
     low: np.ndarray  # (features,) training minimum
     high: np.ndarray  # (features,) training maximum
-    prediction_edges: np.ndarray
-    prediction_shares: np.ndarray
     features_from: str
     prediction_from: str
 
@@ -108,21 +108,26 @@ class Reference:
         if not ref:
             return None
         names = tuple(card["features"])
-        hists = [ref["features"][name] for name in names]
+        hists = [*(ref["features"][name] for name in names), ref["prediction"]]
         width = max(len(h["edges"]) for h in hists)
-        edges = np.full((len(names), width), np.inf)
-        shares = np.zeros((len(names), width + 1))
+        edges = np.full((len(hists), width), np.inf)
+        shares = np.zeros((len(hists), width + 1))
         for i, h in enumerate(hists):
             edges[i, : len(h["edges"])] = h["edges"]
             shares[i, : len(h["shares"])] = h["shares"]
         schema = FeatureSchema.from_card(card)
         return cls(names, edges, shares, np.array([s.low for s in schema.specs]), np.array([s.high for s in schema.specs]),
-                   np.asarray(ref["prediction"]["edges"], dtype=np.float64), np.asarray(ref["prediction"]["shares"]),
                    ref.get("features_from", "training rows"), ref.get("prediction_from", "holdout predictions"))
 
 
 class DriftMonitor:
-    """The drift window of one served version; see the module docstring."""
+    """The drift window of one served version; see the module docstring.
+
+    The hot path only copies an observed request's rows and answers into a ring buffer of raw
+    float32 values; binning and counting run in bulk, over the rows that arrived since, every
+    :data:`EVALUATE_EVERY_SHARE` of a window (a few numpy calls a row would cost more than the
+    L1 hit they ride on).
+    """
 
     def __init__(self, version: str, reference: Reference | None, rows_of_keys: RowsOfKeys | None,
                  settings: DriftSettings, off_reason: str | None = None) -> None:
@@ -133,17 +138,22 @@ class DriftMonitor:
         self._rows_of_keys = rows_of_keys
         self._rate = settings.sample_rate if self.off_reason is None else 0.0
         self._credit = 0.0
-        features = len(reference.names) if reference is not None else 0
+        columns = len(reference.edges) if reference is not None else 0
         size = settings.window if reference is not None else 0
-        self._bins = np.zeros((size, features), dtype=np.uint8)
-        self._outside = np.zeros((size, features), dtype=bool)
-        self._prediction_bins = np.zeros(size, dtype=np.uint8)
+        self._raw = np.zeros((size, columns), dtype=np.float32)  # features, then the answered value
+        self._bins = np.zeros((size, columns), dtype=np.uint8)
+        self._outside = np.zeros((size, max(0, columns - 1)), dtype=bool)
         self._next = 0  # ring position of the next row
         self._filled = 0
+        self._pending = 0  # rows written since the last binning
+        self._binned = 0  # ring positions [0, _binned) hold binned rows (the ring fills from 0 before it wraps)
+        bins = reference.shares.shape[1] if reference is not None else 0
+        self._bin_counts = np.zeros(columns * bins, dtype=np.int64)  # per column and bin, flat
+        self._offsets = np.arange(columns) * bins  # a column's first entry in _bin_counts
+        self._outside_counts = np.zeros(max(0, columns - 1), dtype=np.int64)
         self.observed = 0  # rows ever observed (not only those in the window)
         self._evaluate_every = max(1, int(settings.window * EVALUATE_EVERY_SHARE))
-        self._since_evaluated = 0
-        self._fired_at = np.full(features + 1, np.nan)  # per feature, then the prediction; NaN: not firing
+        self._fired_at = np.full(columns, np.nan)  # per feature, then the prediction; NaN: not firing
 
     @classmethod
     def for_version(cls, card: dict[str, Any] | None, version: str, rows_of_keys: RowsOfKeys | None,
@@ -178,56 +188,69 @@ class DriftMonitor:
 
     def observe(self, rows: np.ndarray, predictions: Sequence[float] | np.ndarray) -> None:
         """Observe feature ``rows`` (one per answered value, in the card's feature order) and the
-        ``predictions`` answered for them. Vectorised over rows and features."""
-        ref = self.reference
-        if ref is None:
+        ``predictions`` answered for them: copied into the window, binned later in bulk."""
+        if self.reference is None:
             return
         size = self.settings.window
         if len(rows) > size:
             rows, predictions = rows[-size:], predictions[-size:]
         n = len(rows)
-        # A value's bin is the number of edges below it (models.reference.bin_of), for every
-        # feature at once: (rows, features, edges) comparisons, summed over the edges.
-        bins = (rows[:, :, None] > ref.edges).sum(axis=2)
-        outside = (rows < ref.low) | (rows > ref.high)
-        prediction_bins = (np.asarray(predictions, dtype=np.float64)[:, None] > ref.prediction_edges).sum(axis=1)
-        start = self._next
-        first = min(n, size - start)  # rows up to the ring's end, the rest wraps to its start
-        self._bins[start:start + first] = bins[:first]
-        self._outside[start:start + first] = outside[:first]
-        self._prediction_bins[start:start + first] = prediction_bins[:first]
+        raw, start = self._raw, self._next
+        first = min(n, size - start)  # rows up to the ring's end; the rest wraps to its start
+        if n == 1:  # the common single-key request: two item copies, no slicing
+            raw[start, :-1] = rows[0]
+            raw[start, -1] = predictions[0]
+        else:
+            raw[start:start + first, :-1] = rows[:first]
+            raw[start:start + first, -1] = predictions[:first]
         if first < n:
-            self._bins[: n - first] = bins[first:]
-            self._outside[: n - first] = outside[first:]
-            self._prediction_bins[: n - first] = prediction_bins[first:]
+            raw[: n - first, :-1] = rows[first:]
+            raw[: n - first, -1] = predictions[first:]
         self._next = (start + n) % size
         self._filled = min(size, self._filled + n)
+        self._pending += n
         self.observed += n
-        self._since_evaluated += n
-        if self._since_evaluated >= self._evaluate_every:
+        if self._pending >= self._evaluate_every:
             self._evaluate()
 
     # ----- reading -----------------------------------------------------------------------------
 
-    def _counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Bin counts per feature, out-of-range counts per feature and prediction bin counts."""
+    def _bin_pending(self) -> None:
+        """Bin the rows written since the last call, all columns at once, and move the counts: the
+        rows they replaced leave, they enter (the cost follows the new rows, not the window)."""
         ref = self.reference
         assert ref is not None
-        bins_per_feature = ref.shares.shape[1]
-        filled = self._bins[: self._filled].astype(np.intp)
-        offsets = np.arange(len(ref.names)) * bins_per_feature
-        counts = np.bincount((filled + offsets).ravel(), minlength=len(ref.names) * bins_per_feature)
-        predictions = np.bincount(self._prediction_bins[: self._filled], minlength=len(ref.prediction_shares))
-        return counts.reshape(len(ref.names), bins_per_feature), self._outside[: self._filled].sum(axis=0), predictions
+        count = min(self._pending, self.settings.window)
+        self._pending = 0
+        if not count:
+            return
+        where = (self._next - count + np.arange(count)) % self.settings.window
+        size = len(self._bin_counts)
+        replaced = where[where < self._binned]
+        self._bin_counts -= np.bincount((self._bins[replaced] + self._offsets).ravel(), minlength=size)
+        self._outside_counts -= self._outside[replaced].sum(axis=0)
+        block = self._raw[where]
+        # A value's bin is the number of edges below it (models.reference.bin_of): (rows, columns,
+        # edges) comparisons summed over the edges.
+        self._bins[where] = (block[:, :, None] > ref.edges).sum(axis=2)
+        self._outside[where] = (block[:, :-1] < ref.low) | (block[:, :-1] > ref.high)
+        self._bin_counts += np.bincount((self._bins[where] + self._offsets).ravel(), minlength=size)
+        self._outside_counts += self._outside[where].sum(axis=0)
+        self._binned = self._filled
 
-    def _evaluate(self) -> None:
-        """Recompute the statistics and move the alerts: fire (stamped now) or clear."""
+    def _counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Bin counts per column (features, then the prediction) and out-of-range counts per feature."""
         assert self.reference is not None
-        self._since_evaluated = 0
-        counts, _, predictions = self._counts()
-        statistics = _statistics(self.reference.shares, self.reference.prediction_shares, counts, predictions, self._filled)
-        firing = _firing(statistics, self._filled, self.settings)
+        self._bin_pending()
+        return self._bin_counts.reshape(self.reference.shares.shape), self._outside_counts
+
+    def _evaluate(self) -> tuple[np.ndarray, np.ndarray]:
+        """Recompute the statistics and move the alerts (fire, stamped now, or clear); returns the counts."""
+        assert self.reference is not None
+        counts, outside = self._counts()
+        firing = _firing(_statistics(self.reference.shares, counts, self._filled), self._filled, self.settings)
         self._fired_at = np.where(firing, np.where(np.isnan(self._fired_at), time.time(), self._fired_at), np.nan)
+        return counts, outside
 
     def snapshot(self) -> dict[str, Any]:
         """The window as JSON-ready counts (they add up over workers), with the reference and the
@@ -236,13 +259,11 @@ class DriftMonitor:
         ref = self.reference
         if ref is None:
             return base
-        self._evaluate()
-        counts, outside, predictions = self._counts()
+        counts, outside = self._evaluate()
         return {
             **base,
             "features": list(ref.names),
             "expected": ref.shares.tolist(),
-            "prediction_expected": ref.prediction_shares.tolist(),
             "features_from": ref.features_from,
             "prediction_from": ref.prediction_from,
             "settings": {"window": self.settings.window, "min_rows": self.settings.min_rows,
@@ -253,17 +274,15 @@ class DriftMonitor:
             "observed": self.observed,
             "counts": counts.tolist(),
             "outside": outside.tolist(),
-            "prediction_counts": predictions.tolist(),
             "fired_at": [None if np.isnan(t) else float(t) for t in self._fired_at],
         }
 
 
-def _statistics(expected: np.ndarray, prediction_expected: np.ndarray, counts: np.ndarray, predictions: np.ndarray,
-                rows: int) -> np.ndarray:
-    """PSI per feature, then the prediction's, of window counts over ``rows`` rows (0 when empty)."""
+def _statistics(expected: np.ndarray, counts: np.ndarray, rows: int) -> np.ndarray:
+    """PSI per column (features, then the prediction) of window counts over ``rows`` rows (0 when empty)."""
     if rows == 0:
-        return np.zeros(len(expected) + 1)
-    return np.append(psi(counts / rows, expected), psi(predictions / rows, prediction_expected))
+        return np.zeros(len(expected))
+    return psi(counts / rows, expected)
 
 
 def _firing(statistics: np.ndarray, rows: int, settings: DriftSettings | dict[str, Any]) -> np.ndarray:
@@ -287,10 +306,9 @@ def monitoring_report(snapshots: Sequence[dict[str, Any] | None], model_name: st
     same = [s for s in present if s.get("version") == mine["version"] and "counts" in s]
     rows = sum(s["rows"] for s in same)
     counts = np.sum([s["counts"] for s in same], axis=0)
-    predictions = np.sum([s["prediction_counts"] for s in same], axis=0)
     outside = np.sum([s["outside"] for s in same], axis=0)
     settings = mine["settings"]
-    statistics = _statistics(np.asarray(mine["expected"]), np.asarray(mine["prediction_expected"]), counts, predictions, rows)
+    statistics = _statistics(np.asarray(mine["expected"]), counts, rows)
     firing = _firing(statistics, rows, settings)
     fired = [min((t for s in same if (t := s["fired_at"][i]) is not None), default=None) if firing[i] else None
              for i in range(len(statistics))]

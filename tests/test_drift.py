@@ -107,6 +107,16 @@ def test_vectorised_bins_follow_the_reference_rule(light_artifact: ModelArtifact
     for i, name in enumerate(card["features"]):
         expected = np.bincount(bin_of(rows[:, i], card[REFERENCE_KEY]["features"][name]["edges"]), minlength=counts.shape[1])
         assert counts[i].tolist() == expected.tolist(), name
+    # Counts move as rows enter and leave: batches of 7 through a window of 20 wrap it several times.
+    small = _monitor(card, window=20)
+    for start in range(0, 64, 7):
+        small.observe(rows[start:start + 7], rows[start:start + 7, 0])
+        small.snapshot()
+    last = np.asarray(small.snapshot()["counts"])
+    name = card["features"][3]
+    expected = np.bincount(bin_of(rows[-20:, 3], card[REFERENCE_KEY]["features"][name]["edges"]), minlength=last.shape[1])
+    assert last[3].tolist() == expected.tolist()
+    assert last[-1].sum() == 20  # the prediction column counts the same rows
 
 
 def test_sample_rate_observes_that_share_of_requests_evenly(light_artifact: ModelArtifact) -> None:
