@@ -13,8 +13,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from pathlib import Path
 
+import httpx
 import joblib
 import numpy as np
 import pyarrow as pa
@@ -25,6 +27,7 @@ from sklearn.linear_model import Ridge
 from loadtests.cost import Prices
 from loadtests.drift_report import drift_section
 from loadtests.drift_traffic import InstanceSpec, InstanceStream
+from loadtests.harness.server_process import ServerProcess
 from loadtests.report import render_html
 from loadtests.runner import RunSpec, run_one
 from models.importer import import_model
@@ -32,6 +35,7 @@ from models.reference import REFERENCE_KEY, bin_of, histogram
 from models.registry import ModelArtifact, resolve
 from serving.drift import DriftMonitor, DriftSettings, Reference, monitoring_report, psi
 from tests.helpers import running
+from tests.test_workers import _wait_for_workers
 
 WINDOW = 500
 MIN_ROWS = 100
@@ -321,3 +325,27 @@ def test_drift_load_test_records_the_statistics_and_when_the_alert_fired(registr
     assert max(s["psi"]["length_km"] for s in drift["series"]) > THRESHOLD
     page = render_html([result.as_record()], {})
     assert "<h2>Drift monitoring</h2>" in page and "length_km" in drift_section([result.as_record()])
+
+
+MERGE_BOUND_S = 15.0  # worker snapshots every 1 s; generous for a loaded 2-core machine
+
+
+def test_workers_merge_their_windows_in_monitoring_and_metrics(make_settings, light_artifact, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """``serve --workers 2``: requests on fresh connections reach either worker; whichever answers
+    /v1/monitoring and /metrics sums both windows (the other's as of its last snapshot)."""
+    names = light_artifact.card()["features"]
+    settings = make_settings(mode="dynamic", redis_url=None, workers=2, worker_dir=tmp_path, **DRIFT)
+    rows = _training_rows(light_artifact, 400, seed=51)
+    with ServerProcess(settings) as server, httpx.Client(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        _wait_for_workers(tmp_path, 2)
+        for start in range(0, len(rows), BATCH):
+            body = {"instances": _instances(names, rows[start:start + BATCH])}
+            assert client.post(f"{server.url}/v1/predict", json=body).status_code == 200
+        deadline = time.monotonic() + MERGE_BOUND_S
+        while (report := client.get(f"{server.url}/v1/monitoring").json())["window"]["rows"] < len(rows):
+            assert time.monotonic() < deadline, report["window"]
+            time.sleep(0.2)
+        metrics = client.get(f"{server.url}/metrics").text
+    assert report["window"]["workers"] == 2 and report["window"]["rows"] == len(rows) and report["alerts"] == []
+    assert report["window"]["size"] == 2 * WINDOW
+    assert 'hybridserve_drift_window_rows{mode="dynamic"} 400.0' in metrics
