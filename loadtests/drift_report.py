@@ -30,6 +30,7 @@ DPI = 100
 PREDICTION_COLOUR = "#000000"
 SHIFT_COLOUR = "#7f7f7f"
 ALERT_COLOUR = "#d62728"
+QUIET_COLOUR = "#b0b0b0"  # features whose alert never fired
 
 
 def drift_runs(records: Sequence[Record]) -> list[Record]:
@@ -46,7 +47,7 @@ def _chart(record: Record) -> str:
     for name in series[0]["psi"]:
         alerted = name in fired
         ax.plot(times, [s["psi"][name] for s in series], linewidth=1.6 if alerted else 0.8,
-                alpha=1.0 if alerted else 0.45, label=name if alerted else None)
+                color=None if alerted else QUIET_COLOUR, label=name if alerted else None)
     ax.plot(times, [s["prediction_psi"] for s in series], color=PREDICTION_COLOUR, linewidth=2.2, label="prediction")
     ax.axhline(series[-1]["threshold"], color=ALERT_COLOUR, linestyle="--", linewidth=1, label="PSI threshold")
     if drift.get("shift_at_s") is not None:
