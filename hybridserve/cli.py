@@ -382,7 +382,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         _ensure_models(_settings(args).registry)
     spec = RunSpec(args.model or args.profile, args.mode, args.dist, rate=args.rate, users=args.users, duration_s=args.duration,
                    batch_size=args.batch_size, seed=args.seed, head_size=args.run_head_size, l1_size=args.run_l1_size,
-                   load_workers=args.load_workers)
+                   load_workers=args.load_workers, instances=args.instances,
+                   # A drift run observes every request, so a short run fills the drift window.
+                   settings=(("drift_sample_rate", 1.0),) if args.instances else ())
     return _run_and_report(args, [spec])
 
 
@@ -619,6 +621,10 @@ def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     parser.add_argument("--users", type=int, default=20, help="Locust users (>= rate x p99 seconds)")
     parser.add_argument("--batch-size", type=int, default=1, help="keys per request (1: GET, more: POST)")
     parser.add_argument("--seed", type=int, default=7, help="seed of the key sequence")
+    parser.add_argument("--instances", default="", metavar="SPEC",
+                        help="send raw-feature instances instead of keys: 'training', or 'drift:at=A,shift=S[,features=a+b]' "
+                        "(after share A of the run, features move by S training std); the report shows the drift "
+                        "statistics over time and when the alert fired")
     # Not Settings-backed: the runner starts its own server with these, whatever the environment says.
     parser.add_argument("--head-size", type=int, default=5000, dest="run_head_size", metavar="HEAD_SIZE", help="hybrid: keys precomputed into Redis")
     parser.add_argument("--l1-size", type=int, default=10_000, dest="run_l1_size", metavar="L1_SIZE", help="hybrid: in-process L1 entries")

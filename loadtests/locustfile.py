@@ -19,6 +19,10 @@ Options (each falls back to the environment variable in brackets, then to the de
 - ``--rate`` [HYBRIDSERVE_LOAD_RATE]: target requests per second over all users of this Locust
   process (per worker in a distributed run); 0 runs closed-loop, as fast as responses come back.
 - ``--seed`` [HYBRIDSERVE_LOAD_SEED]: fixes which keys are popular and the request sequence.
+- ``--instances`` [HYBRIDSERVE_LOAD_INSTANCES]: send raw-feature instances of ``--model`` instead of
+  keys (``POST /v1/predict {"instances": [...]}``, ``--batch-size`` per request): ``training``, or
+  ``drift:at=0.5,shift=2.0`` (after half the run every feature moves by 2 training standard
+  deviations; ``features=a+b`` names those shifted), see ``loadtests.drift_traffic``.
 
 Pacing. Locust users are closed loops: a user waits for its response before its next request.
 With ``--rate`` each user follows a fixed schedule, one request every ``users / rate`` seconds
@@ -56,7 +60,11 @@ from locust.argument_parser import LocustArgumentParser
 from locust.env import Environment
 from locust.exception import StopUser
 from locust.runners import MasterRunner
+from locust.util.timespan import parse_timespan
 
+import numpy as np
+
+from loadtests.drift_traffic import InstanceSpec, InstanceStream
 from loadtests.keys import KeysExhausted, KeyStream, key_stream, parse_spec
 from models.keyspace import GridKeySpace, KeySpace, key_space_for
 from models.registry import RegistryError, resolve
@@ -66,6 +74,7 @@ PREDICT_BATCH_PATH = "/v1/predict"
 # Stats group by endpoint, not by key: one row for all single-key requests.
 PREDICT_ONE_NAME = "/v1/predict/[key]"
 PREDICT_BATCH_NAME = "/v1/predict"
+PREDICT_INSTANCES_NAME = "/v1/predict [instances]"
 # How far a user's schedule may fall behind before missed slots are dropped (see module doc).
 MAX_CATCH_UP_S = 1.0
 # When a trace runs out, how long other users may take to finish their requests in flight
@@ -103,6 +112,9 @@ OPTIONS: tuple[tuple[str, type, object, str], ...] = (
     ("--seed", int, DEFAULT_SEED, "Seed of the key distribution (which keys are popular, and the request sequence)"),
     ("--latency-file", str, "", "Write a 2%-resolution latency histogram (JSON) here when the test stops "
                                 "({worker} in the path: the worker's index, in a distributed run)"),
+    ("--instances", str, "", "Raw-feature instances of --model instead of keys: training, or "
+                             "drift:at=A,shift=S[,features=a+b] (shifted by S std after share A of the run)"),
+    ("--shift-file", str, "", "With --instances drift:...: write the unix time the shift began here"),
     ("--latency-after-s", float, 0.0, "Leave the first seconds of a run (users starting, connections opening) "
                                       "out of the --latency-file histogram"),
 )
@@ -132,6 +144,7 @@ class LoadOptions:
     batch_size: int
     rate: float
     seed: int
+    instances: str = ""
 
     @classmethod
     def from_parsed(cls, parsed: Any) -> LoadOptions:
@@ -144,8 +157,13 @@ class LoadOptions:
             batch_size=int(parsed.batch_size),
             rate=float(parsed.rate),
             seed=int(parsed.seed),
+            instances=str(getattr(parsed, "instances", "") or ""),
         )
         parse_spec(options.key_dist)
+        if options.instances:
+            InstanceSpec.parse(options.instances)
+            if not options.model:
+                raise ValueError("--instances needs --model (the registry model whose features to send)")
         if options.segments < 1:
             raise ValueError(f"--segments must be >= 1, got {options.segments}")
         if options.batch_size < 1:
@@ -158,11 +176,22 @@ class LoadOptions:
         """The keys to send: the model's (from its card in the registry), or the demo grid."""
         if not self.model:
             return GridKeySpace(self.segments)
+        return key_space_for(*self._artifact())
+
+    def _artifact(self) -> tuple[dict[str, Any], Path]:
+        """The card and version directory of ``--model`` in ``--registry``."""
         try:
             artifact = resolve(Path(self.registry), self.model)
         except RegistryError as exc:
             raise ValueError(str(exc)) from None
-        return key_space_for(artifact.card(), artifact.path)
+        return artifact.card(), artifact.path
+
+    def instance_stream(self) -> InstanceStream | None:
+        """The raw-feature instances to send (``--instances``), or None to send keys."""
+        if not self.instances:
+            return None
+        card, path = self._artifact()
+        return InstanceStream(InstanceSpec.parse(self.instances), card, np.load(path / "features.npy", mmap_mode="r"), self.seed)
 
 
 @dataclass
@@ -171,6 +200,10 @@ class LoadPlan:
 
     options: LoadOptions
     keys: KeyStream
+    instances: InstanceStream | None = None
+    started: float = 0.0  # monotonic time the plan was built (the run's start, for --instances drift)
+    run_time_s: float = 0.0  # -t of a headless run (0: none given)
+    shift_file: str = ""
 
     @classmethod
     def build(cls, environment: Environment) -> LoadPlan:
@@ -179,7 +212,24 @@ class LoadPlan:
         # Workers share the seed (the same popular keys) but draw independent sequences.
         stream = getattr(environment.runner, "worker_index", 0)
         keys = key_stream(options.key_dist, options.key_space(), seed=options.seed, stream=stream)
-        return cls(options, keys)
+        parsed = environment.parsed_options
+        run_time = getattr(parsed, "run_time", None) or 0
+        instances = options.instance_stream()
+        if instances is not None and instances.spec.at is not None and not run_time:
+            raise ValueError("--instances drift:... shifts at a share of the run: give -t/--run-time")
+        return cls(options, keys, instances, time.monotonic(),
+                   float(parse_timespan(run_time) if isinstance(run_time, str) else run_time),
+                   str(getattr(parsed, "shift_file", "") or ""))
+
+    def take_instances(self, count: int) -> list[dict[str, float]]:
+        """The next instances of this run; the first shifted one notes the time in ``--shift-file``."""
+        assert self.instances is not None
+        share = (time.monotonic() - self.started) / self.run_time_s if self.run_time_s else 0.0
+        if self.shift_file and self.instances.shifted(share):
+            with open(self.shift_file, "w", encoding="utf-8") as handle:
+                json.dump({"shift_started_at": time.time()}, handle)
+            self.shift_file = ""  # once
+        return self.instances.take(count, share)
 
 
 @events.init.add_listener
@@ -329,6 +379,9 @@ class PredictUser(FastHttpUser):
     @task
     def predict(self) -> None:
         """One request: GET for a single key, POST for a batch."""
+        if self._plan.instances is not None:
+            self._send_instances()
+            return
         try:
             keys = self._plan.keys.take(self._plan.options.batch_size)
         except KeysExhausted:
@@ -340,5 +393,12 @@ class PredictUser(FastHttpUser):
         # Success bodies are not parsed: the load generator shares the machine with the server,
         # and decoding every response would take CPU from the thing being measured.
         with request as response:
+            if not 200 <= response.status_code < 300:
+                response.failure(failure_message(response.status_code, response.content, response.error))
+
+    def _send_instances(self) -> None:
+        """One raw-feature request of ``--batch-size`` instances (the drift scenario)."""
+        body = {"instances": self._plan.take_instances(self._plan.options.batch_size)}
+        with self.client.post(PREDICT_BATCH_PATH, json=body, name=PREDICT_INSTANCES_NAME, catch_response=True) as response:
             if not 200 <= response.status_code < 300:
                 response.failure(failure_message(response.status_code, response.content, response.error))

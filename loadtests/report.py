@@ -25,6 +25,7 @@ from matplotlib.axes import Axes  # noqa: E402
 from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
 
 from loadtests import cost  # noqa: E402
+from loadtests.drift_report import drift_section  # noqa: E402
 from loadtests.capacity import CapacityCurve, capacity_formulas, provisioning  # noqa: E402
 from loadtests.projection import Projection, Target, projection_formulas  # noqa: E402
 
@@ -312,7 +313,7 @@ Each run: a fresh server process and Redis, a fixed offered rate from Locust in 
 load generator is the bottleneck. A Redis hit is not free: it costs a network round trip and Redis CPU, which for a cheap model
 can exceed inference itself; the in-process L1 is the fast path.</p>
 <h2>Cost model</h2><pre>{html.escape(cost.cost_formulas(context.get('prices', cost.Prices())))}</pre>
-{''.join(extra_sections)}
+{drift_section(records)}{''.join(extra_sections)}
 </body></html>"""
 
 

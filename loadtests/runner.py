@@ -47,6 +47,7 @@ import psutil
 import redis
 
 from loadtests import cost
+from loadtests.drift_traffic import MonitoringSampler
 from loadtests.keys import TraceKeys, key_stream
 from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, key_space_for
 from models.registry import model_name, resolve
@@ -74,6 +75,7 @@ SCAN_COUNT = 1000
 CPU_SAMPLE_S = 1.0
 # Two-sided 95% normal quantile: the confidence interval reported with every p99.
 P99_CI_Z = 1.96
+SHIFT_FILE = "shift.json"  # where the locustfile notes when a drift run's shift began
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,9 @@ class RunSpec:
     """``maxmemory-policy`` when ``redis_maxmemory`` is set."""
     load_workers: int = 0  # Locust worker processes under one master; 0: one plain Locust process
     latency_after_s: float = 0.0  # seconds at the start of a run left out of the latency percentiles
+    instances: str = ""
+    """Send raw-feature instances instead of keys (``training`` or ``drift:at=A,shift=S``, see
+    :mod:`loadtests.drift_traffic`); the run then records the drift statistics over time."""
 
     @property
     def model_name(self) -> str:
@@ -162,6 +167,10 @@ class RunResult:
     before the run: timers, the control poll, Redis' cron. Taken out of the CPU figures for the
     seconds of the measured window outside the traffic (Locust's start and stop), so they are the
     CPU of serving at the run's rate."""
+
+    drift: dict[str, Any] = field(default_factory=dict)
+    """With ``spec.instances``: /v1/monitoring over the run, the shift's start and when alerts fired
+    (:meth:`loadtests.drift_traffic.MonitoringSampler.record`)."""
 
     def as_record(self) -> dict[str, Any]:
         """Flat JSON-ready record: the spec's fields, then the measured ones.
@@ -250,6 +259,8 @@ def _locust_argvs(spec: RunSpec, url: str, registry: Path, workdir: Path) -> lis
              "--batch-size", str(spec.batch_size),
              "--rate", str(spec.rate / workers if workers else spec.rate), "--seed", str(spec.seed), "--stop-timeout", "5",
              "--latency-file", str(workdir / "latency-{worker}.json"), "--latency-after-s", str(spec.latency_after_s)]
+    if spec.instances:
+        first += ["--instances", spec.instances, "--shift-file", str(workdir / SHIFT_FILE)]
     if not workers:
         return [first]
     port = str(free_port())
@@ -525,7 +536,11 @@ def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scena
     idle = _idle_cpu_s_per_s(server, client)
     before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
     started = time.monotonic()
-    locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
+    if spec.instances:
+        with MonitoringSampler(server.url) as sampler:
+            locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
+    else:
+        locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
     outside = max(0.0, time.monotonic() - started - locust["span_s"])  # Locust starting and stopping
     after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
     stored1 = StoredKeys.read(client, namespace)
@@ -536,6 +551,8 @@ def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scena
                      (_less_idle(cpu1 - cpu0, idle[0] * outside), _less_idle(rcpu1 - rcpu0, idle[1] * outside)), (stored0, stored1),
                      bench.precompute, prices, target, l1_entry_bytes=l1_entry_bytes)
     result.idle_cpu_ms_per_s = {"server": idle[0] * 1e3, "redis": idle[1] * 1e3}
+    if spec.instances:
+        result.drift = sampler.record(_shift_at_s(bench.workdir, sampler.started))
     stream = key_stream(spec.distribution, bench.space, seed=spec.seed)
     if isinstance(stream, TraceKeys):
         result.unknown_key_share, result.trace_keys_mapped = stream.unknown_share, stream.remap
@@ -555,6 +572,16 @@ def _less_idle(used: float, idle: float) -> float:
     below zero (a process that was idle all along, e.g. Redis in dynamic mode, would otherwise go
     negative by the noise of a half-second idle sample)."""
     return max(0.0, used - idle)
+
+
+def _shift_at_s(workdir: Path, started: float) -> float | None:
+    """Seconds from the start of the run to the first shifted instance (the locustfile's note), or None."""
+    path = workdir / SHIFT_FILE
+    if not path.exists():
+        return None
+    shift_at = json.loads(path.read_text())["shift_started_at"] - started
+    path.unlink()  # a later run on the same bench writes its own
+    return max(0.0, shift_at)
 
 
 def run_one(spec: RunSpec, registry: Path, prices: cost.Prices, target: cost.Scenario | None = None) -> RunResult:

@@ -43,11 +43,15 @@ from sklearn.base import is_classifier
 
 from models import export
 from models.publish import write_version
+from models.reference import REFERENCE_KEY, reference_distribution
 from models.registry import CARD_FILE, ModelArtifact, content_version, set_latest
 from models.runtime import input_dtype, run, session
 from models.keyspace import FENCES_FILE, KEY_RULE, KEYS_FILE, MAX_KEY_LENGTH, KeyRuleError, TableKeySpace, check_key
 
 PARITY_SAMPLE_ROWS = 2000
+# Table rows whose predictions make the card's reference prediction distribution (an import has
+# no holdout): enough for stable deciles, a fraction of a second of inference.
+REFERENCE_PREDICTION_ROWS = 20_000
 # Columns with at most this many distinct values list them in the schema (categorical codes).
 LOW_CARDINALITY = 20
 NAME_PATTERN = "letters, digits, '_', '.' and '-', 1-64 characters"
@@ -355,10 +359,21 @@ def import_model(
     if not (target / CARD_FILE).exists():
         card = _card(name, imported, table, key_column, keys, parity, export.measure(sess, table.features[sample_rows]),
                      model_path, table_path)
+        card[REFERENCE_KEY] = _reference_distribution(imported, sess, table)
         write_version(target, imported.onnx_bytes, features_sorted, card,
                       {KEYS_FILE: keys, FENCES_FILE: TableKeySpace.fences_of(keys)})
     set_latest(registry, name, version)
     return ModelArtifact(name, version, target)
+
+
+def _reference_distribution(imported: ImportedModel, sess: ort.InferenceSession, table: Table) -> dict[str, Any]:
+    """The card's reference for drift monitoring: the feature table's distribution (every row),
+    and the model's predictions over a sample of it (an import has no holdout)."""
+    rows = table.features[_sample(len(table.keys), REFERENCE_PREDICTION_ROWS, seed=1)]
+    predictions = run(sess, rows, output_name=imported.output_name, column=imported.output_column)
+    return reference_distribution(table.features, table.names, predictions,
+                                  features_from=f"feature table ({len(table.keys)} rows)",
+                                  predictions_from=f"model predictions over {len(rows)} feature-table rows (no holdout in an import)")
 
 
 def _card(

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from models import data, export, runtime
+from models.reference import REFERENCE_KEY, reference_distribution
 from models.registry import CARD_FILE, FEATURES_FILE, MODEL_FILE, ModelArtifact, content_version, model_name, set_latest
 from models.train import Profile, TrainResult, ambiguous_rows, train_profile
 
@@ -53,6 +54,7 @@ def _holdout_metrics(predicted: np.ndarray, actual: np.ndarray) -> dict[str, flo
 
 def _card(result: TrainResult, onnx_bytes: bytes, sess: Any, parity: export.ParityReport) -> dict[str, Any]:
     timing = export.measure(sess, result.X_holdout)
+    holdout_predictions = export.run(sess, result.X_holdout)
     return {
         "name": model_name(result.profile),
         "profile": result.profile,
@@ -67,7 +69,10 @@ def _card(result: TrainResult, onnx_bytes: bytes, sess: Any, parity: export.Pari
         "key_count": result.segments.key_count,
         "seed": result.seed,
         "training_data": {"rows": int(len(result.X_train)), "features": _feature_summary(result.X_train)},
-        "holdout_metrics": {"rows": int(len(result.X_holdout)), **_holdout_metrics(export.run(sess, result.X_holdout), result.y_holdout)},
+        "holdout_metrics": {"rows": int(len(result.X_holdout)), **_holdout_metrics(holdout_predictions, result.y_holdout)},
+        REFERENCE_KEY: reference_distribution(result.X_train, data.FEATURE_NAMES, holdout_predictions,
+                                              features_from=f"training rows ({len(result.X_train)})",
+                                              predictions_from=f"holdout predictions ({len(result.X_holdout)} rows)"),
         "parity": asdict(parity),
         "inference_time": asdict(timing),
         "onnx_sha256": hashlib.sha256(onnx_bytes).hexdigest(),

@@ -391,6 +391,13 @@ def _add_operation_routes(app: FastAPI) -> None:
         others = snapshots.others() if snapshots is not None else ()
         return Response(_service(request).metrics.render(others), media_type="text/plain; version=0.0.4")
 
+    @app.get("/v1/monitoring")
+    async def monitoring(request: Request) -> Response:
+        """Drift of the inputs and predictions against the model card's reference (serving/drift.py):
+        per feature PSI, threshold, alert and when it fired, out-of-range share; of every worker."""
+        snapshots: WorkerSnapshots | None = request.app.state.snapshots
+        return JSONBody(_service(request).monitoring(snapshots.others() if snapshots is not None else ()))
+
     @app.get("/v1/cache/stats")
     async def cache_stats(request: Request) -> Response:
         """Hits and misses per tier, hit ratios, L1 and Redis state, the policy in force."""

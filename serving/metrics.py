@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
+from serving.drift import metric_families, monitoring_report
 from serving.errors import CorruptPrediction, StoreError
 
 LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -134,6 +135,7 @@ class _CountsCollector(Collector):
             gauge = GaugeMetricFamily(f"hybridserve_{name}", name.replace("_", " "), labels=["mode"])
             gauge.add_metric([self._mode], value)
             yield gauge
+        yield from metric_families(self._mode, monitoring_report([self._metrics.drift(), *self._metrics.drift_of_others]))
 
 
 class Buckets:
@@ -166,9 +168,12 @@ class Buckets:
 class Metrics:
     """The metrics of one app."""
 
-    def __init__(self, mode: str, gauges: Callable[[], dict[str, float]]) -> None:
+    def __init__(self, mode: str, gauges: Callable[[], dict[str, float]],
+                 drift: Callable[[], dict[str, Any] | None] = lambda: None) -> None:
         self.mode = mode
         self.gauges = gauges
+        self.drift = drift  # this worker's drift window (serving.drift.DriftMonitor.snapshot)
+        self.drift_of_others: list[dict[str, Any] | None] = []  # the other workers' (a merged render)
         self.counts = Counts()
         self.registry = CollectorRegistry()
         self.latency = {s: Buckets(LATENCY_BUCKETS) for s in SOURCES}
@@ -197,7 +202,7 @@ class Metrics:
 
     def snapshot(self) -> dict[str, Any]:
         """Counters, histogram counts and gauges, JSON-ready: what another worker merges."""
-        return {"counts": self.counts.as_dict(), "gauges": self.gauges(),
+        return {"counts": self.counts.as_dict(), "gauges": self.gauges(), "drift": self.drift(),
                 "histograms": {name: [b.counts, b.sum] for name, b in self._histograms().items()}}
 
     def _absorb(self, snapshot: dict[str, Any]) -> None:
@@ -218,7 +223,9 @@ class Metrics:
         gauges: Counter[str] = Counter()
         for snapshot in (mine, *others):
             gauges.update(snapshot["gauges"])
-        merged = Metrics(self.mode, lambda: dict(gauges))
+        # Drift windows are merged from their bin counts (serving.drift.monitoring_report), not summed as gauges.
+        merged = Metrics(self.mode, lambda: dict(gauges), lambda: mine["drift"])
+        merged.drift_of_others = [snapshot.get("drift") for snapshot in others]
         for snapshot in (mine, *others):
             merged._absorb(snapshot)
         return generate_latest(merged.registry)

@@ -30,6 +30,7 @@ from typing import Any
 
 from models.registry import RegistryError, resolve
 from serving.cache import Admission, L1Cache, make_l1
+from serving.drift import DriftMonitor, monitoring_report
 from serving.errors import InvalidInstance, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
 from models.keyspace import KeySpace, check_key, key_space_for
 from serving.features import served_lookup
@@ -85,6 +86,7 @@ class ServedState:
     walk: TierWalk
     knows_keys: bool  # keys are checked against the version's key space (not the key rule alone)
     schema: FeatureSchema | None  # what a raw-feature instance must hold (None without a model)
+    drift: DriftMonitor  # this version's drift window (off, saying why, without a model or reference)
 
 
 class PredictionService:
@@ -97,7 +99,7 @@ class PredictionService:
         if "store" in self.tier_names and store is None:
             raise ValueError(f"mode {settings.mode!r} needs a prediction store (a Redis URL)")
         self.store = store
-        self.metrics = Metrics(settings.mode, self.gauges)
+        self.metrics = Metrics(settings.mode, self.gauges, self._drift_snapshot)
         self.counts = self.metrics.counts
         self.admission = Admission(settings.admission_rule)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
@@ -199,7 +201,9 @@ class PredictionService:
         walk = TierWalk([factories[name]() for name in self.tier_names], admission=self.admission, observer=self.counts,
                         validate=validate, describe_unknown=lambda keys: self._describe_unknown(version, keys))
         schema = FeatureSchema.from_card(model.card) if model is not None else None
-        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not _KEY_RULE_ONLY, schema=schema)
+        drift = DriftMonitor.for_version(model.card if model is not None else None, version,
+                                         _rows_of_keys(model) if model is not None else None, self.settings)
+        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not _KEY_RULE_ONLY, schema=schema, drift=drift)
 
     def _key_check(self, version: str) -> Callable[[str], object]:
         """How a mode without a model checks keys before the store: against the version's key
@@ -268,6 +272,8 @@ class PredictionService:
             # Every requested key, duplicates included: the trace is the traffic, not the lookups.
             for key in keys:
                 self._recorder.record(key)
+        if state.drift.sampled():
+            state.drift.observe_keys(keys, [found[k][0] for k in keys])
         return self._answered(state, keys, found, start)
 
     async def predict_instances(self, instances: Sequence[object]) -> list[Prediction]:
@@ -287,6 +293,8 @@ class PredictionService:
         except Exception:
             self.counts.errors += 1
             raise
+        if state.drift.sampled():
+            state.drift.observe(rows, [found[k][0] for k in keys])
         return self._answered(state, keys, found, start)
 
     def _answered(self, state: ServedState, keys: Sequence[str], found: dict[str, tuple[float, str]], start: float) -> list[Prediction]:
@@ -310,6 +318,8 @@ class PredictionService:
         self.counts.keys += 1
         if self._recorder is not None:
             self._recorder.record(key)
+        if state.drift.sampled():
+            state.drift.observe_keys((key,), (value,))
         self.metrics.observe_request("l1", time.perf_counter() - start)
         return Prediction(key, value, "l1", state.version)
 
@@ -396,6 +406,15 @@ class PredictionService:
             "policy": self.policy(),
         }
 
+    def _drift_snapshot(self) -> dict[str, Any] | None:
+        """This worker's drift window of the served version (None before there is one)."""
+        return self._state.drift.snapshot() if self._state is not None else None
+
+    def monitoring(self, others: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+        """Drift statistics and alerts (``GET /v1/monitoring``), merged with ``others`` (the other
+        workers' metrics snapshots) of the same version."""
+        return monitoring_report([self._drift_snapshot(), *(o.get("drift") for o in others)], self.settings.model_name)
+
     def gauges(self) -> dict[str, float]:
         """Point-in-time values for Prometheus."""
         state = self._state
@@ -428,6 +447,12 @@ class PredictionService:
         if self._state is None and not self.computes and redis_ok:
             detail["reason"] = "no complete precomputed table (run `hybridserve precompute`)"
         return ready, detail
+
+
+def _rows_of_keys(model: LoadedModel) -> Callable[[Sequence[str]], Any]:
+    """The feature rows of (validated) keys, from the model's feature table: what drift observes."""
+    features = model.features
+    return lambda keys: features.rows([features.index(key) for key in keys])
 
 
 # The settings a run-time policy change may touch (PUT /v1/admin/policy). The head is chosen at

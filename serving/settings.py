@@ -122,6 +122,18 @@ class Settings(BaseSettings):
     """How often every worker re-reads the control record (admin changes made on another worker)."""
     metrics_snapshot_s: float = Field(1.0, gt=0, le=60)
     """How often a worker writes its counters to ``worker_dir`` for /metrics on any worker."""
+    drift_monitoring: bool = True
+    """Drift monitoring of inputs and predictions against the card's reference (serving/drift.py, GET /v1/monitoring)."""
+    drift_window: int = Field(1000, ge=10, le=1_000_000)
+    """Rows (per worker) in the sliding window the drift statistics are computed over."""
+    drift_min_rows: int = Field(200, ge=1)
+    """Rows the window must hold before any drift alert can fire (fewer: the PSI is mostly noise)."""
+    drift_psi_threshold: float = Field(0.2, gt=0)
+    """A feature's population stability index above this fires its drift alert (0.1: moderate shift, 0.2: significant)."""
+    drift_prediction_psi_threshold: float = Field(0.2, gt=0)
+    """The predictions' population stability index against the holdout's above this fires the prediction drift alert."""
+    drift_sample_rate: float = Field(0.1, ge=0, le=1)
+    """Share of requests whose feature rows and answers enter the drift window (evenly spread; 0: observe none)."""
     log_level: LogLevel = "info"
     """Lowest level of the JSON log lines on stderr (start and stop, reloads, breaker transitions, precompute progress)."""
 
