@@ -48,6 +48,7 @@ from serving.metrics import WorkerSnapshots
 from serving.fast_path import FastPredictLayer
 from serving.modes import uses_store
 from serving.openapi import install_openapi
+from serving.routes import Routes
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import build_store
@@ -123,6 +124,23 @@ class ReloadRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     version: str = Field("latest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class RouteItem(BaseModel):
+    """One version of a traffic split and its relative weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: StrictStr = Field(description="A registry version of the served model, or 'latest'")
+    weight: StrictInt | StrictFloat = Field(description="Relative weight, > 0 (90 and 10 split as 9 and 1 do)")
+
+
+class RoutesRequest(BaseModel):
+    """Body of ``PUT /v1/admin/routes``: the ``HYBRIDSERVE_ROUTES`` content as JSON; an empty
+    ``routes`` list ends the split (its first version is served alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+    routes: list[RouteItem] = Field(description="The weighted split, sticky by key")
+    shadow: StrictStr | None = Field(None, description="A version that computes on a copy of the traffic, never answering")
 
 
 class BodyLimit:
@@ -426,8 +444,30 @@ def _add_admin_routes(app: FastAPI) -> None:
         before = _version(service)
         loaded = await service.reload(body.version)
         logs.log_event("reload", requested=body.version, previous_version=before, model_version=loaded)
-        propagated = await _control(request).publish(version=loaded if service.computes else None)
+        # A reload serves one version alone: it ends a traffic split (routes 100% to that version).
+        propagated = await _control(request).publish(version=loaded if service.computes else None,
+                                                     routes="" if service.computes else None)
         return JSONBody({"model_version": loaded, "propagated": propagated})
+
+    @app.put("/v1/admin/routes", dependencies=admin)
+    async def put_routes(body: RoutesRequest, request: Request) -> Response:
+        """Set the traffic split (weighted, sticky by key, optional shadow) on every worker and
+        replica; the versions come back concrete. An empty ``routes`` ends the split."""
+        service = _service(request)
+        routes = await service.set_routes(Routes.from_json(body.model_dump()))
+        served = _version(service)
+        logs.log_event("routes", routes=str(routes), model_version=served)
+        propagated = await _control(request).publish(version=served, routes=str(routes))
+        return JSONBody({**_routes_body(service), "propagated": propagated})
+
+    @app.get("/v1/admin/routes", dependencies=admin)
+    async def get_routes(request: Request) -> Response:
+        """The traffic split in force, versions concrete (``routes`` empty: ``model_version`` alone)."""
+        return JSONBody(_routes_body(_service(request)))
+
+
+def _routes_body(service: PredictionService) -> dict[str, Any]:
+    return {**service.routes.as_json(), "model_version": _version(service)}
 
 
 def _version(service: PredictionService) -> str | None:
