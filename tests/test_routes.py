@@ -46,6 +46,8 @@ LOAD_BOUND_S = 120.0  # every load loop stops here at the latest, on a loaded 2-
 SETTLE_S = 15.0  # background work (shadow, worker snapshots) shows up within this
 STATED_CONVERGENCE_S = 2.0  # a poll (0.25 s) plus loading a version, as the README states
 BATCH = 32
+FLIPS = 8  # changes of routes under load in the workers test, one every FLIP_EVERY_S
+FLIP_EVERY_S = 0.4
 
 
 @dataclass(frozen=True)
@@ -228,6 +230,25 @@ def test_a_request_is_grouped_by_version_and_answered_in_order(make_settings, ve
         assert {p["model_version"] for p in answered} == {versions.a, versions.b}
 
 
+def test_the_fast_path_answers_from_the_routed_version(make_settings, versions: Versions) -> None:  # type: ignore[no-untyped-def]
+    """GET /v1/predict/{key} is answered from L1 in front of the routing: after both versions' L1s
+    are warm, the split flips (the same versions, the other order: half the keys move), and every
+    key is still answered by the version it routes to now, with that version's value."""
+    flipped = f"{versions.b}:50,{versions.a}:50"
+    settings = make_settings(mode="hybrid", registry=versions.registry, routes=f"{versions.a}:50,{versions.b}:50")
+    keys = KEYS[:200]
+    with running(settings) as (_, client):
+        for _ in range(2):  # computed, then L1 hits: both versions' L1s hold their keys
+            assert all(client.get(f"/v1/predict/{k}").status_code == 200 for k in keys)
+        assert _put(client, [(versions.b, 50), (versions.a, 50)]).status_code == 200
+        answers = [client.get(f"/v1/predict/{k}").json() for k in keys]
+    router, before = Router(Routes.parse(flipped)), Router(Routes.parse(f"{versions.a}:50,{versions.b}:50"))
+    assert [a["model_version"] for a in answers] == [router.version_for(k) for k in keys]
+    assert all(a["prediction"] == versions.values[a["model_version"]][a["key"]] for a in answers)
+    # A key that stayed is an L1 hit of its version; one that moved is new to its new version's L1.
+    assert [a["source"] for a in answers] == ["l1" if router.version_for(k) == before.version_for(k) else "model" for k in keys]
+
+
 def test_v2_infer_serves_exactly_the_version_asked(make_settings, versions: Versions) -> None:  # type: ignore[no-untyped-def]
     settings = make_settings(mode="hybrid", registry=versions.registry, routes=f"{versions.a}:50,{versions.b}:50")
     body = {"inputs": [{"name": "key", "shape": [20], "datatype": "BYTES", "data": KEYS[:20]}]}
@@ -264,7 +285,7 @@ def test_shadow_never_changes_a_response(make_settings, versions: Versions) -> N
         assert all(d["max_abs"] > 0 for d in stats["differences"])  # the versions do differ
         assert _metric(without.get("/metrics").text, "hybridserve_shadow_abs_difference_count") == 0
         # The shadow's work is not the server's: the global counts hold only answered traffic.
-        assert with_shadow.get("/v1/cache/stats").json()["counts"]["keys"] == without.get("/v1/cache/stats").json()["counts"]["keys"]
+        assert with_shadow.get("/v1/cache/stats").json()["counts"] == without.get("/v1/cache/stats").json()["counts"]
     print(f"\nshadow compared {compared:.0f} keys; dropped {stats['dropped']}")
 
 
@@ -361,56 +382,69 @@ def _fresh() -> httpx.Client:
 
 
 def test_a_change_of_routes_is_atomic_per_request_and_reaches_every_worker(make_settings, versions: Versions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    """``--workers 2``: batches of keys sent without pause while the routes change from version a
-    alone to a 50/50 split with b, via whichever worker takes the PUT. Every response is either
-    all old routing or exactly the new one (never a mix); after the stated convergence every
-    response on every worker is the new routing."""
+    """``--workers 2``: batches of keys sent without pause from two threads while the routes change
+    from version a alone to a 50/50 split of a and b, then flip FLIPS times between that split and
+    b:50,a:50 (the same versions in the other order: half the keys change version), each change
+    sent to whichever worker takes it. Every response is exactly one routing (a alone, or one of
+    the two splits, never a mix), with each value that of the version named; after the stated
+    convergence every response on every worker is the last routing."""
     settings = make_settings(mode="hybrid", registry=versions.registry, workers=2, worker_dir=tmp_path)
-    new = Router(Routes.parse(f"{versions.a}:50,{versions.b}:50"))
+    splits = [[(versions.a, 50), (versions.b, 50)], [(versions.b, 50), (versions.a, 50)]]
+    routers = [Router(Routes.of(split)) for split in splits]
     rng = random.Random(3)
     batches = [rng.sample(KEYS, BATCH) for _ in range(50)]
-    seen: list[tuple[float, list[str], list[str]]] = []
+    seen: list[tuple[float, list[str], list[dict[str, object]]]] = []
     stop = threading.Event()
 
-    def hammer(url: str) -> None:
+    def hammer(url: str, offset: int) -> None:
         with _fresh() as client:
             for i in range(20_000):
                 if stop.is_set():
                     return
-                batch = batches[i % len(batches)]
+                batch = batches[(i + offset) % len(batches)]
                 answer = client.post(f"{url}/v1/predict", json={"keys": batch}).json()
-                seen.append((time.monotonic(), batch, [p["model_version"] for p in answer["predictions"]]))
+                seen.append((time.monotonic(), batch, answer["predictions"]))
 
     with ServerProcess(settings) as server:
         deadline = time.monotonic() + 60
         while len(list(tmp_path.glob("metrics-*.json"))) < 2:
             assert time.monotonic() < deadline, "two workers did not start"
             time.sleep(0.1)
-        thread = threading.Thread(target=hammer, args=(server.url,), daemon=True)
-        thread.start()
+        threads = [threading.Thread(target=hammer, args=(server.url, i * 25), daemon=True) for i in range(2)]
+        for thread in threads:
+            thread.start()
         time.sleep(1.0)
-        with httpx.Client(base_url=server.url, timeout=10) as admin:
-            changed = _put(admin, [(versions.a, 50), (versions.b, 50)])
-        changed_at = time.monotonic()
-        assert changed.status_code == 200 and changed.json()["propagated"] is True
-        time.sleep(STATED_CONVERGENCE_S + 1.0)
+        with _fresh() as admin:
+            for flip in range(FLIPS + 1):
+                changed = admin.put(f"{server.url}/v1/admin/routes", headers=ADMIN,
+                                    json={"routes": [{"version": v, "weight": w} for v, w in splits[flip % 2]]})
+                assert changed.status_code == 200 and changed.json()["propagated"] is True
+                changed_at = time.monotonic()
+                time.sleep(FLIP_EVERY_S)
+        final = routers[FLIPS % 2]
+        time.sleep(STATED_CONVERGENCE_S)
         stop.set()
-        thread.join(LOAD_BOUND_S)
+        for thread in threads:
+            thread.join(LOAD_BOUND_S)
         with _fresh() as client:  # every worker: fresh connections land on both
             routes = {tuple(r["version"] for r in client.get(f"{server.url}/v1/admin/routes", headers=ADMIN).json()["routes"])
                       for _ in range(20)}
             after = [client.post(f"{server.url}/v1/predict", json={"keys": b}).json() for b in batches[:40]]
-    assert routes == {(versions.a, versions.b)}
-    old_count = mixed = 0
-    for _, batch, answered in seen:
-        if answered == [versions.a] * len(batch):
-            old_count += 1
-        elif answered != [new.version_for(k) for k in batch]:
-            mixed += 1
-    late_old = [t for t, batch, answered in seen if t > changed_at + STATED_CONVERGENCE_S and answered != [new.version_for(k) for k in batch]]
-    print(f"\nroutes change under load: {len(seen)} batches, {old_count} old, {len(seen) - old_count - mixed} new, {mixed} mixed")
-    assert mixed == 0, "a response mixed the old routing with the new"
-    assert old_count > 0 and len(seen) - old_count > 0, "the load did not span the change"
-    assert late_old == [], "a worker still answered with the old routing after the stated convergence"
+    assert routes == {tuple(v for v, _ in splits[FLIPS % 2])}
+    kinds: Counter[str] = Counter()
+    late: list[float] = []
+    for at, batch, answered in seen:
+        named = [str(p["model_version"]) for p in answered]
+        assert all(p["prediction"] == versions.values[str(p["model_version"])][str(p["key"])] for p in answered), \
+            "a value is not that of the version named"
+        kind = next((name for name, router in (("x", routers[0]), ("y", routers[1])) if named == [router.version_for(k) for k in batch]),
+                    "alone" if named == [versions.a] * len(batch) else "mixed")
+        kinds[kind] += 1
+        if at > changed_at + STATED_CONVERGENCE_S and named != [final.version_for(k) for k in batch]:
+            late.append(at)
+    print(f"\nroutes changed {FLIPS + 1} times under load: {len(seen)} batches, {dict(kinds)}")
+    assert kinds["mixed"] == 0, "a response mixed two routings"
+    assert kinds["alone"] and kinds["x"] and kinds["y"], "the load did not span the changes"
+    assert late == [], "a worker still answered with an old routing after the stated convergence"
     for answer, batch in zip(after, batches):
-        assert [p["model_version"] for p in answer["predictions"]] == [new.version_for(k) for k in batch]
+        assert [p["model_version"] for p in answer["predictions"]] == [final.version_for(k) for k in batch]
