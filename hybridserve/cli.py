@@ -382,7 +382,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         _ensure_models(_settings(args).registry)
     spec = RunSpec(args.model or args.profile, args.mode, args.dist, rate=args.rate, users=args.users, duration_s=args.duration,
                    batch_size=args.batch_size, seed=args.seed, head_size=args.run_head_size, l1_size=args.run_l1_size,
-                   load_workers=args.load_workers)
+                   load_workers=args.load_workers, settings=(("routes", args.routes),) if args.routes else ())
     return _run_and_report(args, [spec])
 
 
@@ -622,6 +622,8 @@ def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     # Not Settings-backed: the runner starts its own server with these, whatever the environment says.
     parser.add_argument("--head-size", type=int, default=5000, dest="run_head_size", metavar="HEAD_SIZE", help="hybrid: keys precomputed into Redis")
     parser.add_argument("--l1-size", type=int, default=10_000, dest="run_l1_size", metavar="L1_SIZE", help="hybrid: in-process L1 entries")
+    parser.add_argument("--routes", default="", metavar="V:W,V:W[,shadow=V]", help="a traffic split over versions of the "
+                        "model (hybridserve train --seed N makes another); the report gets per-version latency and cost")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

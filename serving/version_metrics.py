@@ -80,7 +80,8 @@ class VersionStats:
         ratio = lambda hits: hits / served if served else 0.0  # noqa: E731
         return {"counts": c.as_dict(), "hit_ratio": {"l1": ratio(c.l1_hits), "redis": ratio(c.redis_hits),
                                                      "total": ratio(c.l1_hits + c.redis_hits)},
-                "requests_by_source": {s: sum(b.counts) for s, b in self.latency.items()}}
+                "requests_by_source": {s: sum(b.counts) for s, b in self.latency.items()},
+                "seconds": sum(b.sum for b in self.latency.values())}
 
 
 class ShadowDifference:
