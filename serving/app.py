@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.registry import RegistryError, resolve
@@ -78,6 +78,7 @@ def _integral_float_as_int(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+VERSION_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a registry version name (Settings.model_version's rule)
 ADMISSION_PATTERN = r"^\s*([Aa][Ll][Ww][Aa][Yy][Ss]|[Aa][Ff][Tt][Ee][Rr]:0*[1-9][0-9]*)\s*$"
 PolicyCount = Annotated[StrictInt, Field(ge=0, le=100_000_000), BeforeValidator(_integral_float_as_int)]
 """A size or TTL of the policy: 5 and 5.0 pass; true, 5.5 and "5" do not (constraints before the
@@ -123,15 +124,15 @@ class ReloadRequest(BaseModel):
     """Body of ``POST /v1/admin/reload``."""
 
     model_config = ConfigDict(extra="forbid")
-    version: str = Field("latest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    version: str = Field("latest", pattern=VERSION_PATTERN)
 
 
 class RouteItem(BaseModel):
     """One version of a traffic split and its relative weight."""
 
     model_config = ConfigDict(extra="forbid")
-    version: StrictStr = Field(description="A registry version of the served model, or 'latest'")
-    weight: StrictInt | StrictFloat = Field(description="Relative weight, > 0 (90 and 10 split as 9 and 1 do)")
+    version: StrictStr = Field(pattern=VERSION_PATTERN, description="A registry version of the served model, or 'latest'")
+    weight: StrictInt | StrictFloat = Field(gt=0, description="Relative weight, > 0 (90 and 10 split as 9 and 1 do)")
 
 
 class RoutesRequest(BaseModel):
@@ -140,7 +141,8 @@ class RoutesRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     routes: list[RouteItem] = Field(description="The weighted split, sticky by key")
-    shadow: StrictStr | None = Field(None, description="A version that computes on a copy of the traffic, never answering")
+    shadow: StrictStr | None = Field(None, pattern=VERSION_PATTERN,
+                                     description="A version that computes on a copy of the traffic, never answering")
 
 
 class BodyLimit:
@@ -274,7 +276,21 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _http_error(exc)
+        response = _http_error(exc)
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only; a path with
+            # a route per method (GET and PUT /v1/admin/routes) allows them all.
+            response.headers["allow"] = ", ".join(_allowed_methods(request))
+        return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route.methods)
+    return sorted(methods)
 
 
 def _http_error(exc: StarletteHTTPException) -> Response:

@@ -22,6 +22,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -122,6 +123,8 @@ class Routes:
             weight = route.weight
             if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight > 0 or weight == float("inf"):
                 raise InvalidRoutes(f"routes: the weight of {route.version!r} must be a positive finite number, got {weight!r}")
+        if self.split and not math.isfinite(sum(r.weight for r in self.split)):
+            raise InvalidRoutes("routes: the weights add up past the largest float; give smaller relative weights")
         seen = [v for i, v in enumerate(self.versions) if v in self.versions[:i]]
         if seen:
             raise InvalidRoutes(f"routes: version {seen[0]!r} appears more than once in the split; give each version once")

@@ -161,13 +161,14 @@ def test_admin_routes_validate_and_resolve(make_settings, versions: Versions) ->
         unknown = _put(client, [("latest", 90), ("nope", 10)])
         assert unknown.status_code == 422 and unknown.json()["error"] == "invalid_routes"
         assert "unknown version 'nope'" in unknown.json()["detail"] and versions.b in unknown.json()["detail"]
-        for routes, shadow, says in ([[(versions.a, 0)], None, "positive"], [[(versions.a, 1), (versions.a, 1)], None, "more than once"],
+        for routes, shadow, says in ([[(versions.a, 0)], None, "weight: Input should be greater than 0"], [[(versions.a, 1), (versions.a, 1)], None, "more than once"],
                                      [[(versions.a, 1)], versions.a, "also in the split"]):
             bad = _put(client, routes, shadow)
             assert bad.status_code == 422 and says in bad.json()["detail"], bad.text
         wrong_type = client.put("/v1/admin/routes", json={"routes": [{"version": versions.a, "weight": "x"}]}, headers=ADMIN)
         assert wrong_type.status_code == 422
         assert client.put("/v1/admin/routes", json={"routes": []}).status_code == 401
+        assert client.delete("/v1/admin/routes").headers["allow"] == "GET, PUT"
         ok = _put(client, [("latest", 90), (versions.b, 10)], versions.c)
         assert ok.status_code == 200, ok.text
         assert ok.json()["routes"] == [{"version": versions.a, "weight": 90}, {"version": versions.b, "weight": 10}]
