@@ -129,9 +129,9 @@ class PredictionService:
         self.store = store
         self.metrics = Metrics(settings.mode, self.gauges)
         self.counts = self.metrics.counts
-        self.versions = VersionMetrics()
-        self.metrics.attach("versions", self.versions)
-        self._shadow = ShadowRunner(self.versions)
+        self.version_metrics = VersionMetrics()
+        self.metrics.attach("versions", self.version_metrics)
+        self._shadow = ShadowRunner(self.version_metrics)
         self._routing: Routing | None = None
         self.admission = Admission(settings.admission_rule)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
@@ -319,7 +319,7 @@ class PredictionService:
             "model": lambda: ModelTier(model, batcher),  # type: ignore[arg-type]
         }
         validate = model.features.index if model is not None else self._key_check(version)
-        stats = self.versions.of(version, role)
+        stats = self.version_metrics.of(version, role)
         observer: TierObserver = stats.counts if role == SHADOW else BothObservers(self.counts, stats.counts)
         walk = TierWalk([factories[name]() for name in self.tier_names], admission=admission or self.admission, observer=observer,
                         validate=validate, describe_unknown=lambda keys: self._describe_unknown(version, keys))
@@ -565,7 +565,7 @@ class PredictionService:
             "model_name": self.settings.model_name,
             "model_version": state.version if state else None,
             "routes": self._routing.routes.as_json() if self._routing is not None else None,
-            **self.versions.as_dict(),
+            **self.version_metrics.as_dict(),
             "counts": c.as_dict(),
             "hit_ratio": {
                 "l1": c.l1_hits / served if served else 0.0,
