@@ -276,6 +276,11 @@ def test_shadow_never_changes_a_response(make_settings, versions: Versions) -> N
             assert with_shadow.post("/v1/predict", json={"keys": batch}).json() == expected
             for key in batch[:2]:  # single-key GETs too: the fast path, L1 hits included
                 assert with_shadow.get(f"/v1/predict/{key}").json() == without.get(f"/v1/predict/{key}").json()
+        model = LoadedModel.from_registry(versions.registry, "traffic-light", versions.a)
+        instances = [dict(zip(model.card["features"], row.tolist())) for row in model.features.rows(list(range(40)))]
+        for _ in range(2):  # raw-feature instances are shadowed too, by their rows
+            expected = without.post("/v1/predict", json={"instances": instances}).json()
+            assert with_shadow.post("/v1/predict", json={"instances": instances}).json() == expected
         deadline = time.monotonic() + SETTLE_S
         while (compared := _metric(with_shadow.get("/metrics").text, "hybridserve_shadow_abs_difference_count",
                                    shadow=versions.c)) == 0:
@@ -382,14 +387,18 @@ def _fresh() -> httpx.Client:
     return httpx.Client(timeout=10.0, limits=httpx.Limits(max_keepalive_connections=0))
 
 
-def test_a_change_of_routes_is_atomic_per_request_and_reaches_every_worker(make_settings, versions: Versions, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("mode", ["hybrid", "dynamic"])
+def test_a_change_of_routes_is_atomic_per_request_and_reaches_every_worker(make_settings, versions: Versions, tmp_path: Path,  # type: ignore[no-untyped-def]
+                                                                            mode: str) -> None:
     """``--workers 2``: batches of keys sent without pause from two threads while the routes change
     from version a alone to a 50/50 split of a and b, then flip FLIPS times between that split and
     b:50,a:50 (the same versions in the other order: half the keys change version), each change
     sent to whichever worker takes it. Every response is exactly one routing (a alone, or one of
     the two splits, never a mix), with each value that of the version named; after the stated
-    convergence every response on every worker is the last routing."""
-    settings = make_settings(mode="hybrid", registry=versions.registry, workers=2, worker_dir=tmp_path)
+    convergence every response on every worker is the last routing. Hybrid follows the control
+    record in Redis, dynamic (no Redis) the file in the server's worker_dir."""
+    store = {} if mode == "hybrid" else {"redis_url": None}
+    settings = make_settings(mode=mode, registry=versions.registry, workers=2, worker_dir=tmp_path, **store)
     splits = [[(versions.a, 50), (versions.b, 50)], [(versions.b, 50), (versions.a, 50)]]
     routers = [Router(Routes.of(split)) for split in splits]
     rng = random.Random(3)
