@@ -384,7 +384,8 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
                    batch_size=args.batch_size, seed=args.seed, head_size=args.run_head_size, l1_size=args.run_l1_size,
                    load_workers=args.load_workers, instances=args.instances,
                    # A drift run observes every request, so a short run fills the drift window.
-                   settings=(("drift_sample_rate", 1.0),) if args.instances else ())
+                   settings=(*((("drift_sample_rate", 1.0),) if args.instances else ()),
+                             *((("routes", args.routes),) if args.routes else ())))
     return _run_and_report(args, [spec])
 
 
@@ -628,6 +629,8 @@ def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     # Not Settings-backed: the runner starts its own server with these, whatever the environment says.
     parser.add_argument("--head-size", type=int, default=5000, dest="run_head_size", metavar="HEAD_SIZE", help="hybrid: keys precomputed into Redis")
     parser.add_argument("--l1-size", type=int, default=10_000, dest="run_l1_size", metavar="L1_SIZE", help="hybrid: in-process L1 entries")
+    parser.add_argument("--routes", default="", metavar="V:W,V:W[,shadow=V]", help="a traffic split over versions of the "
+                        "model (hybridserve train --seed N makes another); the report gets per-version latency and cost")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from loadtests import cost  # noqa: E402
 from loadtests.drift_report import drift_section  # noqa: E402
 from loadtests.capacity import CapacityCurve, capacity_formulas, provisioning  # noqa: E402
 from loadtests.projection import Projection, Target, projection_formulas  # noqa: E402
+from loadtests.split_report import split_section  # noqa: E402
 
 MODE_COLOURS = {"static": "#4C72B0", "dynamic": "#DD8452", "hybrid": "#55A868"}
 PERCENTILE_COLOURS = {"p50": "#9ecae1", "p95": "#4292c6", "p99": "#08519c"}
@@ -313,7 +314,8 @@ Each run: a fresh server process and Redis, a fixed offered rate from Locust in 
 load generator is the bottleneck. A Redis hit is not free: it costs a network round trip and Redis CPU, which for a cheap model
 can exceed inference itself; the in-process L1 is the fast path.</p>
 <h2>Cost model</h2><pre>{html.escape(cost.cost_formulas(context.get('prices', cost.Prices())))}</pre>
-{drift_section(records)}{''.join(extra_sections)}
+{drift_section(records)}{split_section(records)}
+{''.join(extra_sections)}
 </body></html>"""
 
 

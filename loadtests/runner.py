@@ -46,7 +46,7 @@ import httpx
 import psutil
 import redis
 
-from loadtests import cost
+from loadtests import cost, split
 from loadtests.drift_traffic import MonitoringSampler
 from loadtests.keys import TraceKeys, key_stream
 from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, key_space_for
@@ -159,6 +159,9 @@ class RunResult:
     """A trace replay: share of its requests for keys the model does not have (answered 404)."""
     trace_keys_mapped: bool = False
     """A trace replay whose keys were mapped onto the model's (``trace:map:``), not its own."""
+    split: dict[str, Any] = field(default_factory=dict)
+    """A server with a traffic split (``routes`` in the spec's settings): per version requests,
+    server-side latency, CPU and cost share, and the shadow's differences (:mod:`loadtests.split`)."""
     l1_bytes: int = 0
     """L1 memory at the end: ``l1_entries`` x the bytes of one entry, measured with tracemalloc on
     the run's own warm-up keys (:func:`serving.cache.measure_l1_bytes_per_entry`); priced with Redis'."""
@@ -426,7 +429,7 @@ def _server_snapshot(url: str) -> dict[str, Any]:
     with httpx.Client(base_url=url, timeout=10.0) as client:
         stats = client.get("/v1/cache/stats").json()
         metrics = client.get("/metrics").text
-    return {"stats": stats, "histogram": _latency_histogram(metrics)}
+    return {"stats": stats, "histogram": _latency_histogram(metrics), "versions": split.version_histograms(metrics)}
 
 
 def _latency_histogram(metrics: str) -> dict[float, float]:
@@ -611,6 +614,8 @@ def _result(spec: RunSpec, version: str, key_count: int, locust: dict[str, Any],
     )
     result.l1_bytes = round(result.l1_entries * l1_entry_bytes)
     result.cost = _cost(result, prices, target)
+    if after["stats"].get("routes"):
+        result.split = split.breakdown(before, after, cpu[0], prices.serving_vcpu_hour, _histogram_quantiles)
     return result
 
 

@@ -26,7 +26,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError, model_validator
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.routing import Route
+from starlette.routing import Match, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from models.registry import RegistryError, resolve
@@ -48,6 +48,7 @@ from serving.metrics import WorkerSnapshots
 from serving.fast_path import FastPredictLayer
 from serving.modes import uses_store
 from serving.openapi import install_openapi
+from serving.routes import Routes
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import build_store
@@ -77,6 +78,7 @@ def _integral_float_as_int(value: object) -> object:
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
+VERSION_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"  # a registry version name (Settings.model_version's rule)
 ADMISSION_PATTERN = r"^\s*([Aa][Ll][Ww][Aa][Yy][Ss]|[Aa][Ff][Tt][Ee][Rr]:0*[1-9][0-9]*)\s*$"
 PolicyCount = Annotated[StrictInt, Field(ge=0, le=100_000_000), BeforeValidator(_integral_float_as_int)]
 """A size or TTL of the policy: 5 and 5.0 pass; true, 5.5 and "5" do not (constraints before the
@@ -122,7 +124,25 @@ class ReloadRequest(BaseModel):
     """Body of ``POST /v1/admin/reload``."""
 
     model_config = ConfigDict(extra="forbid")
-    version: str = Field("latest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    version: str = Field("latest", pattern=VERSION_PATTERN)
+
+
+class RouteItem(BaseModel):
+    """One version of a traffic split and its relative weight."""
+
+    model_config = ConfigDict(extra="forbid")
+    version: StrictStr = Field(pattern=VERSION_PATTERN, description="A registry version of the served model, or 'latest'")
+    weight: StrictInt | StrictFloat = Field(gt=0, description="Relative weight, > 0 (90 and 10 split as 9 and 1 do)")
+
+
+class RoutesRequest(BaseModel):
+    """Body of ``PUT /v1/admin/routes``: the ``HYBRIDSERVE_ROUTES`` content as JSON; an empty
+    ``routes`` list ends the split (its first version is served alone)."""
+
+    model_config = ConfigDict(extra="forbid")
+    routes: list[RouteItem] = Field(description="The weighted split, sticky by key")
+    shadow: StrictStr | None = Field(None, pattern=VERSION_PATTERN,
+                                     description="A version that computes on a copy of the traffic, never answering")
 
 
 class BodyLimit:
@@ -256,7 +276,21 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
-        return _http_error(exc)
+        response = _http_error(exc)
+        if exc.status_code == 405:
+            # Starlette's Allow names the methods of the first route on the path only; a path with
+            # a route per method (GET and PUT /v1/admin/routes) allows them all.
+            response.headers["allow"] = ", ".join(_allowed_methods(request))
+        return response
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app answers on the request's path."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        if getattr(route, "methods", None) and route.matches(request.scope)[0] is not Match.NONE:
+            methods.update(route.methods)
+    return sorted(methods)
 
 
 def _http_error(exc: StarletteHTTPException) -> Response:
@@ -433,8 +467,30 @@ def _add_admin_routes(app: FastAPI) -> None:
         before = _version(service)
         loaded = await service.reload(body.version)
         logs.log_event("reload", requested=body.version, previous_version=before, model_version=loaded)
-        propagated = await _control(request).publish(version=loaded if service.computes else None)
+        # A reload serves one version alone: it ends a traffic split (routes 100% to that version).
+        propagated = await _control(request).publish(version=loaded if service.computes else None,
+                                                     routes="" if service.computes else None)
         return JSONBody({"model_version": loaded, "propagated": propagated})
+
+    @app.put("/v1/admin/routes", dependencies=admin)
+    async def put_routes(body: RoutesRequest, request: Request) -> Response:
+        """Set the traffic split (weighted, sticky by key, optional shadow) on every worker and
+        replica; the versions come back concrete. An empty ``routes`` ends the split."""
+        service = _service(request)
+        routes = await service.set_routes(Routes.from_json(body.model_dump()))
+        served = _version(service)
+        logs.log_event("routes", routes=str(routes), model_version=served)
+        propagated = await _control(request).publish(version=served, routes=str(routes))
+        return JSONBody({**_routes_body(service), "propagated": propagated})
+
+    @app.get("/v1/admin/routes", dependencies=admin)
+    async def get_routes(request: Request) -> Response:
+        """The traffic split in force, versions concrete (``routes`` empty: ``model_version`` alone)."""
+        return JSONBody(_routes_body(_service(request)))
+
+
+def _routes_body(service: PredictionService) -> dict[str, Any]:
+    return {**service.routes.as_json(), "model_version": _version(service)}
 
 
 def _version(service: PredictionService) -> str | None:

@@ -1,6 +1,6 @@
 """Admin changes that reach every worker and every replica: a control record every process follows.
 
-An admin request (reload, flush, policy) lands on one worker of one server. That worker applies it
+An admin request (reload, flush, policy, routes) lands on one worker of one server. That worker applies it
 and then publishes the *desired state* in one small record; every process polls the record every
 ``Settings.control_poll_s`` and brings itself to it. The record is state, not a log of events, so a
 worker that missed a poll, or a replica started later, converges all the same: it serves the
@@ -43,6 +43,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from serving.errors import ServingError, StoreError
+from serving.routes import Routes
 from serving.service import PredictionService
 from serving.settings import Settings
 from serving.store import PredictionStore
@@ -55,12 +56,15 @@ class ControlState:
     """What every process of a deployment should be doing. ``generation`` grows with every change;
     ``version`` is the model version to serve (``None``: the configured one; modes without a model
     follow the store's pointer); ``policy`` the run-time cache policy (empty: as configured);
-    ``l1_flushes`` counts L1 flushes (a process empties its L1 when it sees the count grow)."""
+    ``l1_flushes`` counts L1 flushes (a process empties its L1 when it sees the count grow);
+    ``routes`` the traffic split in its settings form, versions concrete (``None``: as configured;
+    ``""``: no split, ``version`` served alone, which is what a reload records)."""
 
     generation: int = 0
     version: str | None = None
     policy: dict[str, Any] = field(default_factory=dict)
     l1_flushes: int = 0
+    routes: str | None = None
 
     def encode(self) -> bytes:
         """Stored form."""
@@ -184,8 +188,12 @@ class ControlFollower:
 
     async def _apply(self, state: ControlState, flush_l1: bool) -> None:
         service = self._service
-        if service.computes and state.version and _served_version(service) != state.version:
-            await service.load_model(state.version)
+        if service.computes and state.routes:
+            if str(service.routes) != state.routes:
+                await service.set_routes(Routes.parse(state.routes))
+        elif service.computes and state.version and (_served_version(service) != state.version
+                                                     or (state.routes == "" and service.routes)):
+            await service.load_model(state.version)  # ends a split: the version alone
         elif not service.computes:
             await service.reload("latest")  # re-read the store's pointer now, not within the second
         if state.policy and state.policy != service.policy():
@@ -193,16 +201,19 @@ class ControlFollower:
         if flush_l1 and state.l1_flushes > self._applied.l1_flushes:
             await service.flush(l1=True, redis=False)
 
-    async def publish(self, *, version: str | None = None, policy: dict[str, Any] | None = None, l1_flush: bool = False) -> bool:
+    async def publish(self, *, version: str | None = None, policy: dict[str, Any] | None = None, l1_flush: bool = False,
+                      routes: str | None = None) -> bool:
         """Record a change already applied here, for every other process; ``False`` if the record
-        could not be written (the change holds here only)."""
+        could not be written (the change holds here only). ``routes``: the split now in force
+        (``""``: none, ``version`` alone; ``None``: unchanged)."""
         if self._channel is None:
             return True
         try:
             current = ControlState.decode(await self._channel.read()) or self._applied
             state = replace(current, generation=max(current.generation, self._applied.generation) + 1,
                             version=version or current.version, policy=policy or current.policy,
-                            l1_flushes=current.l1_flushes + int(l1_flush))
+                            l1_flushes=current.l1_flushes + int(l1_flush),
+                            routes=current.routes if routes is None else routes)
             await self._channel.write(state.encode())
         except (StoreError, OSError):
             return False

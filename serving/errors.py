@@ -41,6 +41,13 @@ class InvalidInstance(InvalidRequest):
     code = "invalid_instance"
 
 
+class InvalidRoutes(InvalidRequest):
+    """A traffic split that breaks a rule (syntax, weights, duplicates, an unknown version, a
+    shadow inside the split, a mode that cannot route): ``HYBRIDSERVE_ROUTES`` or the admin call."""
+
+    code = "invalid_routes"
+
+
 class MalformedKey(ServingError):
     """A key does not have the form ``<segment>:<hour_of_week>``."""
 

@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 
@@ -165,6 +165,16 @@ class Buckets:
         return out
 
 
+class MetricsPart(Protocol):
+    """Metrics kept by another module (per-version counts) that travel with these: exposed by its
+    own collector, part of each worker's snapshot and of the merge."""
+
+    def snapshot(self) -> dict[str, Any]: ...
+    def absorb(self, snapshot: dict[str, Any]) -> None: ...
+    def empty(self) -> MetricsPart: ...
+    def collector(self, mode: str) -> Collector: ...
+
+
 class Metrics:
     """The metrics of one app."""
 
@@ -180,7 +190,13 @@ class Metrics:
         self.inference = Buckets(LATENCY_BUCKETS)
         self.batch_rows = Buckets(BATCH_BUCKETS)
         self.out_of_range: dict[str, int] = {}
+        self.parts: dict[str, MetricsPart] = {}
         self.registry.register(_CountsCollector(mode, self.counts, gauges, self))
+
+    def attach(self, name: str, part: MetricsPart) -> None:
+        """Expose ``part`` with these metrics, in snapshots and merges under ``name``."""
+        self.parts[name] = part
+        self.registry.register(part.collector(self.mode))
 
     def observe_request(self, source: str, seconds: float) -> None:
         """One answered request, labelled by the slowest tier it needed."""
@@ -203,7 +219,8 @@ class Metrics:
     def snapshot(self) -> dict[str, Any]:
         """Counters, histogram counts and gauges, JSON-ready: what another worker merges."""
         return {"counts": self.counts.as_dict(), "gauges": self.gauges(), "drift": self.drift(),
-                "histograms": {name: [b.counts, b.sum] for name, b in self._histograms().items()}}
+                "histograms": {name: [b.counts, b.sum] for name, b in self._histograms().items()},
+                "parts": {name: part.snapshot() for name, part in self.parts.items()}}
 
     def _absorb(self, snapshot: dict[str, Any]) -> None:
         for name, value in snapshot["counts"].items():
@@ -212,6 +229,9 @@ class Metrics:
             buckets = self._histograms()[name]
             buckets.counts = [a + b for a, b in zip(buckets.counts, counts)]
             buckets.sum += total
+        for name, part in snapshot.get("parts", {}).items():
+            if name in self.parts:
+                self.parts[name].absorb(part)
 
     def render(self, others: Sequence[dict[str, Any]] = ()) -> bytes:
         """The Prometheus text exposition; with ``others`` (snapshots of the other workers of this
@@ -226,6 +246,8 @@ class Metrics:
         # Drift windows are merged from their bin counts (serving.drift.monitoring_report), not summed as gauges.
         merged = Metrics(self.mode, lambda: dict(gauges), lambda: mine["drift"])
         merged.drift_of_others = [snapshot.get("drift") for snapshot in others]
+        for name, part in self.parts.items():
+            merged.attach(name, part.empty())
         for snapshot in (mine, *others):
             merged._absorb(snapshot)
         return generate_latest(merged.registry)

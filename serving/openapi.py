@@ -66,6 +66,7 @@ ERRORS_BY_PATH: dict[str, tuple[int, ...]] = {
     "/v1/admin/flush": (401, 403, 413, 422, 503),
     "/v1/admin/policy": (401, 403, 413, 422),
     "/v1/admin/reload": (401, 403, 404, 413, 422, 503),
+    "/v1/admin/routes": (401, 403, 404, 413, 422),
 }
 """Error statuses each operation answers, besides ``default`` (any path not listed: none)."""
 ADMIN_PREFIX = "/v1/admin/"

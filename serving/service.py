@@ -17,21 +17,31 @@ does, so its hits skip parsing; malformed -> 422, outside the key space -> 404).
 looked up once, each tier is asked once per request. The served version and its tiers travel
 together in one :class:`ServedState`; a reload swaps that object in one assignment, so a request
 sees one version from start to end and no response mixes versions.
+
+With a traffic split (:mod:`serving.routes`), a request reads one immutable :class:`Routing`
+snapshot (the routes, their router and every version's :class:`ServedState`) once, groups its keys
+by the version each routes to, resolves each group through that version's own state and answers in
+request order, each prediction naming its version. A change of routes builds every new version's
+state (model loaded, :meth:`PredictionService.before_traffic` run) before it swaps the snapshot in
+one assignment, so a request never mixes the old routing with the new. A shadow version answers a
+copy of the traffic in the background (:mod:`serving.shadow`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from models.registry import RegistryError, resolve
+import numpy as np
+
+from models.registry import RegistryError, resolve, versions
 from serving.cache import Admission, L1Cache, make_l1
 from serving.drift import DriftMonitor, monitoring_report
-from serving.errors import InvalidInstance, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
+from serving.errors import InvalidInstance, InvalidRoutes, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
 from models.keyspace import KeySpace, check_key, key_space_for
 from serving.features import served_lookup
 from serving.instances import FeatureSchema, instance_key
@@ -40,8 +50,11 @@ from serving.model import Batcher, LoadedModel
 from serving.settings import Settings
 from serving.store import PredictionStore
 from serving.modes import MODE_TIERS
-from serving.tiers import L1Tier, ModelTier, StoreTier, Tier, TierWalk
+from serving.routes import Router, Routes
+from serving.shadow import ShadowRunner
+from serving.tiers import L1Tier, ModelTier, StoreTier, Tier, TierObserver, TierWalk
 from serving.trace_recorder import TraceRecorder
+from serving.version_metrics import PRIMARY, SHADOW, BothObservers, VersionMetrics, VersionStats
 
 # A server without a model tier re-reads the table pointer this often, so a finished precompute of
 # a new version is picked up without a restart (and without a round trip per request).
@@ -86,7 +99,26 @@ class ServedState:
     walk: TierWalk
     knows_keys: bool  # keys are checked against the version's key space (not the key rule alone)
     schema: FeatureSchema | None  # what a raw-feature instance must hold (None without a model)
+    stats: VersionStats  # this version's own counters (serving.version_metrics)
     drift: DriftMonitor  # this version's drift window (off, saying why, without a model or reference)
+
+
+@dataclass(frozen=True)
+class Routing:
+    """One traffic split as a request sees it, immutable: the routes (versions concrete), the
+    router, the state of every version of the split and the shadow's state (or ``None``)."""
+
+    routes: Routes
+    router: Router
+    states: Mapping[str, ServedState]
+    shadow: ServedState | None
+
+    def state_for(self, key: str) -> ServedState:
+        """The state of the version ``key`` routes to."""
+        return self.states[self.router.version_for(key)]
+
+
+Group = tuple[ServedState, Sequence[str]]  # a version's state and the keys of a request it answers
 
 
 class PredictionService:
@@ -101,6 +133,10 @@ class PredictionService:
         self.store = store
         self.metrics = Metrics(settings.mode, self.gauges, self._drift_snapshot)
         self.counts = self.metrics.counts
+        self.version_metrics = VersionMetrics()
+        self.metrics.attach("versions", self.version_metrics)
+        self._shadow = ShadowRunner(self.version_metrics)
+        self._routing: Routing | None = None
         self.admission = Admission(settings.admission_rule)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnx")
         self._state: ServedState | None = None
@@ -118,7 +154,9 @@ class PredictionService:
 
     async def start(self) -> None:
         """Load the model, or find the precomputed table; called in the app lifespan."""
-        if self.computes:
+        if self.computes and self.settings.routes:
+            await self.set_routes(Routes.parse(self.settings.routes))
+        elif self.computes:
             await self.load_model(self.settings.model_version)
         else:
             await self._refresh_pointer(force=True, quiet=True)
@@ -128,8 +166,10 @@ class PredictionService:
         for task in list(self._retiring):
             task.cancel()  # _retire closes its batcher on the way out
         await asyncio.gather(*self._retiring, return_exceptions=True)
-        if self._state and self._state.batcher:
-            await self._state.batcher.close()
+        await self._shadow.close()
+        for state in self._serving_states().values():
+            if state.batcher:
+                await state.batcher.close()
         if self.store:
             await self.store.close()
         if self._recorder is not None:
@@ -137,25 +177,107 @@ class PredictionService:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def load_model(self, version: str) -> str:
-        """Load a registry version and make it the served one; returns the version loaded."""
+        """Load a registry version and make it the served one, alone (a traffic split ends: a
+        version of the split keeps its state and its L1); returns the version loaded."""
         async with self._reload_lock:
-            loop = asyncio.get_running_loop()
-            try:
-                model = await loop.run_in_executor(
-                    None, LoadedModel.from_registry, self.settings.registry, self.settings.model_name, version
-                )
-            except RegistryError as exc:
-                raise UnknownVersion(str(exc)) from exc
-            old = self._state
-            self._state = self._served_state(model.version, model)
+            routing = self._routing
+            if routing is not None and version in routing.states:
+                self._swap(routing.states[version], None)
+                return version
+            model = await self._load(version)
+            state = self._served_state(model.version, model)
+            await self.before_traffic(state)
             self.admission.reset()
-            if old and old.batcher:
+            self._swap(state, None)
+            return model.version
+
+    async def _load(self, version: str) -> LoadedModel:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(None, LoadedModel.from_registry, self.settings.registry, self.settings.model_name, version)
+        except RegistryError as exc:
+            raise UnknownVersion(str(exc)) from exc
+
+    async def before_traffic(self, state: ServedState) -> None:
+        """Runs on a new version's state, fully built (model loaded), before any request can reach
+        it: by a reload and by a change of routes, on every worker. The place to warm its cache
+        (e.g. precompute its head from the current heavy hitters); a no-op for now."""
+
+    def _swap(self, state: ServedState, routing: Routing | None) -> None:
+        """Serve ``state`` (with ``routing``, the split it is the first version of) from now on, in
+        one step (no await: no request sees half of it); retire the states no longer served."""
+        old = self._serving_states()
+        self._state, self._routing = state, routing
+        kept = {id(s) for s in self._serving_states().values()}
+        for gone in old.values():
+            if gone.batcher and id(gone) not in kept:
                 # Requests that took the old state before the swap are still waiting on its batcher:
                 # closing it now would cancel them (a 500 mid-request), so it retires after a grace.
-                task = asyncio.get_running_loop().create_task(self._retire(old.batcher))
+                task = asyncio.get_running_loop().create_task(self._retire(gone.batcher))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
-            return model.version
+
+    def _serving_states(self) -> dict[tuple[str, str], ServedState]:
+        """Every state serving now, by (version, role)."""
+        routing = self._routing
+        if routing is None:
+            return {(self._state.version, PRIMARY): self._state} if self._state is not None else {}
+        found = {(v, PRIMARY): s for v, s in routing.states.items()}
+        if routing.shadow is not None:
+            found[(routing.shadow.version, SHADOW)] = routing.shadow
+        return found
+
+    # ----- traffic split ---------------------------------------------------------------------
+
+    @property
+    def routes(self) -> Routes:
+        """The split in force (versions concrete); empty when one version is served alone."""
+        return self._routing.routes if self._routing is not None else Routes()
+
+    async def set_routes(self, routes: Routes) -> Routes:
+        """Serve ``routes`` from now on, on this process; returns them with versions concrete.
+
+        Every version of the split (and the shadow) gets its own state: a version already served
+        keeps its state (and its warm L1), a new one is loaded and prepared
+        (:meth:`before_traffic`) before the one-assignment swap. Empty routes end the split: its
+        first version is served alone. :class:`InvalidRoutes` for an unknown version, for versions
+        that take different features, or in a mode without a model."""
+        if not self.computes:
+            raise InvalidRoutes(f"routes need a mode that runs the model (dynamic or hybrid): {self.mode} serves one "
+                                "precomputed table; precompute each version and switch with a reload instead")
+        async with self._reload_lock:
+            if not routes:
+                if self._routing is not None:
+                    self._swap(self._routing.states[self._routing.routes.versions[0]], None)
+                return Routes()
+            resolved = routes.resolved(self._concrete, lambda: versions(self.settings.registry, self.settings.model_name))
+            current = self._serving_states()
+            built: dict[tuple[str, str], ServedState] = {}
+            for version in (*resolved.versions, *([resolved.shadow] if resolved.shadow else [])):
+                role = SHADOW if version == resolved.shadow else PRIMARY
+                state = current.get((version, role))
+                if state is None:
+                    state = self._served_state(version, await self._load(version), role, Admission(self.settings.admission_rule))
+                    await self.before_traffic(state)
+                built[(version, role)] = state
+            try:
+                _same_features(built)
+            except InvalidRoutes:
+                for key, state in built.items():
+                    if key not in current and state.batcher:
+                        await state.batcher.close()
+                raise
+            states = {v: built[(v, PRIMARY)] for v in resolved.versions}
+            shadow = built[(resolved.shadow, SHADOW)] if resolved.shadow else None
+            self._swap(states[resolved.versions[0]], Routing(resolved, Router(resolved), states, shadow))
+            return resolved
+
+    def _concrete(self, version: str) -> str | None:
+        """The registry version ``version`` names (``latest``: the pointer's), or ``None``."""
+        try:
+            return resolve(self.settings.registry, self.settings.model_name, version).version
+        except RegistryError:
+            return None
 
     async def reload(self, version: str) -> str:
         """Serve ``version`` (``latest``: the registry pointer); without a model tier, re-read the
@@ -186,8 +308,11 @@ class PredictionService:
             observe=self.metrics.observe_batch,
         )
 
-    def _served_state(self, version: str, model: LoadedModel | None) -> ServedState:
-        """Build the configured mode's tiers for one version (the only place tiers are made)."""
+    def _served_state(self, version: str, model: LoadedModel | None, role: str = PRIMARY,
+                      admission: Admission | None = None) -> ServedState:
+        """Build the configured mode's tiers for one version (the only place tiers are made). A
+        version of a split has its own ``admission`` (miss counts are per version); a shadow's
+        lookups count only in its own stats, never in the server's (they answer nobody)."""
         batcher = self._batcher_for(model) if model is not None else None
         l1 = make_l1(self.settings.l1_size, self.settings.l1_ttl_s, self.settings.l1_policy) if "l1" in self.tier_names else None
         # One factory per tier name of serving.modes; a mode only calls those it lists, so each
@@ -198,12 +323,15 @@ class PredictionService:
             "model": lambda: ModelTier(model, batcher),  # type: ignore[arg-type]
         }
         validate = model.features.index if model is not None else self._key_check(version)
-        walk = TierWalk([factories[name]() for name in self.tier_names], admission=self.admission, observer=self.counts,
+        stats = self.version_metrics.of(version, role)
+        observer: TierObserver = stats.counts if role == SHADOW else BothObservers(self.counts, stats.counts)
+        walk = TierWalk([factories[name]() for name in self.tier_names], admission=admission or self.admission, observer=observer,
                         validate=validate, describe_unknown=lambda keys: self._describe_unknown(version, keys))
         schema = FeatureSchema.from_card(model.card) if model is not None else None
         drift = DriftMonitor.for_version(model.card if model is not None else None, version,
                                          _rows_of_keys(model) if model is not None else None, self.settings)
-        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not _KEY_RULE_ONLY, schema=schema, drift=drift)
+        return ServedState(version, model, batcher, l1, walk, knows_keys=validate is not _KEY_RULE_ONLY, schema=schema,
+                           stats=stats, drift=drift)
 
     def _key_check(self, version: str) -> Callable[[str], object]:
         """How a mode without a model checks keys before the store: against the version's key
@@ -255,16 +383,19 @@ class PredictionService:
             raise NotReady("model not loaded")
         return self._state
 
-    async def predict(self, keys: Sequence[str]) -> list[Prediction]:
-        """Predictions for ``keys`` in request order (duplicates answered from one lookup)."""
+    async def predict(self, keys: Sequence[str], version: str | None = None) -> list[Prediction]:
+        """Predictions for ``keys`` in request order (duplicates answered from one lookup), each by
+        the version its key routes to; ``version``: all by that version (one of those served, else
+        :class:`UnknownVersion`)."""
         start = time.perf_counter()
+        routing = self._routing  # read once: the whole request is answered from this snapshot
         try:
             if not self.computes:
                 # With no table yet, every request asks the store (bounded by its timeout and the
                 # breaker), so the answer says why: store down, or no table.
                 await self._refresh_pointer(force=self._state is None)
-            state = self.state
-            found = await self._resolve(state, keys)
+            groups = self._groups(routing, keys, version)
+            found = await self._resolve_groups(groups)
         except Exception:
             self.counts.errors += 1
             raise
@@ -272,56 +403,109 @@ class PredictionService:
             # Every requested key, duplicates included: the trace is the traffic, not the lookups.
             for key in keys:
                 self._recorder.record(key)
-        if state.drift.sampled():
-            state.drift.observe_keys(keys, [found[k][0] for k in keys])
-        return self._answered(state, keys, found, start)
+        for state, group in groups:
+            if state.drift.sampled():
+                state.drift.observe_keys(group, [found[k][0] for k in group])
+        answered = self._answered(groups, keys, found, start)
+        if routing is not None and routing.shadow is not None and version is None:
+            self._shadow.submit(routing.shadow.walk, routing.shadow.version, answered)
+        return answered
 
-    async def predict_instances(self, instances: Sequence[object]) -> list[Prediction]:
+    async def predict_instances(self, instances: Sequence[object], version: str | None = None) -> list[Prediction]:
         """Predictions for raw feature vectors, in order: validated against the card's schema,
-        computed by the model (through the batcher), cached in hybrid under their hash."""
+        computed by the model (through the batcher), cached in hybrid under their hash; routed by
+        that hash as keys are (``version``: as in :meth:`predict`)."""
         start = time.perf_counter()
+        routing = self._routing
         try:
-            state = self.state
-            if state.schema is None:
+            first = self._groups(routing, [], version)[0][0] if version is not None or routing is None else \
+                routing.states[routing.routes.versions[0]]
+            if first.schema is None:
                 raise InvalidInstance(
                     f"{self.mode} mode serves only precomputed keys: a feature vector it has never seen has no "
                     "precomputed prediction (static serving's cold start); send keys, or serve dynamic or hybrid")
-            rows, outside = state.schema.rows(instances)
+            # The versions of a split take the same features (checked when it is set): one parse.
+            rows, outside = first.schema.rows(instances)
             self.metrics.observe_out_of_range(outside)
             keys = [instance_key(row) for row in rows]
-            found = await state.walk.resolve(keys, dict(zip(keys, rows)))
+            by_key = dict(zip(keys, rows))
+            groups = self._groups(routing, keys, version)
+            found = await self._resolve_groups(groups, by_key)
         except Exception:
             self.counts.errors += 1
             raise
-        if state.drift.sampled():
-            state.drift.observe(rows, [found[k][0] for k in keys])
-        return self._answered(state, keys, found, start)
+        for state, group in groups:
+            if state.drift.sampled():
+                state.drift.observe(rows if len(groups) == 1 else np.stack([by_key[k] for k in group]),
+                                    [found[k][0] for k in group])
+        answered = self._answered(groups, keys, found, start)
+        if routing is not None and routing.shadow is not None and version is None:
+            self._shadow.submit(routing.shadow.walk, routing.shadow.version, answered, by_key)
+        return answered
 
-    def _answered(self, state: ServedState, keys: Sequence[str], found: dict[str, tuple[float, str]], start: float) -> list[Prediction]:
+    def _groups(self, routing: Routing | None, keys: Sequence[str], version: str | None) -> list[Group]:
+        """Which state answers which keys: the one served state, or each version's keys of a split."""
+        if version is not None:
+            states = routing.states if routing is not None else {self.state.version: self.state}
+            if version not in states:
+                raise UnknownVersion(f"version {version!r} of model {self.settings.model_name!r} is not served here; "
+                                     f"served: {', '.join(states)}")
+            return [(states[version], keys)]
+        if routing is None:
+            return [(self.state, keys)]
+        return [(routing.states[v], group) for v, group in routing.router.group(keys).items()]
+
+    async def _resolve_groups(self, groups: list[Group], rows: Mapping[str, Any] | None = None) -> dict[str, tuple[float, str]]:
+        if len(groups) == 1:
+            state, keys = groups[0]
+            return await (self._resolve(state, keys) if rows is None else state.walk.resolve(keys, rows))
+        # The versions answer concurrently (each has its own batcher); results merge by key.
+        results = await asyncio.gather(*(self._resolve(state, keys) if rows is None else state.walk.resolve(keys, rows)
+                                         for state, keys in groups))
+        return {key: value for found in results for key, value in found.items()}
+
+    def _answered(self, groups: list[Group], keys: Sequence[str], found: dict[str, tuple[float, str]], start: float) -> list[Prediction]:
         self.counts.keys += len(keys)
         source = max((found[k][1] for k in keys), key=_SOURCE_RANK.__getitem__)
-        self.metrics.observe_request(source, time.perf_counter() - start)
-        return [Prediction(k, found[k][0], found[k][1], state.version) for k in keys]
+        seconds = time.perf_counter() - start
+        self.metrics.observe_request(source, seconds)
+        if len(groups) == 1:
+            state = groups[0][0]
+            state.stats.observe_request(source, seconds, len(keys))
+            return [Prediction(k, found[k][0], found[k][1], state.version) for k in keys]
+        owner: dict[str, ServedState] = {}
+        for state, group in groups:
+            owner.update(dict.fromkeys(group, state))
+            state.stats.observe_request(max((found[k][1] for k in group), key=_SOURCE_RANK.__getitem__), seconds,
+                                        sum(1 for k in keys if owner.get(k) is state))
+        return [Prediction(k, found[k][0], found[k][1], owner[k].version) for k in keys]
 
     def predict_cached(self, key: str) -> Prediction | None:
         """The prediction for one key if L1 holds it, else ``None`` (nothing counted: the caller
         then takes :meth:`predict`, which counts the miss). A hit counts as :meth:`predict` counts
         it (L1 lookup, keys, request latency, trace); :mod:`serving.fast_path` answers with it."""
         start = time.perf_counter()
-        state = self._state
+        routing = self._routing
+        state = self._state if routing is None else routing.state_for(key)  # the L1 of the version the key routes to
         if state is None or state.l1 is None or self.tier_names[0] != "l1":
             return None
         value = state.l1.get(key)  # L1 holds only validated keys of this version
         if value is None:
             return None
         self.counts.looked_up("l1", 1, 0)
+        state.stats.counts.looked_up("l1", 1, 0)
         self.counts.keys += 1
         if self._recorder is not None:
             self._recorder.record(key)
         if state.drift.sampled():
             state.drift.observe_keys((key,), (value,))
-        self.metrics.observe_request("l1", time.perf_counter() - start)
-        return Prediction(key, value, "l1", state.version)
+        seconds = time.perf_counter() - start
+        self.metrics.observe_request("l1", seconds)
+        state.stats.observe_request("l1", seconds, 1)
+        answer = Prediction(key, value, "l1", state.version)
+        if routing is not None and routing.shadow is not None:
+            self._shadow.submit(routing.shadow.walk, routing.shadow.version, [answer])
+        return answer
 
     async def _resolve(self, state: ServedState, keys: Sequence[str]) -> dict[str, tuple[float, str]]:
         try:
@@ -351,10 +535,12 @@ class PredictionService:
         until the next precompute, rather than answering 404 for valid keys.
         """
         removed = {"l1": 0, "redis": 0}
-        state = self._state
-        if l1 and state is not None and state.l1 is not None:
-            removed["l1"] = len(state.l1)
-            state.l1.clear()
+        for state in self._serving_states().values():  # every version of a split, and its shadow
+            if l1 and state.l1 is not None:
+                removed["l1"] += len(state.l1)
+                state.l1.clear()
+                state.walk.admission.reset()
+        if l1:
             self.admission.reset()
         if redis and self.store is not None:
             removed["redis"] = await self.store.delete_model(self.settings.model_name)
@@ -370,11 +556,14 @@ class PredictionService:
         if unknown:
             raise ValueError(f"not a run-time policy field: {', '.join(sorted(unknown))}")
         self.settings = self.settings.updated(**fields)
+        states = self._serving_states().values()
         if "admission" in fields:
-            self.admission.rule = self.settings.admission_rule
-            self.admission.reset()
-        if self._state is not None and self._state.l1 is not None:
-            self._state.l1.reconfigure(self.settings.l1_size, self.settings.l1_ttl_s)
+            for admission in {id(a): a for a in (self.admission, *(s.walk.admission for s in states))}.values():
+                admission.rule = self.settings.admission_rule
+                admission.reset()
+        for state in states:
+            if state.l1 is not None:
+                state.l1.reconfigure(self.settings.l1_size, self.settings.l1_ttl_s)
         return self.policy()
 
     def policy(self) -> dict[str, Any]:
@@ -391,6 +580,8 @@ class PredictionService:
             "mode": self.mode,
             "model_name": self.settings.model_name,
             "model_version": state.version if state else None,
+            "routes": self._routing.routes.as_json() if self._routing is not None else None,
+            **self.version_metrics.as_dict(),
             "counts": c.as_dict(),
             "hit_ratio": {
                 "l1": c.l1_hits / served if served else 0.0,
@@ -417,10 +608,10 @@ class PredictionService:
 
     def gauges(self) -> dict[str, float]:
         """Point-in-time values for Prometheus."""
-        state = self._state
         breaker_open = 1.0 if self.store and self.store.breaker.state != "closed" else 0.0
         return {
-            "l1_entries": float(len(state.l1)) if state and state.l1 is not None else 0.0,
+            # Every served version's L1 (one with no split): what the process holds.
+            "l1_entries": float(sum(len(s.l1) for s in self._serving_states().values() if s.l1 is not None)),
             "redis_errors": float(self.store.errors) if self.store else 0.0,
             "redis_rejected": float(self.store.rejected) if self.store else 0.0,
             "redis_breaker_open": breaker_open,
@@ -458,3 +649,12 @@ def _rows_of_keys(model: LoadedModel) -> Callable[[Sequence[str]], Any]:
 # The settings a run-time policy change may touch (PUT /v1/admin/policy). The head is chosen at
 # precompute time (``hybridserve precompute --head --top-k N``), so it is not among them.
 POLICY_FIELDS: tuple[str, ...] = ("l1_size", "l1_ttl_s", "redis_ttl_s", "admission")
+
+
+def _same_features(states: Mapping[tuple[str, str], ServedState]) -> None:
+    """:class:`InvalidRoutes` unless every version of a split takes the same features (a request's
+    raw-feature instances are checked once, and any version may answer them)."""
+    named = {version: s.schema.names for (version, _), s in states.items() if s.schema is not None}
+    if len(set(named.values())) > 1:
+        shown = "; ".join(f"{v}: {', '.join(names)}" for v, names in named.items())
+        raise InvalidRoutes(f"routes: the versions take different features ({shown}); a split needs versions of one feature schema")

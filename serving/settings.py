@@ -9,11 +9,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from serving.cache import AdmissionRule
-from serving.modes import MODES
+from serving.errors import InvalidRoutes
+from serving.modes import MODES, computes
+from serving.routes import Routes
 
 ENV_PREFIX = "HYBRIDSERVE_"
 LogLevel = Literal["debug", "info", "warning", "error"]
@@ -57,6 +59,9 @@ class Settings(BaseSettings):
     """Registry name of the served model."""
     model_version: str = Field("latest", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     """Version to serve; ``latest`` follows the registry pointer."""
+    routes: str = ""
+    """Traffic split over versions, ``VERSION:WEIGHT,VERSION:WEIGHT[,shadow=VERSION]`` (weights relative,
+    sticky by key); empty: serve ``model_version`` alone. Needs a mode that runs the model (not static)."""
     l1_size: int = Field(10_000, ge=0, le=100_000_000)
     """Entries in the in-process L1 cache (hybrid); 0 disables L1."""
     l1_policy: Literal["lru", "s3fifo"] = "lru"
@@ -143,6 +148,21 @@ class Settings(BaseSettings):
         if value not in MODES:
             raise ValueError(f"mode must be one of {', '.join(MODES)}, got {value!r}")
         return value
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_parse(cls, value: str) -> str:
+        try:
+            return str(Routes.parse(value))
+        except InvalidRoutes as exc:
+            raise ValueError(exc.detail) from None
+
+    @model_validator(mode="after")
+    def _routes_need_a_model(self) -> Settings:
+        if self.routes and not computes(self.mode):
+            raise ValueError(f"routes need a mode that runs the model (dynamic or hybrid): {self.mode} serves one "
+                             "precomputed table; precompute each version and switch with a reload instead")
+        return self
 
     @field_validator("admission")
     @classmethod

@@ -69,9 +69,12 @@ def _check_name(settings: Settings, name: str) -> None:
         raise UnknownVersion(f"model {name!r} is not served here; this server serves {settings.model_name!r}")
 
 
-def _check_version(name: str, asked: str | None, served: str) -> None:
-    if asked is not None and asked != served:
-        raise UnknownVersion(f"version {asked!r} of {name!r} is not the served one ({served})")
+def _check_version(service: PredictionService, name: str, asked: str | None, served: str) -> None:
+    """404 unless ``asked`` is served: the one served version, or one of a traffic split's."""
+    split = service.routes.versions
+    if asked is not None and asked != served and asked not in split:
+        shown = f"the versions of its traffic split ({', '.join(split)})" if split else f"the served one ({served})"
+        raise UnknownVersion(f"version {asked!r} of {name!r} is not served here; served: {shown}")
 
 
 @lru_cache(maxsize=MAX_CARD_CACHE)
@@ -112,7 +115,7 @@ async def server_ready(request: Request) -> Response:
 
 async def _model_ready(request: Request, name: str, version: str | None) -> Response:
     _check_name(_service(request).settings, name)
-    _check_version(name, version, await _served_version(request))
+    _check_version(_service(request), name, version, await _served_version(request))
     return _json({"name": name, "ready": True})
 
 
@@ -132,8 +135,9 @@ async def _model_metadata(request: Request, name: str, version: str | None) -> R
     settings = _service(request).settings
     _check_name(settings, name)
     served = await _served_version(request)
-    _check_version(name, version, served)
-    return _json(oip.model_metadata(name, served, settings.mode, _card(settings.registry, name, served)))
+    _check_version(_service(request), name, version, served)
+    shown = version or served
+    return _json(oip.model_metadata(name, shown, settings.mode, _card(settings.registry, name, shown)))
 
 
 @router.get("/models/{name}")
@@ -158,14 +162,16 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     if len(asked) > settings.max_keys_per_request:
         raise TooManyKeys(f"{len(asked)} keys or rows in one request; the limit is {settings.max_keys_per_request}")
     binary_out = oip.wants_binary(infer)  # before any work: an unknown requested output is a 400
+    # With a version, the service answers every key by exactly that version (404 unless served);
+    # it checks against the routing snapshot the request is answered from, so a reload or a change
+    # of routes between a check and the prediction cannot answer from another version.
     if isinstance(asked, list):
-        predictions = await service.predict(asked)
+        predictions = await service.predict(asked, version)
     else:
-        predictions = await service.predict_instances(_instances(service, asked))
+        predictions = await service.predict_instances(_instances(service, asked), version)
     served = predictions[0].model_version
-    # Checked on the answer rather than before it: a reload between a check and the prediction
-    # could otherwise answer from a version the client did not ask for.
-    _check_version(name, version, served)
+    if version is None and len({p.model_version for p in predictions}) > 1:
+        served = ",".join(dict.fromkeys(p.model_version for p in predictions))  # a split answered: every version
     body, headers = oip.render_infer_response(
         infer, binary_out, name, served, [p.prediction for p in predictions], [p.source for p in predictions]
     )
