@@ -430,6 +430,13 @@ def _add_admin_routes(app: FastAPI) -> None:
         return JSONBody({"model_version": loaded, "propagated": propagated})
 
 
+    @app.post("/v1/admin/refresh-head", dependencies=admin)
+    async def refresh_head(request: Request) -> Response:
+        """Rewrite the head (the hot set's top ``head_size`` keys) into Redis and L1 for the served
+        version now, on this worker (serving/head_refresh.py); 409 when the hot set is off."""
+        return JSONBody(await _service(request).refresh_head())
+
+
 def _version(service: PredictionService) -> str | None:
     """The version served now (None before there is one), from the stats: no Redis round trip."""
     return service.stats()["model_version"]  # type: ignore[no-any-return]

@@ -30,7 +30,10 @@ from typing import Any
 
 from models.registry import RegistryError, resolve
 from serving.cache import Admission, L1Cache, make_l1
-from serving.errors import InvalidInstance, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
+from serving.errors import HotSetOff, InvalidInstance, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
+from serving.head_refresh import HeadRefresher, WarmReport, warm
+from serving.hot_set import HotSet
+from serving.logs import log_event
 from models.keyspace import KeySpace, check_key, key_space_for
 from serving.features import served_lookup
 from serving.instances import FeatureSchema, instance_key
@@ -106,6 +109,9 @@ class PredictionService:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._recorder = _recorder_for(settings)
+        self.hot = _hot_set_for(settings, self.tier_names)
+        self.refresher = (HeadRefresher(self.hot, store, settings.model_name, lambda: self._state, lambda: self.settings,
+                                        self._executor) if self.hot is not None and store is not None else None)
 
     @property
     def computes(self) -> bool:
@@ -118,11 +124,15 @@ class PredictionService:
         """Load the model, or find the precomputed table; called in the app lifespan."""
         if self.computes:
             await self.load_model(self.settings.model_version)
+            if self.refresher is not None and (self.settings.head_refresh_s or self.settings.head_refresh_threshold):
+                self.refresher.start()
         else:
             await self._refresh_pointer(force=True, quiet=True)
 
     async def close(self) -> None:
         """Release the batcher, store connections and the inference thread."""
+        if self.refresher is not None:
+            await self.refresher.stop()
         for task in list(self._retiring):
             task.cancel()  # _retire closes its batcher on the way out
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -145,7 +155,10 @@ class PredictionService:
             except RegistryError as exc:
                 raise UnknownVersion(str(exc)) from exc
             old = self._state
-            self._state = self._served_state(model.version, model)
+            state = self._served_state(model.version, model)
+            if old is not None and self.settings.warm_start:
+                await self._warm_start(state)  # before the swap: the first requests find the hot keys
+            self._state = state
             self.admission.reset()
             if old and old.batcher:
                 # Requests that took the old state before the swap are still waiting on its batcher:
@@ -154,6 +167,30 @@ class PredictionService:
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
             return model.version
+
+    async def _warm_start(self, state: ServedState) -> WarmReport | None:
+        """Compute the hot set's top ``warm_start_keys`` for a version about to be served (the
+        traffic split's hook calls :func:`serving.head_refresh.warm` the same way). A store that
+        fails leaves the version cold rather than failing the reload."""
+        if self.hot is None or self.store is None:
+            return None
+        try:
+            report = await warm(state, self.hot.top(self.settings.warm_start_keys), self.store, self.settings.model_name,
+                                executor=self._executor, ttl_s=self.settings.redis_ttl_s)
+        except StoreError as exc:
+            log_event("warm_start_failed", model_version=state.version, detail=exc.detail)
+            return None
+        log_event("warm_start", **report.as_dict())
+        return report
+
+    async def refresh_head(self) -> dict[str, object]:
+        """Rewrite the head from the hot set now (``POST /v1/admin/refresh-head``): what was written
+        and the refresher's status."""
+        if self.refresher is None:
+            raise HotSetOff("head refresh needs the hot set, tracked in hybrid mode with HYBRIDSERVE_HOT_SET=true "
+                            "(or a head refresh or warm start setting)")
+        report = await self.refresher.refresh("admin")
+        return {"refresh": report.as_dict() if report else None, "status": self.refresher.status.as_dict()}
 
     async def reload(self, version: str) -> str:
         """Serve ``version`` (``latest``: the registry pointer); without a model tier, re-read the
@@ -268,6 +305,8 @@ class PredictionService:
             # Every requested key, duplicates included: the trace is the traffic, not the lookups.
             for key in keys:
                 self._recorder.record(key)
+        if self.hot is not None:
+            self.hot.update(keys)
         return self._answered(state, keys, found, start)
 
     async def predict_instances(self, instances: Sequence[object]) -> list[Prediction]:
@@ -310,6 +349,8 @@ class PredictionService:
         self.counts.keys += 1
         if self._recorder is not None:
             self._recorder.record(key)
+        if self.hot is not None:
+            self.hot.add(key)
         self.metrics.observe_request("l1", time.perf_counter() - start)
         return Prediction(key, value, "l1", state.version)
 
@@ -394,6 +435,7 @@ class PredictionService:
                       "rejected": self.store.rejected if self.store else 0,
                       "breaker": self.store.breaker.state if self.store else "none"},
             "policy": self.policy(),
+            "head_refresh": self.refresher.status.as_dict() if self.refresher is not None else None,
         }
 
     def gauges(self) -> dict[str, float]:
@@ -405,6 +447,7 @@ class PredictionService:
             "redis_errors": float(self.store.errors) if self.store else 0.0,
             "redis_rejected": float(self.store.rejected) if self.store else 0.0,
             "redis_breaker_open": breaker_open,
+            **(_refresh_gauges(self.refresher) if self.refresher is not None else {}),
         }
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -428,6 +471,22 @@ class PredictionService:
         if self._state is None and not self.computes and redis_ok:
             detail["reason"] = "no complete precomputed table (run `hybridserve precompute`)"
         return ready, detail
+
+
+def _hot_set_for(settings: Settings, tiers: tuple[str, ...]) -> HotSet | None:
+    """The hot set, where the settings ask for it and the mode has a head to refresh (a model
+    computing into a store)."""
+    wanted = settings.hot_set or settings.head_refresh_s or settings.head_refresh_threshold or settings.warm_start
+    if not wanted or "model" not in tiers or "store" not in tiers:
+        return None
+    return HotSet(settings.hot_set_capacity, settings.hot_set_half_life_s)
+
+
+def _refresh_gauges(refresher: HeadRefresher) -> dict[str, float]:
+    status = refresher.status
+    return {"hot_set_distance": status.distance, "hot_set_counters": float(len(refresher.hot)),
+            "head_refresh_total": float(status.refreshes), "head_refresh_keys_written": float(status.keys_written),
+            "head_refresh_last_unix": status.last_refresh_unix}
 
 
 # The settings a run-time policy change may touch (PUT /v1/admin/policy). The head is chosen at
