@@ -21,7 +21,7 @@ head should be now (:mod:`serving.head_refresh` acts on it). It is a frequent-it
 
 Apache DataSketches' ``frequent_strings_sketch`` has the same guarantee but no decay (an epoch
 would be a rebuild and a merge of sketches) and a call across the binding per key; the counting
-here is a plain dict, so a batch costs one ``dict.get`` per key.
+here is a plain dict, so a batch costs one C-level ``Counter`` pass and a dict update per distinct key.
 
 Example::
 
@@ -35,6 +35,7 @@ Example::
 from __future__ import annotations
 
 import heapq
+from collections import Counter
 import time
 from collections.abc import Callable, Iterable
 
@@ -70,9 +71,8 @@ class HotSet:
 
     def add(self, key: str) -> None:
         """Count one requested key (buffered: the counting runs once per ``batch`` keys)."""
-        buffer = self._buffer
-        buffer.append(key)
-        if len(buffer) >= self._batch:
+        self._buffer.append(key)
+        if len(self._buffer) >= self._batch:
             self._flush()
 
     def update(self, keys: Iterable[str]) -> None:
@@ -117,8 +117,8 @@ class HotSet:
             return
         counts = self._counts
         get = counts.get
-        for key in buffer:
-            counts[key] = get(key, 0.0) + 1.0
+        for key, n in Counter(buffer).items():  # the counting in C, then one dict update per distinct key
+            counts[key] = get(key, 0.0) + n
         self.weight += len(buffer)
         self.seen += len(buffer)
         if len(counts) > 2 * self.capacity:

@@ -110,8 +110,11 @@ class PredictionService:
         self._retiring: set[asyncio.Task[None]] = set()
         self._recorder = _recorder_for(settings)
         self.hot = _hot_set_for(settings, self.tier_names)
+        # Head refreshes and warm starts compute in a thread of their own: in the inference thread,
+        # a request's model call would queue behind a whole chunk of them (p99 up during a warm start).
+        self._warm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm") if self.hot is not None else None
         self.refresher = (HeadRefresher(self.hot, store, settings.model_name, lambda: self._state, lambda: self.settings,
-                                        self._executor) if self.hot is not None and store is not None else None)
+                                        self._warm_executor) if self.hot is not None and store is not None else None)
 
     @property
     def computes(self) -> bool:
@@ -143,6 +146,8 @@ class PredictionService:
         if self._recorder is not None:
             self._recorder.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._warm_executor is not None:
+            self._warm_executor.shutdown(wait=False, cancel_futures=True)
 
     async def load_model(self, version: str) -> str:
         """Load a registry version and make it the served one; returns the version loaded."""
@@ -176,7 +181,7 @@ class PredictionService:
             return None
         try:
             report = await warm(state, self.hot.top(self.settings.warm_start_keys), self.store, self.settings.model_name,
-                                executor=self._executor, ttl_s=self.settings.redis_ttl_s)
+                                executor=self._warm_executor, ttl_s=self.settings.redis_ttl_s)
         except StoreError as exc:
             log_event("warm_start_failed", model_version=state.version, detail=exc.detail)
             return None

@@ -109,9 +109,9 @@ def test_a_refresh_overtaken_by_a_reload_writes_nothing(make_settings, two_versi
         try:
             await service.predict(HOT * REPEATS)
             assert service.refresher is not None
-            # Hold the inference thread: the refresh's model call queues behind this until released.
+            # Hold the refresh's thread: its model call queues behind this until released.
             gate = threading.Event()
-            service._executor.submit(gate.wait, 10)
+            service._warm_executor.submit(gate.wait, 10)
             refresh = asyncio.create_task(service.refresher.refresh("admin"))
             await asyncio.sleep(0.2)  # the refresh has read Redis and waits on the inference thread
             await service.load_model(two_versions.new)
