@@ -49,7 +49,7 @@ DRIFT = "drift:hot=300,p=0.9,period=10"
 DRIFT_ADMISSION = "after:4"
 SWITCH_DIST = "zipf:1.1"
 SWITCH_PROFILE = "heavy"  # a model call that costs something, so a cold cache shows in p99
-WARM_START_KEYS = 4000
+WARM_START_KEYS = 1000
 STOP_TIMEOUT_S = 10.0
 
 
@@ -63,7 +63,7 @@ class Scenario:
     switch_after_s: float | None = None
 
 
-def scenarios(seconds: float, rate: float) -> list[Scenario]:
+def scenarios(seconds: float, rate: float, warm_start_keys: int = WARM_START_KEYS) -> list[Scenario]:
     """The four runs: drift with and without head refresh, a switch with and without warm start."""
     admin = (("admin_token", ADMIN_TOKEN),)
     drift = RunSpec("light", "hybrid", DRIFT, rate=rate, duration_s=seconds, head_size=300, l1_size=10_000,
@@ -71,7 +71,7 @@ def scenarios(seconds: float, rate: float) -> list[Scenario]:
     refresh = (("head_refresh_threshold", 0.2),)
     switch = RunSpec(SWITCH_PROFILE, "hybrid", SWITCH_DIST, rate=rate, duration_s=seconds, head_size=2000, l1_size=10_000,
                      latency_windows=True, settings=(*admin, ("hot_set", True), ("hot_set_capacity", 8192)))
-    warm = (("warm_start", True), ("warm_start_keys", WARM_START_KEYS))
+    warm = (("warm_start", True), ("warm_start_keys", warm_start_keys))
     return [
         Scenario("drift", "no refresh", drift),
         Scenario("drift", "head refresh", replace(drift, settings=drift.settings + refresh)),
@@ -185,9 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=40.0, help="measured seconds per run")
     parser.add_argument("--rate", type=float, default=200.0, help="offered requests/s per run")
     parser.add_argument("--only", choices=("drift", "switch"), default=None, help="run one scenario's pair only")
+    parser.add_argument("--warm-start-keys", type=int, default=WARM_START_KEYS, help="hot keys the warm start computes")
     args = parser.parse_args(argv)
     prices = cost.Prices()
-    chosen = [s for s in scenarios(args.seconds, args.rate) if args.only in (None, s.name)]
+    chosen = [s for s in scenarios(args.seconds, args.rate, args.warm_start_keys) if args.only in (None, s.name)]
     records = []
     with tempfile.TemporaryDirectory(prefix="hybridserve-hotset-") as tmp:
         registry, second = _registry_with_two_versions(args.registry, Path(tmp), ("light", SWITCH_PROFILE))
