@@ -226,6 +226,11 @@ class HeadRefresher:
         log_event("head_refresh", reason=reason, model_version=version, keys=report.keys, computed=report.computed,
                   from_store=report.from_store, seconds=round(report.seconds, 4))
 
+    def forget_head(self) -> None:
+        """The head last written is gone (Redis flushed): the next check measures against nothing."""
+        self._head, self._head_version = set(), None
+        self._seen_at_refresh = 0
+
     def due(self) -> str | None:
         """Why a refresh is due now (``schedule`` or ``threshold``), or None."""
         settings = self._settings()

@@ -394,6 +394,8 @@ class PredictionService:
             self.admission.reset()
         if redis and self.store is not None:
             removed["redis"] = await self.store.delete_model(self.settings.model_name)
+            if self.refresher is not None:
+                self.refresher.forget_head()  # else the threshold would not see the head is gone
             if not self.computes:
                 self._state = None
         return removed

@@ -146,6 +146,26 @@ def test_threshold_refresh_follows_a_moved_hot_set(make_settings, two_versions: 
         assert status["refreshes"] >= 2 and status["last_reason"] == "threshold"
 
 
+def test_threshold_refresh_rewrites_a_flushed_head(make_settings, two_versions: TwoVersions) -> None:  # type: ignore[no-untyped-def]
+    settings = make_settings(mode="hybrid", registry=two_versions.registry, head_size=len(HOT), admission=NEVER_ADMIT,
+                             head_refresh_threshold=0.5)
+
+    def traffic_until_stored(client) -> bool:  # type: ignore[no-untyped-def]
+        deadline = time.monotonic() + REFRESH_WAIT_S
+        while time.monotonic() < deadline:
+            _send_hot(client)
+            if all(v is not None for v in _stored(settings, two_versions.old, HOT)):
+                return True
+            time.sleep(POLL_S)
+        return False
+
+    with running(settings) as (_, client):
+        assert traffic_until_stored(client)
+        client.post("/v1/admin/flush", json={"l1": True, "redis": True}, headers=ADMIN)
+        assert _stored(settings, two_versions.old, HOT) == [None] * len(HOT)
+        assert traffic_until_stored(client)  # the same hot set: written again, as the head is gone
+
+
 @pytest.mark.parametrize("warm_start", [True, False])
 def test_warm_start_serves_the_hot_keys_of_a_new_version_from_cache(make_settings, two_versions: TwoVersions,  # type: ignore[no-untyped-def]
                                                                     warm_start: bool) -> None:
