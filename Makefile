@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: demo test fuzz bench bench-peers soak report-check clean
+.PHONY: demo test fuzz bench bench-peers soak report-check hotset clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "hybridserve needs Python 3.11+, found " + sys.version.split()[0] + " (set PYTHON=python3.x)")'
@@ -44,6 +44,14 @@ SOAK_RATE ?= 100
 SOAK_WINDOW ?= 30
 soak: $(STAMP)
 	$(BIN)/python benchmarks/soak.py --seconds $(SOAK_SECONDS) --rate $(SOAK_RATE) --window $(SOAK_WINDOW)
+
+# The hot-set load tests (loadtests/hot_set_runs.py): a drifting hot set with and without head refresh, a
+# version switch with and without warm start; HOTSET_SECONDS per run (four runs, plus training when the
+# registry lacks a profile). Writes out/hotset/results.json and report.html.
+HOTSET_SECONDS ?= 40
+HOTSET_RATE ?= 200
+hotset: $(STAMP)
+	$(BIN)/python -m loadtests.hot_set_runs --registry registry --out out/hotset --seconds $(HOTSET_SECONDS) --rate $(HOTSET_RATE)
 
 # Render a report from a small results.json fixture and look at it in headless Chromium at 1280 px:
 # no broken image, no horizontal overflow; the screenshot lands in out/report-check/report.png.

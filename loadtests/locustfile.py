@@ -117,6 +117,8 @@ OPTIONS: tuple[tuple[str, type, object, str], ...] = (
     ("--shift-file", str, "", "With --instances drift:...: write the unix time the shift began here"),
     ("--latency-after-s", float, 0.0, "Leave the first seconds of a run (users starting, connections opening) "
                                       "out of the --latency-file histogram"),
+    ("--latency-windows-file", str, "", "Also write one latency histogram per wall-clock second (JSON: unix second -> "
+                                        "histogram) here when the test stops, for latency over time ({worker} as above)"),
 )
 
 
@@ -250,6 +252,7 @@ def reset_plan(environment: Environment, **_kwargs: Any) -> None:
     PredictUser.plan = None
     PredictUser.ending = False
     LATENCY.clear()
+    WINDOWS.clear()
     skip = float(getattr(environment.parsed_options, "latency_after_s", 0.0) or 0.0) if environment.parsed_options else 0.0
     LATENCY.record_from = time.monotonic() + skip
 
@@ -284,6 +287,8 @@ class LatencyHistogram:
 
 
 LATENCY = LatencyHistogram()
+WINDOWS: dict[int, LatencyHistogram] = {}
+"""One histogram per wall-clock second the response arrived in (``--latency-windows-file``)."""
 
 
 @events.request.add_listener
@@ -291,6 +296,22 @@ def record_latency(response_time: float, **_kwargs: Any) -> None:
     """Every request after the warm-up, failed ones included (their time is part of what users wait)."""
     if time.monotonic() >= LATENCY.record_from:
         LATENCY.add(response_time)
+    if WINDOWS_ON:
+        second = int(time.time())
+        window = WINDOWS.get(second)
+        if window is None:
+            window = WINDOWS[second] = LatencyHistogram()
+        window.add(response_time)
+
+
+WINDOWS_ON = False  # set at init from --latency-windows-file: no per-request dict lookup otherwise
+
+
+@events.init.add_listener
+def windows_wanted(environment: Environment, **_kwargs: Any) -> None:
+    """Keep per-second histograms only when a file for them was asked for."""
+    global WINDOWS_ON
+    WINDOWS_ON = bool(getattr(environment.parsed_options, "latency_windows_file", "") if environment.parsed_options else "")
 
 
 @events.test_stop.add_listener
@@ -305,6 +326,11 @@ def write_latency(environment: Environment, **_kwargs: Any) -> None:
     path = path.replace("{worker}", str(getattr(environment.runner, "worker_index", 0)))
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(LATENCY.buckets(), handle)
+    windows = getattr(environment.parsed_options, "latency_windows_file", "")
+    if windows:
+        windows = windows.replace("{worker}", str(getattr(environment.runner, "worker_index", 0)))
+        with open(windows, "w", encoding="utf-8") as handle:
+            json.dump({second: hist.buckets() for second, hist in sorted(WINDOWS.items())}, handle)
 
 
 def failure_message(status: int, body: bytes | None, error: Exception | None) -> str:

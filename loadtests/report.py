@@ -272,6 +272,12 @@ def _img(src: str, alt: str) -> str:
     return f'<figure><img src="{src}" alt="{html.escape(alt)}"></figure>'
 
 
+def embed_figure(fig: plt.Figure, alt: str) -> str:
+    """A matplotlib figure as an inlined ``<figure>`` (closes the figure), for report sections
+    rendered elsewhere (loadtests/hot_set_report.py)."""
+    return _img(_png(fig), alt)
+
+
 def _profile_section(records: Sequence[Record], profile: str) -> str:
     """One profile's runs: their table, then latency, CPU and hit-ratio charts."""
     runs = [r for r in records if r["profile"] == profile]

@@ -104,6 +104,9 @@ class RunSpec:
     instances: str = ""
     """Send raw-feature instances instead of keys (``training`` or ``drift:at=A,shift=S``, see
     :mod:`loadtests.drift_traffic`); the run then records the drift statistics over time."""
+    latency_windows: bool = False
+    """Locust also writes a latency histogram per wall-clock second (``windows-{worker}.json`` in the
+    bench's workdir; :func:`latency_windows` reads them): latency over time."""
 
     @property
     def model_name(self) -> str:
@@ -264,6 +267,8 @@ def _locust_argvs(spec: RunSpec, url: str, registry: Path, workdir: Path) -> lis
              "--latency-file", str(workdir / "latency-{worker}.json"), "--latency-after-s", str(spec.latency_after_s)]
     if spec.instances:
         first += ["--instances", spec.instances, "--shift-file", str(workdir / SHIFT_FILE)]
+    if spec.latency_windows:
+        first += ["--latency-windows-file", str(workdir / "windows-{worker}.json")]
     if not workers:
         return [first]
     port = str(free_port())
@@ -276,7 +281,7 @@ def _run_locust(spec: RunSpec, url: str, registry: Path, workdir: Path) -> tuple
     """Run Locust headless (one process, or a master and its workers); returns its final
     statistics and the peak CPU percent of its busiest process in the traffic window."""
     stdout_path, stderr_path = workdir / "locust.json", workdir / "locust.err"
-    for stale in workdir.glob("latency-*.json"):
+    for stale in [*workdir.glob("latency-*.json"), *workdir.glob("windows-*.json")]:
         stale.unlink()  # an earlier run on the same bench: never merged into this one
     with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
         procs = [psutil.Popen(pinned(argv, _cores()[1]), stdout=out if i == 0 else subprocess.DEVNULL, stderr=err)
@@ -308,6 +313,19 @@ def precise_percentiles(histograms: list[list[list[float]]]) -> dict[str, float]
     out = {name: _percentile(histogram, q) for name, q in (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))}
     out["p99_low"], out["p99_high"] = quantile_interval(histogram, 0.99)
     return out
+
+
+def latency_windows(workdir: Path) -> dict[int, dict[str, float]]:
+    """Per wall-clock second of the last run on a bench (``RunSpec.latency_windows``): requests and
+    client-side p50/p99 (ms), the Locust processes' histograms added per second."""
+    merged: dict[int, Counter[float]] = {}
+    for path in sorted(workdir.glob("windows-*.json")):
+        for second, buckets in json.loads(path.read_text()).items():
+            histogram = merged.setdefault(int(second), Counter())
+            for bound, count in buckets:
+                histogram[float(bound)] += int(count)
+    return {second: {"requests": sum(h.values()), "p50": _percentile(h, 0.5), "p99": _percentile(h, 0.99)}
+            for second, h in sorted(merged.items())}
 
 
 def quantile_interval(histogram: Counter[float], q: float, z: float = P99_CI_Z) -> tuple[float, float]:

@@ -488,9 +488,16 @@ def _add_admin_routes(app: FastAPI) -> None:
         """The traffic split in force, versions concrete (``routes`` empty: ``model_version`` alone)."""
         return JSONBody(_routes_body(_service(request)))
 
+    @app.post("/v1/admin/refresh-head", dependencies=admin)
+    async def refresh_head(request: Request) -> Response:
+        """Rewrite the head (the hot set's top ``head_size`` keys) into Redis and L1 for the served
+        version now, on this worker (serving/head_refresh.py); 409 when the hot set is off."""
+        return JSONBody(await _service(request).refresh_head())
+
 
 def _routes_body(service: PredictionService) -> dict[str, Any]:
     return {**service.routes.as_json(), "model_version": _version(service)}
+
 
 
 def _version(service: PredictionService) -> str | None:

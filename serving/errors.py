@@ -128,6 +128,13 @@ class AdminDisabled(ServingError):
     code = "admin_disabled"
 
 
+class HotSetOff(ServingError):
+    """An operation on the hot set (head refresh) on a server that does not track it."""
+
+    status = 409
+    code = "hot_set_off"
+
+
 class Unavailable(ServingError):
     """A dependency (Redis, the model, the precomputed table) cannot serve right now."""
 

@@ -41,7 +41,10 @@ import numpy as np
 from models.registry import RegistryError, resolve, versions
 from serving.cache import Admission, L1Cache, make_l1
 from serving.drift import DriftMonitor, monitoring_report
-from serving.errors import InvalidInstance, InvalidRoutes, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
+from serving.errors import HotSetOff, InvalidInstance, InvalidRoutes, NotReady, NotStored, StoreError, TableUnavailable, UnknownVersion
+from serving.head_refresh import HeadRefresher, WarmReport, warm
+from serving.hot_set import HotSet
+from serving.logs import log_event
 from models.keyspace import KeySpace, check_key, key_space_for
 from serving.features import served_lookup
 from serving.instances import FeatureSchema, instance_key
@@ -144,6 +147,12 @@ class PredictionService:
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self._recorder = _recorder_for(settings)
+        self.hot = _hot_set_for(settings, self.tier_names)
+        # Head refreshes and warm starts compute in a thread of their own: in the inference thread,
+        # a request's model call would queue behind a whole chunk of them (p99 up during a warm start).
+        self._warm_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="warm") if self.hot is not None else None
+        self.refresher = (HeadRefresher(self.hot, store, settings.model_name, lambda: self._state, lambda: self.settings,
+                                        self._warm_executor) if self.hot is not None and store is not None else None)
 
     @property
     def computes(self) -> bool:
@@ -158,11 +167,15 @@ class PredictionService:
             await self.set_routes(Routes.parse(self.settings.routes))
         elif self.computes:
             await self.load_model(self.settings.model_version)
+            if self.refresher is not None and (self.settings.head_refresh_s or self.settings.head_refresh_threshold):
+                self.refresher.start()
         else:
             await self._refresh_pointer(force=True, quiet=True)
 
     async def close(self) -> None:
         """Release the batcher, store connections and the inference thread."""
+        if self.refresher is not None:
+            await self.refresher.stop()
         for task in list(self._retiring):
             task.cancel()  # _retire closes its batcher on the way out
         await asyncio.gather(*self._retiring, return_exceptions=True)
@@ -175,6 +188,8 @@ class PredictionService:
         if self._recorder is not None:
             self._recorder.close()
         self._executor.shutdown(wait=False, cancel_futures=True)
+        if self._warm_executor is not None:
+            self._warm_executor.shutdown(wait=False, cancel_futures=True)
 
     async def load_model(self, version: str) -> str:
         """Load a registry version and make it the served one, alone (a traffic split ends: a
@@ -200,8 +215,11 @@ class PredictionService:
 
     async def before_traffic(self, state: ServedState) -> None:
         """Runs on a new version's state, fully built (model loaded), before any request can reach
-        it: by a reload and by a change of routes, on every worker. The place to warm its cache
-        (e.g. precompute its head from the current heavy hitters); a no-op for now."""
+        it: by a reload and by a change of routes, on every worker. With ``warm_start`` (and a
+        version served before it) the current heavy hitters are computed into its cache first
+        (:meth:`_warm_start`), so its first requests find the hot keys."""
+        if self._state is not None and self.settings.warm_start:
+            await self._warm_start(state)
 
     def _swap(self, state: ServedState, routing: Routing | None) -> None:
         """Serve ``state`` (with ``routing``, the split it is the first version of) from now on, in
@@ -278,6 +296,30 @@ class PredictionService:
             return resolve(self.settings.registry, self.settings.model_name, version).version
         except RegistryError:
             return None
+
+    async def _warm_start(self, state: ServedState) -> WarmReport | None:
+        """Compute the hot set's top ``warm_start_keys`` for a version about to be served (the
+        traffic split's hook calls :func:`serving.head_refresh.warm` the same way). A store that
+        fails leaves the version cold rather than failing the reload."""
+        if self.hot is None or self.store is None:
+            return None
+        try:
+            report = await warm(state, self.hot.top(self.settings.warm_start_keys), self.store, self.settings.model_name,
+                                executor=self._warm_executor, ttl_s=self.settings.redis_ttl_s)
+        except StoreError as exc:
+            log_event("warm_start_failed", model_version=state.version, detail=exc.detail)
+            return None
+        log_event("warm_start", **report.as_dict())
+        return report
+
+    async def refresh_head(self) -> dict[str, object]:
+        """Rewrite the head from the hot set now (``POST /v1/admin/refresh-head``): what was written
+        and the refresher's status."""
+        if self.refresher is None:
+            raise HotSetOff("head refresh needs the hot set, tracked in hybrid mode with HYBRIDSERVE_HOT_SET=true "
+                            "(or a head refresh or warm start setting)")
+        report = await self.refresher.refresh("admin")
+        return {"refresh": report.as_dict() if report else None, "status": self.refresher.status.as_dict()}
 
     async def reload(self, version: str) -> str:
         """Serve ``version`` (``latest``: the registry pointer); without a model tier, re-read the
@@ -406,6 +448,8 @@ class PredictionService:
         for state, group in groups:
             if state.drift.sampled():
                 state.drift.observe_keys(group, [found[k][0] for k in group])
+        if self.hot is not None:
+            self.hot.update(keys)
         answered = self._answered(groups, keys, found, start)
         if routing is not None and routing.shadow is not None and version is None:
             self._shadow.submit(routing.shadow.walk, routing.shadow.version, answered)
@@ -499,6 +543,8 @@ class PredictionService:
             self._recorder.record(key)
         if state.drift.sampled():
             state.drift.observe_keys((key,), (value,))
+        if self.hot is not None:
+            self.hot.add(key)
         seconds = time.perf_counter() - start
         self.metrics.observe_request("l1", seconds)
         state.stats.observe_request("l1", seconds, 1)
@@ -544,6 +590,8 @@ class PredictionService:
             self.admission.reset()
         if redis and self.store is not None:
             removed["redis"] = await self.store.delete_model(self.settings.model_name)
+            if self.refresher is not None:
+                self.refresher.forget_head()  # else the threshold would not see the head is gone
             if not self.computes:
                 self._state = None
         return removed
@@ -595,6 +643,7 @@ class PredictionService:
                       "rejected": self.store.rejected if self.store else 0,
                       "breaker": self.store.breaker.state if self.store else "none"},
             "policy": self.policy(),
+            "head_refresh": self.refresher.status.as_dict() if self.refresher is not None else None,
         }
 
     def _drift_snapshot(self) -> dict[str, Any] | None:
@@ -615,6 +664,7 @@ class PredictionService:
             "redis_errors": float(self.store.errors) if self.store else 0.0,
             "redis_rejected": float(self.store.rejected) if self.store else 0.0,
             "redis_breaker_open": breaker_open,
+            **(_refresh_gauges(self.refresher) if self.refresher is not None else {}),
         }
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
@@ -644,6 +694,22 @@ def _rows_of_keys(model: LoadedModel) -> Callable[[Sequence[str]], Any]:
     """The feature rows of (validated) keys, from the model's feature table: what drift observes."""
     features = model.features
     return lambda keys: features.rows([features.index(key) for key in keys])
+
+
+def _hot_set_for(settings: Settings, tiers: tuple[str, ...]) -> HotSet | None:
+    """The hot set, where the settings ask for it and the mode has a head to refresh (a model
+    computing into a store)."""
+    wanted = settings.hot_set or settings.head_refresh_s or settings.head_refresh_threshold or settings.warm_start
+    if not wanted or "model" not in tiers or "store" not in tiers:
+        return None
+    return HotSet(settings.hot_set_capacity, settings.hot_set_half_life_s)
+
+
+def _refresh_gauges(refresher: HeadRefresher) -> dict[str, float]:
+    status = refresher.status
+    return {"hot_set_distance": status.distance, "hot_set_counters": float(len(refresher.hot)),
+            "head_refresh_total": float(status.refreshes), "head_refresh_keys_written": float(status.keys_written),
+            "head_refresh_last_unix": status.last_refresh_unix}
 
 
 # The settings a run-time policy change may touch (PUT /v1/admin/policy). The head is chosen at

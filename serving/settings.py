@@ -74,6 +74,20 @@ class Settings(BaseSettings):
     """When a computed prediction is cached (hybrid): ``always``, ``after:N`` misses, or ``tinylfu`` (two misses by an aging frequency sketch)."""
     head_size: int = Field(1000, ge=0)
     """Top-K keys precomputed into Redis for hybrid by ``hybridserve precompute --head``."""
+    hot_set: bool = False
+    """Track the heavy hitters of recent traffic (hybrid; serving/hot_set.py); on by itself with head refresh or warm start."""
+    hot_set_capacity: int = Field(4096, ge=1, le=10_000_000)
+    """Counters the hot set keeps; its memory holds at most twice this many keys (top-k beyond that is not tracked)."""
+    hot_set_half_life_s: float = Field(60.0, gt=0, le=1_000_000)
+    """Seconds after which a request counts half in the hot set (it follows recent traffic, not all time)."""
+    head_refresh_s: float = Field(0.0, ge=0, le=1_000_000)
+    """Rewrite the head (top ``head_size`` keys of the hot set) into Redis and L1 this often (hybrid); 0: not on a schedule."""
+    head_refresh_threshold: float = Field(0.0, ge=0, le=1)
+    """Rewrite the head when the Jaccard distance of the hot set's top keys from the head last written exceeds this; 0: off."""
+    warm_start: bool = False
+    """On a reload, compute the new version's hot keys (from the hot set) into Redis and L1 before it takes traffic (hybrid)."""
+    warm_start_keys: int = Field(1000, ge=0, le=10_000_000)
+    """Hot keys a warm start computes for the new version."""
     batching: bool = True
     """Dynamic batching of concurrent model calls (for models run in the worker thread, see
     ``offload_above_us``; cheaper models are called directly)."""

@@ -35,6 +35,23 @@ def light_artifact(registry: Path) -> ModelArtifact:
 
 
 @pytest.fixture(scope="session")
+def two_light_versions(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A private registry holding an old and a new version of traffic-light (another seed; latest:
+    old): ``(registry, old, new)``."""
+    import shutil
+
+    from models.registry import resolve, set_latest
+
+    root = tmp_path_factory.mktemp("two-versions") / "registry"
+    shutil.copytree(registry, root)
+    old = resolve(root, "traffic-light").version
+    new = build_and_publish("light", root, segments=TEST_SEGMENTS, seed=123).version
+    assert new != old
+    set_latest(root, "traffic-light", old)
+    return root, old, new
+
+
+@pytest.fixture(scope="session")
 def redis_server() -> Iterator[EmbeddedRedis]:
     """One real redis-server for the session; tests use distinct namespaces or flush it."""
     with EmbeddedRedis() as server:

@@ -5,7 +5,6 @@ flushes racing requests. Real Redis, real ONNX, real HTTP; load bounded in count
 from __future__ import annotations
 
 import random
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -16,8 +15,6 @@ import numpy as np
 import pytest
 
 from models.data import all_keys
-from models.registry import resolve, set_latest
-from models.publish import build_and_publish
 from serving.model import LoadedModel
 from serving.precompute import precompute
 from serving.store import KeyLayout
@@ -47,13 +44,8 @@ def _values(registry: Path, version: str) -> dict[str, float]:
 
 
 @pytest.fixture(scope="module")
-def two_versions(registry: Path, tmp_path_factory: pytest.TempPathFactory) -> TwoVersions:
-    root = tmp_path_factory.mktemp("two-versions") / "registry"
-    shutil.copytree(registry, root)
-    old = resolve(root, "traffic-light").version
-    new = build_and_publish("light", root, segments=TEST_SEGMENTS, seed=123).version
-    assert new != old
-    set_latest(root, "traffic-light", old)
+def two_versions(two_light_versions: tuple[Path, str, str]) -> TwoVersions:
+    root, old, new = two_light_versions
     return TwoVersions(root, old, new, _values(root, old), _values(root, new))
 
 
