@@ -40,7 +40,7 @@ from serving.settings import Settings  # noqa: E402
 from tuning.calibrate import calibrate  # noqa: E402
 from tuning.curves import policy_gap, trace_curves  # noqa: E402
 from tuning.key_fit import fit_trace  # noqa: E402
-from tuning.recommend import rank, simulate_candidates  # noqa: E402
+from tuning.recommend import Recommendation, rank, simulate_candidates  # noqa: E402
 from tuning.traces import Trace, read_trace  # noqa: E402
 from tuning.verify import verify  # noqa: E402
 
@@ -58,6 +58,8 @@ def main() -> int:
         return 0
     registry = Path(args.registry)
     traces = _traces(Path(args.traces), registry)
+    if args.hybrid_pass:
+        return _hybrid_pass(args, registry, traces)
     rows: list[dict[str, Any]] = []
     costs = {}
     if args.resume:  # keep the rows written so far and their calibration; run the traces not done
@@ -93,9 +95,43 @@ def main() -> int:
                          "verified": candidate.label, "verify": result.as_dict(),
                          "cost_vs_memory": rec.cost_memory_curve(), "tiers": costs[profile].as_dict(),
                          "curves": curves, "seconds": time.perf_counter() - started})
-            print(f"  {profile}: {_line(rows[-1])}", flush=True)
+            print(f"  {profile}: {_line(rows[-1]['verify'])}", flush=True)
+            rows[-1]["hybrid"] = _verify_hybrid(args, registry, rec, fitted.trace, costs[profile], profile)
             _write(args, rows, costs, agreement)  # after every row: a run cut short still leaves its results
     print(f"wrote {HERE / 'tuning.md'}")
+    return 0
+
+
+def _verify_hybrid(args: argparse.Namespace, registry: Path, rec: Recommendation, trace: Trace, costs: TierCosts,
+                   profile: str) -> dict[str, Any] | None:
+    """Also verify the cheapest sized hybrid candidate (Redis budget, L1, admission, head) when the
+    chosen one is not one: the cache sizing is then checked by a load test too."""
+    sized = [c for c in rec.candidates if c.mode == "hybrid" and not c.full_table]
+    if not sized or (rec.chosen is not None and rec.chosen.mode == "hybrid" and not rec.chosen.full_table):
+        return None
+    candidate = next((c for c in sized if c.meets_slo), min(sized, key=lambda c: (c.p99_ms, c.monthly_usd)))
+    print(f"  {profile}: cheapest sized hybrid {candidate.label}; verifying ...", flush=True)
+    result = verify(trace, candidate, costs, Settings(registry=registry, model_name=model_name(profile)),
+                    slo_p99_ms=args.slo_p99_ms, rate=args.verify_rate, max_seconds=args.verify_seconds)
+    print(f"  {profile}: {_line(result.as_dict())}", flush=True)
+    return {"verified": candidate.label, "verify": result.as_dict(), "candidate": candidate.as_dict(rec.model_name)}
+
+
+def _hybrid_pass(args: argparse.Namespace, registry: Path, traces: dict[str, Trace]) -> int:
+    """Add the sized-hybrid verification to the rows of tuning.json that lack it (their own
+    calibration, the same simulation and ranking)."""
+    saved = json.loads((HERE / "tuning.json").read_text())
+    rows, agreement = saved["rows"], saved.get("agreement", [])
+    costs = {row["profile"]: TierCosts.from_dict(row["tiers"]) for row in rows}
+    model = LoadedModel.from_registry(registry, model_name("light"))
+    for row in (r for r in rows if "hybrid" not in r):
+        fitted = fit_trace(traces[row["trace"]], model.key_space, map_keys=not row["trace"].startswith("zipf"))
+        profile = row["profile"]
+        rec = rank(simulate_candidates(fitted.trace, costs[profile], model.key_space.count), costs[profile],
+                   slo_p99_ms=args.slo_p99_ms, qps=args.qps, key_count=model.key_space.count, model_name=model_name(profile))
+        print(f"{row['trace']}:", flush=True)
+        row["hybrid"] = _verify_hybrid(args, registry, rec, fitted.trace, costs[profile], profile)
+        _write(args, rows, costs, agreement)
     return 0
 
 
@@ -132,8 +168,7 @@ def _traces(folder: Path, registry: Path) -> dict[str, Trace]:
     return traces
 
 
-def _line(row: dict[str, Any]) -> str:
-    v = row["verify"]
+def _line(v: dict[str, Any]) -> str:
     m, p = v["measured"], v["predicted"]
     return (f"hit {m['hit_ratio']:.3f} vs {p['hit_ratio']:.3f} ({v['hit_ratio_pp']:.2f} pp), CPU {m['cpu_us_per_request']:.0f} "
             f"vs {p['cpu_us_per_request']:.0f} us ({v['cpu_error']:.0%}), p99 {m['p99_ms']:.1f} ms "
@@ -177,22 +212,32 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
                          f"{g['library_policy']} | {g['library_miss_ratio']:.3f} | {g['gap_pp']:+.2f} |")
     lines += ["", "## Recommendation and verification", "",
               "| trace | profile | verified configuration | replay | hit measured / predicted | CPU us measured / predicted "
-              "(current cost model) | p99 ms measured (predicted) | hit | CPU | p99 <= SLO |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "(current cost model) | p99 ms measured (95% CI) / predicted | hit | CPU | p99 <= SLO |", "|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
-        v = row["verify"]
-        m, p = v["measured"], v["predicted"]
-        # Re-priced with the cost model as it is now, from the run's simulated shares and tier curves.
-        hybrid = row["verified"].startswith("hybrid")  # a hybrid's misses pass Redis first
-        cpu = costs[row["profile"]].cpu_per_request(p["shares"], p["rate"], misses_pass_store=hybrid) * 1e6
-        error = abs(m["cpu_us_per_request"] - cpu) / cpu if cpu else float("inf")
-        lines.append(f"| {row['trace']} | {row['profile']} | {row['verified']} | {v['window']['requests']:,} | "
-                     f"{m['hit_ratio']:.3f} / {p['hit_ratio']:.3f} | {m['cpu_us_per_request']:.0f} / {cpu:.0f} ({error:.0%}) | "
-                     f"{m['p99_ms']:.1f} ({p['p99_ms']:.1f}) | {'ok' if v['hit_ratio_pp'] <= 2 else 'OFF'} | "
-                     f"{'ok' if error <= 0.25 else 'OFF'} | {'ok' if m['p99_ms'] <= context['slo_p99_ms'] else 'OFF'} |")
+        lines.append(_verify_line(row["trace"], row["profile"], row["verified"], row["verify"], costs, context))
+        if row.get("hybrid"):
+            hybrid = row["hybrid"]
+            lines.append(_verify_line(row["trace"], row["profile"], f"cheapest sized hybrid: {hybrid['verified']}",
+                                      hybrid["verify"], costs, context))
     lines += ["", "Tolerances: hit ratio 2 pp, CPU per request 25%, measured p99 within the SLO. Replay lengths: "
               "the whole trace when it fits the verification time, else the shortest tenth-step prefix whose simulated "
               "hit ratio is within 1 pp of the whole trace's (tuning/verify.py).", ""]
     return "\n".join(lines)
+
+
+def _verify_line(trace: str, profile: str, label: str, v: dict[str, Any], costs: dict[str, TierCosts],
+                 context: dict[str, Any]) -> str:
+    """One row of the verification table, the prediction re-priced with the cost model as it is now
+    (from the run's simulated shares and the profile's tier curves)."""
+    m, p = v["measured"], v["predicted"]
+    hybrid = "hybrid" in label  # a hybrid's misses pass Redis first
+    cpu = costs[profile].cpu_per_request(p["shares"], p["rate"], misses_pass_store=hybrid) * 1e6
+    error = abs(m["cpu_us_per_request"] - cpu) / cpu if cpu else float("inf")
+    ci = f" ({m['p99_low_ms']:.1f}-{m['p99_high_ms']:.1f})" if m.get("p99_low_ms") is not None else ""
+    return (f"| {trace} | {profile} | {label} | {v['window']['requests']:,} | {m['hit_ratio']:.3f} / {p['hit_ratio']:.3f} | "
+            f"{m['cpu_us_per_request']:.0f} / {cpu:.0f} ({error:.0%}) | {m['p99_ms']:.1f}{ci} / {p['p99_ms']:.1f} | "
+            f"{'ok' if v['hit_ratio_pp'] <= 2 else 'OFF'} | {'ok' if error <= 0.25 else 'OFF'} | "
+            f"{'ok' if m['p99_ms'] <= context['slo_p99_ms'] else 'OFF'} |")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -200,6 +245,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--registry")
     parser.add_argument("--markdown-only", action="store_true", help="rewrite tuning.md from tuning.json")
     parser.add_argument("--resume", action="store_true", help="keep tuning.json's rows and calibration, run the rest")
+    parser.add_argument("--hybrid-pass", action="store_true",
+                        help="verify the cheapest sized hybrid of each row of tuning.json that lacks it")
     parser.add_argument("--traces", default=str(HERE.parents[1] / "shared" / "traces"))
     parser.add_argument("--qps", type=float, default=300.0)
     parser.add_argument("--slo-p99-ms", type=float, default=50.0)
