@@ -304,7 +304,7 @@ def reference_candidates(key_count: int) -> list[Candidate]:
 
 
 def estimate_p99(shares: dict[str, float], p99_ms: dict[str, float]) -> float:
-    """p99 rule: walk the tiers from slowest to fastest (by their p99 at the rate each serves)
+    """p99 rule: walk the tiers from slowest to fastest (by their p99 at the load of the whole mix)
     adding up their share of requests; the first tier where the running share exceeds 1% sets the
     p99, at that tier's own p99. So with a miss ratio above 1% the p99 is the model's p99; below
     it, the Redis tier's if Redis and model together serve over 1%; else L1's. Conservative: a
