@@ -40,7 +40,7 @@ from serving.settings import Settings  # noqa: E402
 from tuning.calibrate import calibrate  # noqa: E402
 from tuning.curves import policy_gap, trace_curves  # noqa: E402
 from tuning.key_fit import fit_trace  # noqa: E402
-from tuning.recommend import Recommendation, rank, simulate_candidates  # noqa: E402
+from tuning.recommend import Recommendation, in_flight, rank, simulate_candidates  # noqa: E402
 from tuning.traces import Trace, read_trace  # noqa: E402
 from tuning.verify import verify  # noqa: E402
 
@@ -83,7 +83,8 @@ def main() -> int:
         gap = policy_gap(curves)
         print(f"{name}: {len(fitted.trace):,} requests; gap {[round(g['gap_pp'], 2) for g in gap]} pp", flush=True)
         for profile in PROFILES:
-            simulated = simulate_candidates(fitted.trace, costs[profile], model.key_space.count)
+            simulated = simulate_candidates(fitted.trace, costs[profile], model.key_space.count,
+                                            in_flight=in_flight(costs[profile], args.qps))
             rec = rank(simulated, costs[profile], slo_p99_ms=args.slo_p99_ms, qps=args.qps,
                        key_count=model.key_space.count, model_name=model_name(profile))
             candidate = rec.to_verify()
@@ -127,7 +128,8 @@ def _hybrid_pass(args: argparse.Namespace, registry: Path, traces: dict[str, Tra
     for row in (r for r in rows if "hybrid" not in r):
         fitted = fit_trace(traces[row["trace"]], model.key_space, map_keys=not row["trace"].startswith("zipf"))
         profile = row["profile"]
-        rec = rank(simulate_candidates(fitted.trace, costs[profile], model.key_space.count), costs[profile],
+        simulated = simulate_candidates(fitted.trace, costs[profile], model.key_space.count, in_flight=in_flight(costs[profile], args.qps))
+        rec = rank(simulated, costs[profile],
                    slo_p99_ms=args.slo_p99_ms, qps=args.qps, key_count=model.key_space.count, model_name=model_name(profile))
         print(f"{row['trace']}:", flush=True)
         row["hybrid"] = _verify_hybrid(args, registry, rec, fitted.trace, costs[profile], profile)

@@ -106,6 +106,8 @@ class TierEstimate:
     p99_ms: float
     extrapolated: bool
     """The rate lies outside the measured points: the nearest end's figures are used."""
+    p50_ms: float = 0.0
+    """The tier's median latency at the same load (how long a request is in flight)."""
 
 
 @dataclass
@@ -136,16 +138,17 @@ class TierCosts:
         else:
             cpu = _interpolate([(p.rate, p.cpu_s) for p in points], rate)
         load = rate * cpu if load is None else load
-        p99, outside = self._p99(tier, load)
+        p99, p50, outside = self._latency(tier, load)
         measured, value = ([p.share for p in points], share) if tier == "l1" else ([p.rate for p in points], rate)
-        return TierEstimate(tier, rate, cpu, p99, outside or _outside(sorted(measured), value))
+        return TierEstimate(tier, rate, cpu, p99, outside or _outside(sorted(measured), value), p50)
 
-    def _p99(self, tier: str, load: float) -> tuple[float, bool]:
-        """The tier's p99 at server ``load``, and whether that lies outside its measured loads."""
+    def _latency(self, tier: str, load: float) -> tuple[float, float, bool]:
+        """The tier's p99 and p50 at server ``load``, and whether that lies outside its measured loads."""
         own = sorted((p for p in self.curves[tier] if p.p99_of_tier), key=lambda p: p.load)
         if not own:  # L1 from mixed runs only: bounded by Redis' (see the module doc)
-            return self._p99("redis", load)
-        return _interpolate([(p.load, p.p99_ms) for p in own], load), _outside([p.load for p in own], load)
+            return self._latency("redis", load)
+        return (_interpolate([(p.load, p.p99_ms) for p in own], load), _interpolate([(p.load, p.p50_ms) for p in own], load),
+                _outside([p.load for p in own], load))
 
     def cpu_per_request(self, shares: dict[str, float], rate: float, *, misses_pass_store: bool) -> float:
         """CPU seconds per request of a mix of tiers (``shares``: tier -> fraction) at ``rate``

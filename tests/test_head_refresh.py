@@ -189,3 +189,20 @@ def test_refresh_head_without_the_hot_set_is_409(make_settings) -> None:  # type
         assert answer.status_code == 409
         assert answer.json()["error"] == "hot_set_off" and "HYBRIDSERVE_HOT_SET" in answer.json()["detail"]
         assert client.get("/v1/cache/stats").json()["head_refresh"] is None
+
+
+def test_a_version_added_to_a_split_is_warmed_before_it_takes_traffic(make_settings, two_versions: TwoVersions) -> None:  # type: ignore[no-untyped-def]
+    """The traffic split's before_traffic hook warms a version added to the split as a reload does:
+    the hot keys that route to the new version are answered from its cache, not its model."""
+    settings = make_settings(mode="hybrid", registry=two_versions.registry, model_version=two_versions.old,
+                             admission=NEVER_ADMIT, warm_start=True, hot_set=True, warm_start_keys=len(HOT))
+    with running(settings) as (_, client):
+        _send_hot(client)
+        body = {"routes": [{"version": two_versions.old, "weight": 50}, {"version": two_versions.new, "weight": 50}]}
+        assert client.put("/v1/admin/routes", json=body, headers=ADMIN).status_code == 200
+        answers = [client.get(f"/v1/predict/{key}").json() for key in HOT]
+        moved = [a for a in answers if a["model_version"] == two_versions.new]
+        assert moved, "some hot keys route to the new version"
+        assert {a["source"] for a in moved} == {"l1"}
+        assert [a["prediction"] for a in moved] == pytest.approx(
+            _model_values(two_versions.registry, two_versions.new, [a["key"] for a in moved]))

@@ -21,6 +21,7 @@ from tuning.simulate import (
     canonical_policy,
     miss_ratio_curves,
     oracle_head_request_ratio,
+    ServerReplay,
     simulate_server_policy,
     top_keys,
 )
@@ -277,3 +278,27 @@ def test_tinylfu_admission_replays_like_after_two_on_a_fresh_sketch() -> None:
 
     assert admissions("tinylfu") == pytest.approx(admissions("after:2"), rel=0.02)
     assert admissions("tinylfu") < admissions("always")
+
+
+@pytest.mark.parametrize("in_flight", [0, 1, 2])
+def test_requests_in_flight_do_not_see_each_others_admissions(in_flight: int) -> None:
+    """On a concurrent server a request overlapping a miss of the same key misses too: the replay
+    with ``in_flight`` N lets the N requests after a miss miss again, and only those."""
+    replay = ServerReplay(ServerPolicy.hybrid(l1_capacity=100), in_flight=in_flight)
+    sources = [replay.serve(key) for key in ["3:1", "3:1", "3:1", "3:1", "4:2", "3:1"]]
+    assert sources == ["model"] * (1 + in_flight) + ["l1"] * (3 - in_flight) + ["model", "l1"]
+    assert replay.counts.model_rows == 2 + in_flight
+
+
+def test_in_flight_replay_of_a_web_trace_loses_the_hits_of_immediate_repeats(web07: Trace) -> None:
+    """A web trace repeats keys back to back; with one request in flight, a repeat of a miss misses."""
+    policy = ServerPolicy.hybrid(l1_capacity=1000, l1_policy="s3fifo")
+    sequential, concurrent = ServerReplay(policy), ServerReplay(policy, in_flight=1)
+    repeats_after_a_miss, previous = 0, ("", "")
+    for key in (web07.keys[i] for i in web07.ids[:20_000].tolist()):
+        source = sequential.serve(key)
+        concurrent.serve(key)
+        repeats_after_a_miss += previous == (key, "model")
+        previous = (key, source)
+    extra = concurrent.counts.model_rows - sequential.counts.model_rows
+    assert repeats_after_a_miss > 100 and extra >= 0.9 * repeats_after_a_miss

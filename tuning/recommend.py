@@ -213,17 +213,25 @@ def recommend(
     ``trace`` holds only keys of the model's key space (:func:`tuning.key_fit.fit_trace`);
     ``key_count`` is the size of that key space.
     """
-    candidates = simulate_candidates(trace, costs, key_count, l1_policies, min_budget_bytes)
+    candidates = simulate_candidates(trace, costs, key_count, l1_policies, min_budget_bytes, in_flight=in_flight(costs, qps))
     return rank(candidates, costs, slo_p99_ms=slo_p99_ms, qps=qps, key_count=max(key_count, trace.n_unique),
                 model_name=model_name, prices=prices)
 
 
+def in_flight(costs: TierCosts, rate: float) -> int:
+    """How many following requests a miss overlaps at ``rate`` requests/s: rate x the model tier's
+    median latency (Little's law), rounded. What it admits is not there for those (a key requested
+    twice in a row misses twice while the first is still computing)."""
+    return max(0, round(rate * costs.at("model", rate).p50_ms / 1000))
+
+
 def simulate_candidates(trace: Trace, costs: TierCosts, key_count: int, l1_policies: Sequence[str] = L1_POLICIES,
-                        min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES) -> list[Candidate]:
-    """Every candidate with its simulated tier shares (the slow part: one replay each), unpriced."""
+                        min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES, *, in_flight: int = 0) -> list[Candidate]:
+    """Every candidate with its simulated tier shares (the slow part: one replay each), unpriced;
+    ``in_flight``: requests in flight at once at the rate priced (:func:`in_flight`)."""
     key_count = max(key_count, trace.n_unique)
-    return (hybrid_candidates(trace, costs, l1_policies, min_budget_bytes) + full_table_candidates(trace, key_count, l1_policies)
-            + reference_candidates(key_count))
+    return (hybrid_candidates(trace, costs, l1_policies, min_budget_bytes, in_flight=in_flight)
+            + full_table_candidates(trace, key_count, l1_policies, in_flight=in_flight) + reference_candidates(key_count))
 
 
 def rank(candidates: Sequence[Candidate], costs: TierCosts, *, slo_p99_ms: float, qps: float, key_count: int,
@@ -238,12 +246,12 @@ def rank(candidates: Sequence[Candidate], costs: TierCosts, *, slo_p99_ms: float
 
 
 def hybrid_candidates(trace: Trace, costs: TierCosts, l1_policies: Sequence[str] = L1_POLICIES,
-                      min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES) -> list[Candidate]:
+                      min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES, *, in_flight: int = 0) -> list[Candidate]:
     """The sized hybrid grid, each replayed on ``trace``."""
     counts = np.bincount(trace.ids, minlength=len(trace.keys))
     out = []
     for template in _hybrid_grid(trace, costs, l1_policies, min_budget_bytes):
-        result = simulate_server_policy(trace, template.policy())
+        result = simulate_server_policy(trace, template.policy(), in_flight=in_flight)
         template.l1_hit_ratio, template.l2_hit_ratio, template.miss_ratio = (
             result.l1_hit_ratio, result.l2_hit_ratio, result.miss_ratio)
         if template.redis_budget_bytes is None:
@@ -284,14 +292,15 @@ def _unbounded_entries(counts: np.ndarray, candidate: Candidate) -> int:
     return max(int(np.count_nonzero(counts >= need)), candidate.head_size)
 
 
-def full_table_candidates(trace: Trace, key_count: int, l1_policies: Sequence[str] = L1_POLICIES) -> list[Candidate]:
+def full_table_candidates(trace: Trace, key_count: int, l1_policies: Sequence[str] = L1_POLICIES, *,
+                          in_flight: int = 0) -> list[Candidate]:
     """L1 in front of the full static table: every L1 miss is a Redis hit. L1 holds the same keys as
     in a hybrid whose Redis answers everything (admission ``always``: a Redis hit refills L1 as a
     model answer would), so its hit ratio is that replay's."""
     out = []
     for l1 in cache_sizes(trace.n_unique, [f for f in L1_FRACTIONS if f > 0]):
         for policy in l1_policies:
-            result = simulate_server_policy(trace, ServerPolicy.hybrid(l1_capacity=l1, l1_policy=policy))
+            result = simulate_server_policy(trace, ServerPolicy.hybrid(l1_capacity=l1, l1_policy=policy), in_flight=in_flight)
             out.append(Candidate("hybrid", key_count, l1, "always", result.l1_hit_ratio, 1.0 - result.l1_hit_ratio, 0.0,
                                  key_count, l1_policy=policy, full_table=True))
     return out

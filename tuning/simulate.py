@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 import tempfile
+from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -349,6 +350,7 @@ def simulate_server_policy(
     train_fraction: float = DEFAULT_TRAIN_FRACTION,
     warm_up: bool = True,
     seed: int = 0,
+    in_flight: int = 0,
 ) -> ServerPolicyResult:
     """Replay ``trace`` through the server's cache tiers and count where requests are served.
 
@@ -356,7 +358,8 @@ def simulate_server_policy(
     keys) and, with ``warm_up``, fills L1 and Redis as the running server would have; the rest is
     evaluated, so popularity drift between the two parts shows. ``train_fraction=0`` evaluates the
     whole trace from cold caches (then ``head_size`` must be 0). TTLs run on the trace's
-    timestamps; ``seed`` drives the Redis eviction sampling.
+    timestamps; ``seed`` drives the Redis eviction sampling; ``in_flight``: requests a request
+    overlaps on the concurrent server (:class:`ServerReplay`).
 
     Example::
 
@@ -366,7 +369,7 @@ def simulate_server_policy(
     _check_replay(trace, policy, train_fraction)
     train, test = trace.split(train_fraction)
     head = top_keys(train, policy.head_size)
-    replay = ServerReplay(policy, [trace.keys[i] for i in head.tolist()], seed)
+    replay = ServerReplay(policy, [trace.keys[i] for i in head.tolist()], seed, in_flight=in_flight)
     head_ids = frozenset(head.tolist())
     if warm_up:
         _replay(replay, train, head_ids)
@@ -510,13 +513,19 @@ class ServerReplay:
     (order, refill, admission) over tiers that count instead of serving, for the policy's mode in
     :data:`serving.modes.MODE_TIERS`. The head is written to the store tier up front.
 
+    ``in_flight``: how many of the following requests a request overlaps on a concurrent server
+    (rate x its latency, by Little's law): what it writes into the caches (an admission, an L1
+    refill) is seen only by the requests after those. A key requested twice in a row misses twice
+    on a real server when the first request is still computing; the default 0 is the sequential
+    server.
+
     Example::
 
         replay = ServerReplay(ServerPolicy.hybrid(l1_capacity=100, admission="after:2"), head=["17:42"])
         [replay.serve(key) for key in ["17:42", "3:8", "3:8"]]   # ["redis", "model", "model"]
     """
 
-    def __init__(self, policy: ServerPolicy, head: Sequence[str] = (), seed: int = 0) -> None:
+    def __init__(self, policy: ServerPolicy, head: Sequence[str] = (), seed: int = 0, in_flight: int = 0) -> None:
         self.policy = policy
         self.counts = Counts()
         self.unknown = 0
@@ -527,6 +536,11 @@ class ServerReplay:
             self._store.preload(key)
         # Only hybrid admits what the model computes; the tuner's static serves its head alone.
         tiers: dict[str, Tier] = {"l1": L1Tier(self._l1), "store": self._store, "model": _CountingModelTier()}
+        self.in_flight = in_flight  # may change between requests (a sequential warm-up, then concurrent)
+        self._served = 0
+        self._pending: deque[tuple[int, Tier, list[tuple[str, float]]]] = deque()
+        if in_flight:
+            tiers = {name: _Deferred(tier, self) if name != "model" else tier for name, tier in tiers.items()}
         self.admission = Admission(AdmissionRule.parse(policy.admission))
         self._walk = TierWalk([tiers[name] for name in MODE_TIERS[policy.mode]], admission=self.admission,
                               observer=self.counts, validate=_accept)
@@ -546,12 +560,31 @@ class ServerReplay:
         ``redis``, ``model``) or ``unknown`` where the server would answer 404."""
         if now is not None:
             self._clock.now = now
+        self._served += 1
+        while self._pending and self._pending[0][0] < self._served:  # writes of requests finished by now
+            _, tier, items = self._pending.popleft()
+            run_now(tier.put_many(items))
         try:
             found = run_now(self._walk.resolve((key,)))
         except UnknownKey:
             self.unknown += 1
             return "unknown"
         return found[key][1]
+
+
+class _Deferred:
+    """A tier of a :class:`ServerReplay` with ``in_flight``: reads as the tier, writes queued until
+    the requests the writing one overlaps have been served."""
+
+    def __init__(self, tier: Tier, replay: ServerReplay) -> None:
+        self.tier, self.replay = tier, replay
+        self.name, self.computes, self.trusts_keys = tier.name, tier.computes, tier.trusts_keys
+
+    async def get_many(self, keys: Sequence[str], rows: object = None) -> list[float | None]:
+        return await self.tier.get_many(keys)
+
+    async def put_many(self, items: Sequence[tuple[str, float]]) -> None:
+        self.replay._pending.append((self.replay._served + self.replay.in_flight, self.tier, list(items)))
 
 
 @dataclass

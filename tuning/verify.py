@@ -34,7 +34,7 @@ from loadtests.runner import HEAD_SAMPLE_REQUESTS, WARMUP_REQUESTS, RunSpec, run
 from loadtests.tier_costs import TierCosts
 from serving.settings import Settings
 from tuning.calibrate import MAX_CALIBRATION_RATE, profile_of
-from tuning.recommend import TIER_NAMES, Candidate, estimate_p99
+from tuning.recommend import TIER_NAMES, Candidate, estimate_p99, in_flight
 from tuning.simulate import ServerReplay
 from tuning.traces import Trace
 
@@ -113,16 +113,19 @@ def replay_head(trace: Trace, head_size: int) -> list[str]:
     return [key for key, _ in sample.most_common(head_size)]
 
 
-def simulate_run(trace: Trace, candidate: Candidate, checkpoints: int = 1) -> list[Shares]:
+def simulate_run(trace: Trace, candidate: Candidate, checkpoints: int = 1, overlap: int = 0) -> list[Shares]:
     """What the load test of ``candidate`` on ``trace`` serves from each tier: the runner's warm-up
     (the replay's first requests), then the replay from cold caches, counted at ``checkpoints``
-    evenly spaced prefixes (the last is the whole replay)."""
+    evenly spaced prefixes (the last is the whole replay); ``overlap``: requests in flight at once
+    (:func:`tuning.recommend.in_flight`; the warm-up is sequential)."""
     policy = candidate.policy()
     head = [] if candidate.mode == "dynamic" else replay_head(trace, candidate.head_size)
-    replay = ServerReplay(policy, head)
+    replay = ServerReplay(policy, head, in_flight=overlap)
     keys = [trace.keys[i] for i in trace.ids.tolist()]
+    replay.in_flight = 0  # the runner's warm-up is one request at a time
     for key in keys[:WARMUP_REQUESTS]:
         replay.serve(key)
+    replay.in_flight = overlap
     if candidate.mode == "static":
         return [Shares(0.0, 1.0, 0.0)] * checkpoints  # the whole key space is precomputed
     counts = replay.counts
@@ -171,8 +174,9 @@ def verify(
         path.write_text("\n".join(replayed.keys[i] for i in replayed.ids.tolist()) + "\n")
         record = run_one(_spec(candidate, settings.model_name, path, rate, window.requests), settings.registry,
                          cost.Prices()).as_record()
-    shares = simulate_run(replayed, candidate)[-1]
-    predicted = _predicted(shares, costs, record["achieved_rps"], hybrid=candidate.mode == "hybrid")
+    overlap = in_flight(costs, record["achieved_rps"])
+    shares = simulate_run(replayed, candidate, overlap=overlap)[-1]
+    predicted = _predicted(shares, costs, record["achieved_rps"], hybrid=candidate.mode == "hybrid") | {"in_flight": overlap}
     return VerifyResult(candidate.label, window, _measured(record), predicted, candidate.hit_ratio, slo_p99_ms)
 
 
