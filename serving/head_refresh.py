@@ -97,8 +97,9 @@ async def warm(
     model, l1, version = state.model, state.l1, state.version
     if model is None:
         raise ValueError("warm needs a model: a mode without one serves a complete precomputed table")
-    todo = [key for key in dict.fromkeys(keys) if l1 is None or l1.peek(key) is None]
-    counts = {"in_l1": len(dict.fromkeys(keys)) - len(todo), "from_store": 0, "computed": 0, "skipped": 0}
+    unique = list(dict.fromkeys(keys))
+    todo = [key for key in unique if l1 is None or l1.peek(key) is None]
+    counts = {"in_l1": len(unique) - len(todo), "from_store": 0, "computed": 0, "skipped": 0}
     superseded = False
     loop = asyncio.get_running_loop()
     for begin in range(0, len(todo), chunk):
@@ -130,7 +131,7 @@ async def warm(
             for key, value in items:
                 l1.put(key, value)
         counts["computed"] += len(items)
-    return WarmReport(version, len(dict.fromkeys(keys)), superseded=superseded,
+    return WarmReport(version, len(unique), superseded=superseded,
                       seconds=time.perf_counter() - start, **counts)
 
 
