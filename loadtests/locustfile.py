@@ -18,18 +18,23 @@ Options (each falls back to the environment variable in brackets, then to the de
   ``POST /v1/predict`` with that many keys.
 - ``--rate`` [HYBRIDSERVE_LOAD_RATE]: target requests per second over all users of this Locust
   process (per worker in a distributed run); 0 runs closed-loop, as fast as responses come back.
-- ``--seed`` [HYBRIDSERVE_LOAD_SEED]: fixes which keys are popular and the request sequence.
+- ``--seed`` [HYBRIDSERVE_LOAD_SEED]: fixes which keys are popular, the request sequence and the
+  Poisson arrival gaps.
+- ``--arrivals`` [HYBRIDSERVE_LOAD_ARRIVALS]: ``poisson`` (default) or ``even`` send times at ``--rate``.
 - ``--instances`` [HYBRIDSERVE_LOAD_INSTANCES]: send raw-feature instances of ``--model`` instead of
   keys (``POST /v1/predict {"instances": [...]}``, ``--batch-size`` per request): ``training``, or
   ``drift:at=0.5,shift=2.0`` (after half the run every feature moves by 2 training standard
   deviations; ``features=a+b`` names those shifted), see ``loadtests.drift_traffic``.
 
 Pacing. Locust users are closed loops: a user waits for its response before its next request.
-With ``--rate`` each user follows a fixed schedule, one request every ``users / rate`` seconds
-measured from the schedule rather than from its last response, so the offered load stays at
-``rate`` whatever the latency, as long as a user's response time stays under its interval. A
+With ``--rate`` the users send on a fixed schedule of ``rate`` requests a second, measured from
+the schedule rather than from each user's last response, so the offered load stays at ``rate``
+whatever the latency, as long as some user is free when a request is due. A
 late request is sent at once and the schedule catches up back to back, but never more than
 ``MAX_CATCH_UP_S`` behind: older slots are dropped rather than sent as a burst after a stall.
+The send times come from one arrival stream per process (``loadtests.arrivals``), which free users
+take turns at: Poisson arrivals by default, as independent clients send them, or evenly spaced
+ones with ``--arrivals even``.
 (Locust's ``constant_throughput`` instead restarts the interval after every slow request, which
 silently lowers the offered load exactly when the server is slowest.) Once users saturate the
 achieved RPS falls below ``--rate`` and latency percentiles, measured from each send, miss the
@@ -64,6 +69,7 @@ from locust.util.timespan import parse_timespan
 
 import numpy as np
 
+from loadtests.arrivals import DEFAULT_PROCESS, PROCESSES, ArrivalStream, check_process
 from loadtests.drift_traffic import InstanceSpec, InstanceStream
 from loadtests.keys import KeysExhausted, KeyStream, key_stream, parse_spec
 from models.keyspace import GridKeySpace, KeySpace, key_space_for
@@ -110,6 +116,7 @@ OPTIONS: tuple[tuple[str, type, object, str], ...] = (
     ("--batch-size", int, DEFAULT_BATCH_SIZE, "Keys per request: 1 uses GET /v1/predict/{key}, more POST /v1/predict"),
     ("--rate", float, DEFAULT_RATE, "Target requests/s over all users of this process (open loop); 0: closed loop"),
     ("--seed", int, DEFAULT_SEED, "Seed of the key distribution (which keys are popular, and the request sequence)"),
+    ("--arrivals", str, DEFAULT_PROCESS, f"With --rate: send times as a {' or '.join(PROCESSES)} process"),
     ("--latency-file", str, "", "Write a 2%-resolution latency histogram (JSON) here when the test stops "
                                 "({worker} in the path: the worker's index, in a distributed run)"),
     ("--instances", str, "", "Raw-feature instances of --model instead of keys: training, or "
@@ -147,6 +154,7 @@ class LoadOptions:
     rate: float
     seed: int
     instances: str = ""
+    arrivals: str = DEFAULT_PROCESS
 
     @classmethod
     def from_parsed(cls, parsed: Any) -> LoadOptions:
@@ -160,7 +168,9 @@ class LoadOptions:
             rate=float(parsed.rate),
             seed=int(parsed.seed),
             instances=str(getattr(parsed, "instances", "") or ""),
+            arrivals=str(getattr(parsed, "arrivals", "") or DEFAULT_PROCESS),
         )
+        check_process(options.arrivals)
         parse_spec(options.key_dist)
         if options.instances:
             InstanceSpec.parse(options.instances)
@@ -206,6 +216,7 @@ class LoadPlan:
     started: float = 0.0  # monotonic time the plan was built (the run's start, for --instances drift)
     run_time_s: float = 0.0  # -t of a headless run (0: none given)
     shift_file: str = ""
+    arrivals: ArrivalStream | None = None  # send times (None: closed loop)
 
     @classmethod
     def build(cls, environment: Environment) -> LoadPlan:
@@ -219,9 +230,12 @@ class LoadPlan:
         instances = options.instance_stream()
         if instances is not None and instances.spec.at is not None and not run_time:
             raise ValueError("--instances drift:... shifts at a share of the run: give -t/--run-time")
-        return cls(options, keys, instances, time.monotonic(),
+        started = time.monotonic()
+        arrivals = (ArrivalStream(options.rate, options.arrivals, seed=options.seed * 1000 + stream, start=started,
+                                  max_behind_s=MAX_CATCH_UP_S) if options.rate > 0 else None)
+        return cls(options, keys, instances, started,
                    float(parse_timespan(run_time) if isinstance(run_time, str) else run_time),
-                   str(getattr(parsed, "shift_file", "") or ""))
+                   str(getattr(parsed, "shift_file", "") or ""), arrivals)
 
     def take_instances(self, count: int) -> list[dict[str, float]]:
         """The next instances of this run; the first shifted one notes the time in ``--shift-file``."""
@@ -379,23 +393,22 @@ class PredictUser(FastHttpUser):
     ending: bool = False
 
     def on_start(self) -> None:
-        """Join the run's plan (building it if first) and start this user's schedule now."""
+        """Join the run's plan (building it if first) and wait for the first arrival it takes."""
         if PredictUser.plan is None:
             try:
                 PredictUser.plan = LoadPlan.build(self.environment)
             except (ValueError, OSError) as exc:
                 end_test(self.environment, str(exc))
-        self._due = time.monotonic()
+        gevent.sleep(self.wait_time())
 
     def wait_time(self) -> float:
-        """Seconds to the next slot of this user's schedule (0 when running closed-loop)."""
-        rate = self._plan.options.rate
-        if rate <= 0:
+        """Seconds to the next arrival of the process's stream, which this user takes
+        (0 when running closed-loop)."""
+        arrivals = self._plan.arrivals
+        if arrivals is None:
             return 0.0
-        interval = max(self.environment.runner.user_count, 1) / rate
         now = time.monotonic()
-        self._due = max(self._due + interval, now - MAX_CATCH_UP_S)
-        return max(0.0, self._due - now)
+        return max(0.0, arrivals.take(now) - now)
 
     @property
     def _plan(self) -> LoadPlan:

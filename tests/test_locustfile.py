@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -47,9 +48,11 @@ class Received:
     counts: Counter[str] = field(default_factory=Counter)
     batch_sizes: Counter[int] = field(default_factory=Counter)
     keys: list[str] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
 
     def add(self, kind: str, keys: list[str]) -> None:
         with self.lock:
+            self.times.append(time.monotonic())
             self.counts[kind] += 1
             self.keys += keys
             if kind == "post":
@@ -170,7 +173,7 @@ def runs(trace_file: Path) -> dict[str, tuple[LocustRun, Received]]:
         "single": (["--key-dist", "uniform", "--segments", str(2 * KNOWN_SEGMENTS), "--rate", str(RATE)], {}),
         "batch": (
             ["--segments", str(KNOWN_SEGMENTS), "--rate", str(RATE)],
-            {"HYBRIDSERVE_LOAD_BATCH_SIZE": "4", "HYBRIDSERVE_LOAD_KEY_DIST": "zipf:1.2"},
+            {"HYBRIDSERVE_LOAD_BATCH_SIZE": "4", "HYBRIDSERVE_LOAD_KEY_DIST": "zipf:1.2", "HYBRIDSERVE_LOAD_ARRIVALS": "even"},
         ),
         "trace": (["--key-dist", f"trace:{trace_file}", "--segments", str(KNOWN_SEGMENTS), "--batch-size", "3"], {}),
     }
@@ -206,10 +209,38 @@ def test_rate_paces_the_offered_load(runs: Runs) -> None:
     # a request in the second it completes, which adds at most one in-flight request per user.
     # A stall lowers the counts; the catch-up after it stays within these bounds.
     assert max(per_second.values()) <= RATE * (1 + MAX_CATCH_UP_S) + 2 * USERS
-    # Every user sends its first request at once, then one per slot: RATE * RUN_SECONDS + USERS
-    # at most. No floor on the rate: a user waits for each response, and on a loaded machine this
-    # process's fake server (sharing the GIL with two others) answered 2 users at 6 requests/s.
-    assert USERS <= entry["num_requests"] <= RATE * RUN_SECONDS + USERS  # type: ignore[operator]
+    # Arrivals are Poisson: RATE * RUN_SECONDS on average, within four standard deviations. No floor
+    # on the rate: a user waits for each response, and on a loaded machine this process's fake
+    # server (sharing the GIL with two others) answered 2 users at 6 requests/s.
+    expected = RATE * RUN_SECONDS
+    assert USERS <= entry["num_requests"] <= expected + 4 * expected**0.5 + USERS  # type: ignore[operator]
+
+
+def _gaps_once_both_users_run(received: Received) -> list[float]:
+    # Locust starts the second user 1 / USERS s after the first.
+    times = sorted(received.times)
+    both = [t for t in times if t > times[0] + 1.5 / USERS]
+    return [later - earlier for earlier, later in zip(both, both[1:])]
+
+
+def test_paced_users_share_one_poisson_stream(runs: Runs) -> None:
+    # Poisson arrivals: a share 1 - e^-0.25 (22%) of the gaps is under a quarter of the mean gap;
+    # about 100 gaps put that share within 8-38% (three standard errors and some). Evenly spaced
+    # arrivals give none; schedules of their own, counted from each user's start, put the two
+    # users (started a whole number of their intervals apart) into pairs, about 50%.
+    gaps = _gaps_once_both_users_run(runs["single"][1])
+    short = sum(gap < 0.25 / RATE for gap in gaps) / len(gaps)
+    assert len(gaps) > RATE
+    assert 0.08 <= short <= 0.38, f"{short:.0%} of {len(gaps)} gaps under {250 / RATE:.1f} ms"
+
+
+def test_even_arrivals_are_spaced_one_interval_apart(runs: Runs) -> None:
+    # HYBRIDSERVE_LOAD_ARRIVALS=even. Stalls of a loaded machine make a few short gaps (a late
+    # request, then the next on time), hence a share, not none; Poisson would give 22%.
+    gaps = _gaps_once_both_users_run(runs["batch"][1])
+    short = sum(gap < 0.25 / RATE for gap in gaps)
+    assert len(gaps) > RATE
+    assert short <= 0.1 * len(gaps), f"{short} of {len(gaps)} gaps under {250 / RATE:.1f} ms"
 
 
 def test_failures_carry_the_server_error_code_and_detail(runs: Runs) -> None:
@@ -245,3 +276,9 @@ def test_bad_options_fail_before_the_test_starts() -> None:
     run = finish(start_locust("http://127.0.0.1:9", "--key-dist", "zipf:-1"))
     assert run.returncode != 0 and not run.stats
     assert "bad key distribution 'zipf:-1'" in run.log
+
+
+def test_an_unknown_arrival_process_fails_before_the_test_starts() -> None:
+    run = finish(start_locust("http://127.0.0.1:9", "--rate", "10", "--arrivals", "burst"))
+    assert run.returncode != 0 and not run.stats
+    assert "unknown arrival process 'burst': use one of poisson, even" in run.log

@@ -280,18 +280,32 @@ def test_tinylfu_admission_replays_like_after_two_on_a_fresh_sketch() -> None:
     assert admissions("tinylfu") < admissions("always")
 
 
-@pytest.mark.parametrize("in_flight", [0, 1, 2])
-def test_requests_in_flight_do_not_see_each_others_admissions(in_flight: int) -> None:
-    """On a concurrent server a request overlapping a miss of the same key misses too: the replay
-    with ``in_flight`` N lets the N requests after a miss miss again, and only those."""
-    replay = ServerReplay(ServerPolicy.hybrid(l1_capacity=100), in_flight=in_flight)
-    sources = [replay.serve(key) for key in ["3:1", "3:1", "3:1", "3:1", "4:2", "3:1"]]
-    assert sources == ["model"] * (1 + in_flight) + ["l1"] * (3 - in_flight) + ["model", "l1"]
-    assert replay.counts.model_rows == 2 + in_flight
+def test_a_sequential_replay_sees_every_write_at_once() -> None:
+    replay = ServerReplay(ServerPolicy.hybrid(l1_capacity=100), in_flight=0)
+    sources = [replay.serve(key) for key in ["3:1", "3:1", "3:1", "4:2", "3:1"]]
+    assert sources == ["model", "l1", "l1", "model", "l1"]
+
+
+@pytest.mark.parametrize("in_flight", [0.5, 2.0])
+def test_requests_in_flight_do_not_see_each_others_admissions(in_flight: float) -> None:
+    """On a concurrent server a request overlapping a miss of the same key misses too. With Poisson
+    arrivals the requests a miss overlaps are a Poisson count of mean ``in_flight``, and a repeat
+    after them hits: the misses of a repeated key are a run at its start, of 1 + about that many
+    (a little fewer: a repeat that missed may finish first and write the value sooner)."""
+    replay = ServerReplay(ServerPolicy.hybrid(l1_capacity=100_000), in_flight=in_flight)
+    extra = []
+    for block in range(2000):
+        sources = [replay.serve(f"{block}:1") for _ in range(12)]
+        misses = sources.count("model")
+        assert sources[:misses] == ["model"] * misses  # once it hits it keeps hitting
+        extra.append(misses - 1)
+    assert 0.7 * in_flight <= sum(extra) / len(extra) <= 1.05 * in_flight
+    assert max(extra) > in_flight  # a count, not the mean every time
 
 
 def test_in_flight_replay_of_a_web_trace_loses_the_hits_of_immediate_repeats(web07: Trace) -> None:
-    """A web trace repeats keys back to back; with one request in flight, a repeat of a miss misses."""
+    """A web trace repeats keys back to back; with one request in flight on average, a repeat of a
+    miss misses when it arrives before the miss has finished, a share 1 - e^-1 (63%) of the time."""
     policy = ServerPolicy.hybrid(l1_capacity=1000, l1_policy="s3fifo")
     sequential, concurrent = ServerReplay(policy), ServerReplay(policy, in_flight=1)
     repeats_after_a_miss, previous = 0, ("", "")
@@ -301,4 +315,4 @@ def test_in_flight_replay_of_a_web_trace_loses_the_hits_of_immediate_repeats(web
         repeats_after_a_miss += previous == (key, "model")
         previous = (key, source)
     extra = concurrent.counts.model_rows - sequential.counts.model_rows
-    assert repeats_after_a_miss > 100 and extra >= 0.9 * repeats_after_a_miss
+    assert repeats_after_a_miss > 100 and 0.5 * repeats_after_a_miss <= extra <= 0.8 * repeats_after_a_miss

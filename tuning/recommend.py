@@ -218,15 +218,15 @@ def recommend(
                 model_name=model_name, prices=prices)
 
 
-def in_flight(costs: TierCosts, rate: float) -> int:
-    """How many following requests a miss overlaps at ``rate`` requests/s: rate x the model tier's
-    median latency (Little's law), rounded. What it admits is not there for those (a key requested
-    twice in a row misses twice while the first is still computing)."""
-    return max(0, round(rate * costs.at("model", rate).p50_ms / 1000))
+def in_flight(costs: TierCosts, rate: float) -> float:
+    """How many following requests a miss overlaps at ``rate`` requests/s, on average: rate x the
+    model tier's median latency (Little's law). What it admits is not there for those (a key
+    requested twice in a row misses twice while the first is still computing)."""
+    return max(0.0, rate * costs.at("model", rate).p50_ms / 1000)
 
 
 def simulate_candidates(trace: Trace, costs: TierCosts, key_count: int, l1_policies: Sequence[str] = L1_POLICIES,
-                        min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES, *, in_flight: int = 0) -> list[Candidate]:
+                        min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES, *, in_flight: float = 0.0) -> list[Candidate]:
     """Every candidate with its simulated tier shares (the slow part: one replay each), unpriced;
     ``in_flight``: requests in flight at once at the rate priced (:func:`in_flight`)."""
     key_count = max(key_count, trace.n_unique)
@@ -246,7 +246,7 @@ def rank(candidates: Sequence[Candidate], costs: TierCosts, *, slo_p99_ms: float
 
 
 def hybrid_candidates(trace: Trace, costs: TierCosts, l1_policies: Sequence[str] = L1_POLICIES,
-                      min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES, *, in_flight: int = 0) -> list[Candidate]:
+                      min_budget_bytes: int = REDIS_MIN_BUDGET_BYTES, *, in_flight: float = 0.0) -> list[Candidate]:
     """The sized hybrid grid, each replayed on ``trace``."""
     counts = np.bincount(trace.ids, minlength=len(trace.keys))
     out = []
@@ -293,7 +293,7 @@ def _unbounded_entries(counts: np.ndarray, candidate: Candidate) -> int:
 
 
 def full_table_candidates(trace: Trace, key_count: int, l1_policies: Sequence[str] = L1_POLICIES, *,
-                          in_flight: int = 0) -> list[Candidate]:
+                          in_flight: float = 0.0) -> list[Candidate]:
     """L1 in front of the full static table: every L1 miss is a Redis hit. L1 holds the same keys as
     in a hybrid whose Redis answers everything (admission ``always``: a Redis hit refills L1 as a
     model answer would), so its hit ratio is that replay's."""

@@ -29,8 +29,10 @@ Example::
 from __future__ import annotations
 
 import math
+import statistics
 import tempfile
-from collections import deque
+import heapq
+import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -350,7 +352,7 @@ def simulate_server_policy(
     train_fraction: float = DEFAULT_TRAIN_FRACTION,
     warm_up: bool = True,
     seed: int = 0,
-    in_flight: int = 0,
+    in_flight: float = 0.0,
 ) -> ServerPolicyResult:
     """Replay ``trace`` through the server's cache tiers and count where requests are served.
 
@@ -513,11 +515,13 @@ class ServerReplay:
     (order, refill, admission) over tiers that count instead of serving, for the policy's mode in
     :data:`serving.modes.MODE_TIERS`. The head is written to the store tier up front.
 
-    ``in_flight``: how many of the following requests a request overlaps on a concurrent server
-    (rate x its latency, by Little's law): what it writes into the caches (an admission, an L1
-    refill) is seen only by the requests after those. A key requested twice in a row misses twice
-    on a real server when the first request is still computing; the default 0 is the sequential
-    server.
+    ``in_flight``: how many of the following requests a request overlaps on a concurrent server,
+    on average (rate x its latency, by Little's law): what it writes into the caches (an admission,
+    an L1 refill) is seen only by the requests after those. A key requested twice in a row misses
+    twice on a real server when the first request is still computing; the default 0 is the
+    sequential server. Arrivals are Poisson, as the load test sends them
+    (:mod:`loadtests.arrivals`), so the count a request overlaps is drawn from a Poisson
+    distribution of that mean (seeded by ``seed``).
 
     Example::
 
@@ -525,7 +529,7 @@ class ServerReplay:
         [replay.serve(key) for key in ["17:42", "3:8", "3:8"]]   # ["redis", "model", "model"]
     """
 
-    def __init__(self, policy: ServerPolicy, head: Sequence[str] = (), seed: int = 0, in_flight: int = 0) -> None:
+    def __init__(self, policy: ServerPolicy, head: Sequence[str] = (), seed: int = 0, in_flight: float = 0.0) -> None:
         self.policy = policy
         self.counts = Counts()
         self.unknown = 0
@@ -538,8 +542,10 @@ class ServerReplay:
         tiers: dict[str, Tier] = {"l1": L1Tier(self._l1), "store": self._store, "model": _CountingModelTier()}
         self.in_flight = in_flight  # may change between requests (a sequential warm-up, then concurrent)
         self._served = 0
-        self._pending: deque[tuple[int, Tier, list[tuple[str, float]]]] = deque()
-        if in_flight:
+        self._pending: list[tuple[int, int, Tier, list[tuple[str, float]]]] = []  # a heap by due request
+        self._overlaps = _PoissonDraws(seed)
+        self._pushes = itertools.count()  # ties in the heap keep their order
+        if in_flight > 0:
             tiers = {name: _Deferred(tier, self) if name != "model" else tier for name, tier in tiers.items()}
         self.admission = Admission(AdmissionRule.parse(policy.admission))
         self._walk = TierWalk([tiers[name] for name in MODE_TIERS[policy.mode]], admission=self.admission,
@@ -562,7 +568,7 @@ class ServerReplay:
             self._clock.now = now
         self._served += 1
         while self._pending and self._pending[0][0] < self._served:  # writes of requests finished by now
-            _, tier, items = self._pending.popleft()
+            _, _, tier, items = heapq.heappop(self._pending)
             run_now(tier.put_many(items))
         try:
             found = run_now(self._walk.resolve((key,)))
@@ -584,7 +590,53 @@ class _Deferred:
         return await self.tier.get_many(keys)
 
     async def put_many(self, items: Sequence[tuple[str, float]]) -> None:
-        self.replay._pending.append((self.replay._served + self.replay.in_flight, self.tier, list(items)))
+        replay = self.replay
+        due = replay._served + replay._overlaps.for_request(replay._served, replay.in_flight)
+        heapq.heappush(replay._pending, (due, next(replay._pushes), self.tier, list(items)))
+
+
+# Above this mean overlap a Poisson count is drawn by its normal approximation.
+POISSON_EXACT_UP_TO = 500.0
+
+
+class _PoissonDraws:
+    """How many following requests each request overlaps: one Poisson draw per request (its L1
+    refill and its admission share it), drawn in blocks for speed."""
+
+    BLOCK = 4096
+
+    def __init__(self, seed: int) -> None:
+        self._rng = np.random.default_rng([seed, 3])
+        self._uniform = np.empty(0)
+        self._used = 0
+        self._request = -1
+        self._count = 0
+
+    def for_request(self, request: int, mean: float) -> int:
+        """The overlap of ``request`` (the same for every call about it)."""
+        if request != self._request:
+            if self._used == len(self._uniform):
+                self._uniform, self._used = self._rng.random(self.BLOCK), 0
+            self._request = request
+            self._count = _poisson_quantile(mean, float(self._uniform[self._used]))
+            self._used += 1
+        return self._count
+
+
+def _poisson_quantile(mean: float, u: float) -> int:
+    """The Poisson(``mean``) count at cumulative probability ``u`` (inverse transform: one uniform
+    draw serves any mean, which changes between a sequential warm-up and the concurrent run)."""
+    if mean <= 0:
+        return 0
+    if mean > POISSON_EXACT_UP_TO:  # e^-mean underflows; the normal approximation is close there
+        return max(0, round(mean + math.sqrt(mean) * statistics.NormalDist().inv_cdf(min(max(u, 1e-12), 1 - 1e-12))))
+    term = cumulative = math.exp(-mean)
+    count = 0
+    while cumulative < u and count < 10_000:
+        count += 1
+        term *= mean / count
+        cumulative += term
+    return count
 
 
 @dataclass

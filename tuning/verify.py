@@ -113,7 +113,7 @@ def replay_head(trace: Trace, head_size: int) -> list[str]:
     return [key for key, _ in sample.most_common(head_size)]
 
 
-def simulate_run(trace: Trace, candidate: Candidate, checkpoints: int = 1, overlap: int = 0) -> list[Shares]:
+def simulate_run(trace: Trace, candidate: Candidate, checkpoints: int = 1, overlap: float = 0.0) -> list[Shares]:
     """What the load test of ``candidate`` on ``trace`` serves from each tier: the runner's warm-up
     (the replay's first requests), then the replay from cold caches, counted at ``checkpoints``
     evenly spaced prefixes (the last is the whole replay); ``overlap``: requests in flight at once
