@@ -3,7 +3,7 @@ rate then needs in provisioned cores.
 
 For each mode, one prepared server (:func:`loadtests.runner.prepared`) is offered a ladder of rates,
 each for a fixed time (its first second left out of the percentiles), until a rung breaks: client p99 over the SLO, a failed request, or the
-achieved rate under ``SATURATION_SHARE`` of the offered one (the server fell behind: its queue, and
+achieved rate under ``SATURATION_SHARE`` of the offered one, less Poisson noise (the server fell behind: its queue, and
 so its latency, only grows). The *knee* is the last rung that held; capacity per core is its
 achieved rate over the server's cores (the runner pins it to one). A rung where the load generator
 itself saturated ends the ladder too, and the capacity is then a lower bound (``generator_bound``).
@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from loadtests import cost
-from loadtests.runner import SATURATION_SHARE, RunResult, RunSpec, measure, prepared
+from loadtests.runner import RunResult, RunSpec, fell_behind, measure, prepared
 
 DEFAULT_RATES = (100.0, 200.0, 400.0, 800.0, 1600.0, 3200.0)
 FULL_DURATION_S = 6.0
@@ -102,7 +102,7 @@ def _rung(result: RunResult, slo_p99_ms: float) -> tuple[Rung, str | None]:
         broken = f"{result.failures} failed requests at {result.offered_rps:.0f} req/s"
     elif p99 > slo_p99_ms:
         broken = f"p99 {p99:.1f} ms over the {slo_p99_ms:g} ms SLO at {result.offered_rps:.0f} req/s"
-    elif result.achieved_rps < SATURATION_SHARE * result.offered_rps:
+    elif fell_behind(result.achieved_rps, result.offered_rps, result.duration_s):
         broken = f"achieved {result.achieved_rps:.0f} of {result.offered_rps:.0f} req/s offered"
     rung = Rung(result.offered_rps, result.achieved_rps, result.latency_ms["p50"], p99, result.failures,
                 result.server_cpu_us_per_request, result.load_generator_saturated, holds=broken is None)
