@@ -69,9 +69,10 @@ def main() -> int:
     for profile in (p for p in PROFILES if p not in costs):
         print(f"calibrating {profile} at {args.qps:g}/s ...", flush=True)
         costs[profile] = calibrate(Settings(registry=registry, model_name=model_name(profile)), args.qps,
-                                   duration_s=args.calibration_seconds)
+                                   duration_s=args.calibration_seconds, repeats=args.repeats)
         print(f"comparison runs of {profile} at {args.verify_rate:g}/s ...", flush=True)
-        records = compare(registry, [s for s in matrix(args.calibration_seconds, args.verify_rate) if s.profile == profile])
+        records = compare(registry, [s for s in matrix(args.calibration_seconds, args.verify_rate) if s.profile == profile],
+                          repeats=args.repeats)
         agreement += _agreement(profile, costs[profile], tier_costs(records, model_name(profile)), records)
         _write(args, rows, costs, agreement)
     done = {row["trace"] for row in rows}
@@ -158,7 +159,8 @@ def _agreement(profile: str, tuner: TierCosts, comparison: TierCosts, records: l
 def _write(args: argparse.Namespace, rows: list[dict[str, Any]], costs: dict[str, Any], agreement: list[dict[str, Any]]) -> None:
     context = {"machine": f"{platform.node()}, Python {platform.python_version()}",
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "qps": args.qps,
-               "slo_p99_ms": args.slo_p99_ms, "verify_rate": args.verify_rate, "load_average": os.getloadavg()[:2]}
+               "slo_p99_ms": args.slo_p99_ms, "verify_rate": args.verify_rate, "load_average": os.getloadavg()[:2],
+               "repeats": args.repeats}
     (HERE / "tuning.json").write_text(json.dumps({"context": context, "rows": rows, "agreement": agreement}, indent=1, default=str))
     (HERE / "tuning.md").write_text(_markdown(context, rows, costs, agreement))
 
@@ -182,7 +184,8 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
     lines = ["# The tuner's answer, verified by load tests", "",
              f"`benchmarks/tuning.py`, {context['when']}, {context['machine']}: a 2-core machine"
              + (f" (load average {load[0]:.1f} / {load[1]:.1f} over 1 / 5 min when this file was written)" if load else "")
-             + f"; figures are from one run each. Pricing at {context['qps']:g} predictions/s, p99 SLO "
+             + f"; calibration and comparison figures are each the median run of {context.get('repeats', 1)}, "
+             "verification runs one each. Pricing at {context['qps']:g} predictions/s, p99 SLO "
              f"{context['slo_p99_ms']:g} ms; verification runs at {context['verify_rate']:g} requests/s offered.", "",
              "## Tier costs (calibrated by load tests)", "",
              "Server + Redis CPU per prediction; p99 client-side with its 95% confidence interval; the load is the "
@@ -255,6 +258,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify-rate", type=float, default=300.0)
     parser.add_argument("--verify-seconds", type=float, default=90.0)
     parser.add_argument("--calibration-seconds", type=float, default=12.0)
+    parser.add_argument("--repeats", type=int, default=3, help="runs per calibration and comparison spec (median kept)")
     return parser
 
 

@@ -266,9 +266,10 @@ def _run_and_report(args: argparse.Namespace, specs: list[Any],
     from loadtests import report, runner
 
     prices, target = _prices_and_target(args)
-    records = runner.compare(_settings(args).registry, specs, prices, target)
+    records = runner.compare(_settings(args).registry, specs, prices, target, repeats=args.repeats)
     context = {"machine": f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}",
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "duration_s": specs[0].duration_s,
+               "repeats": args.repeats,
                "prices": prices, "target": {"qps": args.target_qps, "key_count": args.target_keys} if target else "as measured"}
     sections = extra_sections(records) if extra_sections else []
     results, html_path = report.write_report(records, Path(args.out), context, sections, extra_results)
@@ -408,7 +409,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     settings = _settings(args, model_name=args.model or model_name(args.profile))
     return run_tune(Path(args.trace), settings, slo_p99_ms=args.slo_p99_ms, qps=args.qps, out=Path(args.out),
                     verify_live=args.verify, verify_seconds=args.verify_seconds,
-                    results=Path(args.results) if args.results else None, map_keys=args.map_keys)
+                    results=Path(args.results) if args.results else None, map_keys=args.map_keys,
+                    calibration_repeats=args.calibration_repeats)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -578,6 +580,8 @@ def _trace_tune(sub: Any) -> None:
                       help="longest replay of --verify (the whole trace if it fits, else its steady-state prefix)")
     tune.add_argument("--results", default=None, help="take tier costs from this results.json of the same model "
                       "(hybridserve compare) instead of calibrating by new load tests")
+    tune.add_argument("--calibration-repeats", type=_at_least_one, default=3,
+                      help="run each calibration load test this many times and keep the median run (1: quicker, noisier)")
     tune.add_argument("--map-keys", action="store_true", help="map the trace's distinct keys onto the model's key "
                       "space (default: use the keys it has, report the share it has not)")
     tune.add_argument("--profile", choices=("light", "heavy"), default="light", help="demo model profile the trace is for")
@@ -585,6 +589,17 @@ def _trace_tune(sub: Any) -> None:
                       help="a registered model (e.g. from hybridserve import) instead of a demo profile")
     _setting(tune, "--registry", "registry")
     tune.set_defaults(func=cmd_tune)
+
+
+def _at_least_one(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def _capacity_options(parser: argparse.ArgumentParser) -> None:
@@ -611,6 +626,8 @@ def _load_options(parser: argparse.ArgumentParser, single: bool) -> None:
     parser.add_argument("--price-gb-hour", type=float, default=0.02, help="USD per GB-hour of cache memory")
     parser.add_argument("--load-workers", type=int, default=0, metavar="N",
                         help="drive Locust as a master with N worker processes (0: one process)")
+    parser.add_argument("--repeats", type=_at_least_one, default=1, metavar="N",
+                        help="run every load test N times (in rounds) and report each one's median run by CPU per request")
     if not single:
         parser.add_argument("--quick", action="store_true", help="short runs (about two minutes in all)")
         parser.add_argument("--duration", type=float, default=None, help="seconds per run (overrides --quick; "

@@ -38,6 +38,12 @@ DPI = 100
 Record = dict[str, Any]
 
 
+def _repeats_note(context: dict[str, Any]) -> str:
+    """How many times each run was repeated, where it was (each figure is then the median run's)."""
+    repeats = int(context.get("repeats", 1) or 1)
+    return f"; each run {repeats} times, the median run by CPU per request shown" if repeats > 1 else ""
+
+
 def _label(r: Record) -> str:
     dist = "" if r["distribution"].startswith("zipf") else f" ({r['distribution']})"
     return f"{r['profile']}/{r['mode']}{dist}"
@@ -310,7 +316,7 @@ def render_html(records: Sequence[Record], context: dict[str, Any], extra_sectio
 ({html.escape(json.dumps(context.get('target', {})))}); latency is Locust's client-side p99, loopback included.</p>
 {tradeoff}
 <p>Measured on this machine ({html.escape(str(context.get('machine', '')))}), {html.escape(str(context.get('when', '')))}.
-Each run: a fresh server process and Redis, a fixed offered rate from Locust in its own process, {html.escape(str(context.get('duration_s', '')))} s.</p>
+Each run: a fresh server process and Redis, a fixed offered rate of Poisson arrivals from Locust in its own process, {html.escape(str(context.get('duration_s', '')))} s{_repeats_note(context)}.</p>
 {_setup(records)}
 {''.join(_profile_section(records, p) for p in _profiles(records))}
 <h2>How it is measured</h2>

@@ -187,3 +187,17 @@ def test_tune_refuses_a_verification_of_no_time(seconds: str, registry: Path, tm
     argv = ["tune", "--trace", str(trace), "--registry", str(registry), "--verify", "--verify-seconds", seconds]
     assert main(argv) == 2
     assert "--verify-seconds must be > 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("argv", "option"), [
+    (["tune", "--trace", "t.keys", "--calibration-repeats", "0"], "--calibration-repeats"),
+    (["compare", "--repeats", "-1"], "--repeats"),
+    (["loadtest", "--repeats", "two"], "--repeats"),
+])
+def test_repeat_counts_below_one_are_refused_with_the_option_named(argv: list[str], option: str,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option}" in err and ("at least 1" in err or "whole number" in err)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from loadtests import cost, report
-from loadtests.runner import SATURATION_SHARE, RunSpec, compare, fell_behind, window_cpu_percent
+from loadtests.runner import SATURATION_SHARE, RunSpec, compare, fell_behind, median_run, window_cpu_percent
 from models.registry import resolve
 from tests.helpers import locustfile_constant
 
@@ -171,6 +171,26 @@ def test_falling_behind_allows_for_poisson_noise_in_short_runs() -> None:
     # 12 s at 300/s: 3,600 on average; 92% of the rate is already behind.
     assert not fell_behind(0.96 * 300, 300.0, 12.0)
     assert fell_behind(0.88 * 300, 300.0, 12.0)
+
+
+def _run(server_us: float, redis_us: float, p99: float) -> Record:
+    return {"server_cpu_us_per_request": server_us, "redis_cpu_us_per_request": redis_us, "latency_ms": {"p99": p99}}
+
+
+def test_the_median_run_is_a_whole_run_with_every_repeat_listed() -> None:
+    runs = [_run(500, 50, 9.0), _run(300, 20, 4.0), _run(400, 30, 7.0)]
+    chosen = median_run(runs)
+    # By server + Redis CPU: 320, 430, 550; the middle one whole, its own p99 with it.
+    assert chosen["server_cpu_us_per_request"] == 400 and chosen["latency_ms"]["p99"] == 7.0
+    assert [r["p99_ms"] for r in chosen["repeats"]] == [9.0, 4.0, 7.0]
+    assert "repeats" not in runs[2]  # the inputs are left as they were
+    # An even count: the lower of the middle two.
+    assert median_run(runs[:2])["server_cpu_us_per_request"] == 300
+
+
+def test_compare_refuses_fewer_than_one_repeat(registry: Path) -> None:
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        compare(registry, [RunSpec("light", "static")], repeats=0)
 
 
 @pytest.mark.slow

@@ -69,7 +69,8 @@ def test_load_test_verifies_a_hybrid_recommendation(registry: Path, trace: Trace
 
 @pytest.mark.slow
 def test_calibration_measures_every_tier_by_load_tests(registry: Path) -> None:
-    costs = calibrate(Settings(registry=registry, model_name="traffic-heavy"), qps=80.0, duration_s=2.0, progress=False)
+    costs = calibrate(Settings(registry=registry, model_name="traffic-heavy"), qps=80.0, duration_s=2.0, progress=False,
+                      repeats=1)
     assert set(costs.curves) == set(TIERS)
     assert len(costs.curves["redis"]) == len(costs.curves["model"]) == 2  # each at two rates: its curve
     clean = [p for p in costs.curves["l1"] if p.p99_of_tier]  # the hot-set runs measure L1's own p99

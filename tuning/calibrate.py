@@ -37,6 +37,9 @@ MAX_CALIBRATION_RATE = 400.0
 # Every tier is measured at these shares of the calibration rate: its curve.
 RATE_SHARES: tuple[float, ...] = (0.25, 1.0)
 CALIBRATION_SECONDS = 12.0
+# Each run is repeated this many times (in rounds) and the median run kept: identical runs on a
+# small VM differ by 10-20% in CPU per request, more than a tier's share of a candidate's cost.
+CALIBRATION_REPEATS = 3
 PROFILES: tuple[str, ...] = ("light", "heavy")
 # L1 runs: every request on a hot set this small (it never moves), so the runner's warm-up puts most
 # of it in L1 and L1 answers well over 90% of the run (tier_costs.CLEAN_L1_SHARE).
@@ -56,11 +59,14 @@ def calibration_specs(model: str, qps: float, duration_s: float = CALIBRATION_SE
 
 
 def calibrate(settings: Settings, qps: float, duration_s: float = CALIBRATION_SECONDS,
-              progress: bool = True) -> TierCosts:
-    """Measure ``settings``' model's tier costs by load tests (see the module doc)."""
-    records = compare(settings.registry, calibration_specs(settings.model_name, qps, duration_s), progress=progress)
+              progress: bool = True, repeats: int = CALIBRATION_REPEATS) -> TierCosts:
+    """Measure ``settings``' model's tier costs by load tests (see the module doc), each run
+    ``repeats`` times and the median run kept (:func:`loadtests.runner.median_run`)."""
+    records = compare(settings.registry, calibration_specs(settings.model_name, qps, duration_s), progress=progress,
+                      repeats=repeats)
     costs = tier_costs(records, settings.model_name)
-    costs.source = f"calibrated: {len(records)} load-test runs of {duration_s:g} s"
+    costs.source = (f"calibrated: {len(records)} load-test runs of {duration_s:g} s"
+                    + (f", each the median of {repeats}" if repeats > 1 else ""))
     return costs
 
 

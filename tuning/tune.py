@@ -20,7 +20,7 @@ from typing import Any
 from loadtests.tier_costs import TierCosts
 from serving.model import LoadedModel
 from serving.settings import Settings
-from tuning.calibrate import calibrate, costs_from_results
+from tuning.calibrate import CALIBRATION_REPEATS, calibrate, costs_from_results
 from tuning.curves import policy_gap, trace_curves
 from tuning.key_fit import FittedTrace, fit_trace
 from tuning.plots import plot_costs, plot_miss_ratio_curves
@@ -43,6 +43,7 @@ def run_tune(
     verify_seconds: float = MAX_VERIFY_SECONDS,
     results: Path | None = None,
     map_keys: bool = False,
+    calibration_repeats: int = CALIBRATION_REPEATS,
 ) -> int:
     """Run the whole tuning flow, print a table and the settings to use; returns the exit status."""
     if verify_live and verify_seconds <= 0:
@@ -53,7 +54,7 @@ def run_tune(
     print(f"trace {trace_path}: {fitted.original_requests:,} requests, {fitted.out_of_space_share:.1%} outside "
           f"{settings.model_name}'s key space{' (mapped onto it)' if fitted.mapped else ''}; "
           f"{fitted.distinct_in_space:,} distinct keys in it", flush=True)
-    costs = _costs(settings, qps, results)
+    costs = _costs(settings, qps, results, calibration_repeats)
     rec = recommend(fitted.trace, costs, slo_p99_ms=slo_p99_ms, qps=qps, key_count=model.key_space.count,
                     model_name=settings.model_name)
     curves = trace_curves(fitted.trace)
@@ -72,12 +73,12 @@ def run_tune(
     return 0 if rec.slo_met else EXIT_SLO_UNREACHABLE
 
 
-def _costs(settings: Settings, qps: float, results: Path | None) -> TierCosts:
+def _costs(settings: Settings, qps: float, results: Path | None, repeats: int) -> TierCosts:
     if results is not None:
         print(f"tier costs from {results} ...", flush=True)
         return costs_from_results(results, settings.model_name)
     print(f"calibrating {settings.model_name} by load tests ...", flush=True)
-    return calibrate(settings, qps)
+    return calibrate(settings, qps, repeats=repeats)
 
 
 def _plots(name: str, curves: dict[str, dict[str, Any]], rec: Recommendation, out: Path) -> list[str]:
