@@ -1,8 +1,9 @@
 """The tuner's answer, verified: every trace in ../shared/traces and a synthetic Zipf trace x both profiles.
 
-Per profile, tier costs by calibration (load tests: :func:`tuning.calibrate.calibrate`), and the
-comparison's own runs of the profile (``hybridserve compare``'s matrix at the verify rate) read by
-the same code, to show that the tuner and the comparison report price a tier alike. Per trace:
+Per profile, tier costs by calibration (the load tests of :func:`tuning.calibrate.calibration_specs`),
+and the comparison's own runs of the profile (``hybridserve compare``'s matrix at the verify rate)
+read by the same code, to show that the tuner and the comparison report price a tier alike: both
+sets in the same rounds, each spec's median of ``--repeats`` runs kept. Per trace:
 fitted to the model's key space (the shared traces' integer ids are not grid keys, so they are
 mapped: ``--map-keys``), every candidate simulated once, the miss-ratio curves and the policy gap;
 per profile, the candidates ranked and the chosen one verified by a load test
@@ -37,7 +38,7 @@ from models.registry import model_name  # noqa: E402
 from loadtests.tier_costs import TierCosts  # noqa: E402
 from serving.model import LoadedModel  # noqa: E402
 from serving.settings import Settings  # noqa: E402
-from tuning.calibrate import calibrate  # noqa: E402
+from tuning.calibrate import calibration_costs, calibration_specs  # noqa: E402
 from tuning.curves import policy_gap, trace_curves  # noqa: E402
 from tuning.key_fit import fit_trace  # noqa: E402
 from tuning.recommend import Recommendation, in_flight, rank, simulate_candidates  # noqa: E402
@@ -67,13 +68,19 @@ def main() -> int:
         costs = {row["profile"]: TierCosts.from_dict(row["tiers"]) for row in rows}
     agreement: list[dict[str, Any]] = json.loads((HERE / "tuning.json").read_text()).get("agreement", []) if args.resume else []
     for profile in (p for p in PROFILES if p not in costs):
-        print(f"calibrating {profile} at {args.qps:g}/s ...", flush=True)
-        costs[profile] = calibrate(Settings(registry=registry, model_name=model_name(profile)), args.qps,
-                                   duration_s=args.calibration_seconds, repeats=args.repeats)
-        print(f"comparison runs of {profile} at {args.verify_rate:g}/s ...", flush=True)
-        records = compare(registry, [s for s in matrix(args.calibration_seconds, args.verify_rate) if s.profile == profile],
-                          repeats=args.repeats)
+        # Calibration and comparison in the same rounds: this VM's speed drifts (the same heavy
+        # static run took 355, 274 and 239 us of CPU over ten minutes), and runs made apart would
+        # compare the machine's moods rather than the two ways of pricing a tier.
+        calibration = calibration_specs(model_name(profile), args.qps, args.calibration_seconds)
+        comparison = [s for s in matrix(args.calibration_seconds, args.verify_rate) if s.profile == profile]
+        print(f"calibration ({args.qps:g}/s) and comparison ({args.verify_rate:g}/s) runs of {profile}, "
+              f"{args.repeats} rounds ...", flush=True)
+        records = compare(registry, calibration + comparison, repeats=args.repeats)
+        costs[profile] = calibration_costs(records[:len(calibration)], model_name(profile), args.calibration_seconds,
+                                           args.repeats)
+        records = records[len(calibration):]
         agreement += _agreement(profile, costs[profile], tier_costs(records, model_name(profile)), records)
+        agreement += _run_agreement(profile, costs[profile], records)
         _write(args, rows, costs, agreement)
     done = {row["trace"] for row in rows}
     for name, trace in ((n, t) for n, t in traces.items() if n not in done):
@@ -138,6 +145,24 @@ def _hybrid_pass(args: argparse.Namespace, registry: Path, traces: dict[str, Tra
     return 0
 
 
+def _run_agreement(profile: str, tuner: TierCosts, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each comparison run's CPU per request, as measured and as the tuner's cost model prices that
+    run's mix (its measured tier shares at its rate): what the comparison report shows per mode."""
+    out = []
+    for record in records:
+        counts = record["tier_counts"]
+        served = max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
+        shares = {"l1": counts["l1_hits"] / served, "redis": counts["redis_hits"] / served, "model": counts["model_rows"] / served}
+        measured = (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"]) * counts["requests"] / served
+        priced = tuner.cpu_per_request(shares, record["achieved_rps"], misses_pass_store=record["mode"] == "hybrid") * 1e6
+        out.append({"profile": profile, "tier": "run", "run": f"{record['mode']}/{record['distribution']}",
+                    "rate": record["achieved_rps"], "shares": shares, "tuner_cpu_us": priced, "comparison_cpu_us": measured,
+                    "difference": abs(priced - measured) / measured,
+                    "comparison_repeats": [r["server_cpu_us_per_request"] + r["redis_cpu_us_per_request"]
+                                           for r in record.get("repeats", [])]})
+    return out
+
+
 def _agreement(profile: str, tuner: TierCosts, comparison: TierCosts, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each tier's CPU per request as the tuner's calibration and the comparison's runs price it,
     at the rate (L1: the share) the comparison measured it."""
@@ -152,7 +177,9 @@ def _agreement(profile: str, tuner: TierCosts, comparison: TierCosts, records: l
     out.append({"profile": profile, "tier": "miss store", "rate": 0.0, "share": 0.0,
                 "tuner_cpu_us": tuner.miss_store_cpu_s * 1e6, "comparison_cpu_us": comparison.miss_store_cpu_s * 1e6,
                 "difference": abs(tuner.miss_store_cpu_s - comparison.miss_store_cpu_s) / max(comparison.miss_store_cpu_s, 1e-9),
-                "comparison_run": "estimated (no all-miss run in the matrix)", "tuner_p99_ms": 0.0, "comparison_p99_ms": 0.0})
+                "comparison_run": ("estimated as a Redis hit (no all-miss run)" if any("no hybrid run of only misses" in n for n in comparison.notes)
+                                   else "measured by its hybrid run of uniform keys"),
+                "tuner_p99_ms": 0.0, "comparison_p99_ms": 0.0})
     return out
 
 
@@ -200,13 +227,30 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
                 lines.append(f"| {profile} | {tier} | {p.run} | {p.rate:.0f} | {p.share:.2f} | {p.cpu_s * 1e6:.0f} | {p.load:.3f} | "
                              f"{p99} | {p.requests:,} |")
         lines.append(f"| {profile} | miss store round trips | | | | {profile_costs.miss_store_cpu_s * 1e6:.0f} | | | |")
-    if agreement:
-        lines += ["", "## Tuner vs comparison: the same tiers priced from the comparison's own runs", "",
-                  "The comparison matrix of `hybridserve compare` (static, dynamic, hybrid on Zipf and on uniform keys) "
-                  "run separately at the verify rate and read by the same code (`loadtests/tier_costs.py`); the tuner's "
-                  "calibration priced at the comparison's rate (L1: at its share).", "",
+    by_run = [a for a in agreement if a["tier"] == "run"]
+    by_tier = [a for a in agreement if a["tier"] != "run"]
+    if by_run:
+        lines += ["", "## Tuner vs comparison: the comparison's runs priced by the tuner's cost model", "",
+                  "The comparison matrix of `hybridserve compare` (static, dynamic, hybrid on Zipf and on uniform keys), "
+                  "run at the verify rate in the same rounds as the calibration (runs of the same spec, separate processes and Redis), each run's CPU per request as measured (what the comparison report "
+                  "shows per mode) and as the tuner's calibration prices that run's mix (its measured tier shares at its rate).", "",
+                  "| profile | run | rate /s | shares L1 / Redis / model | tuner CPU us | comparison CPU us (its repeats) | difference |",
+                  "|---|---|---|---|---|---|---|"]
+        for a in by_run:
+            sh = a["shares"]
+            repeats = ", ".join(f"{x:.0f}" for x in a.get("comparison_repeats", []))
+            lines.append(f"| {a['profile']} | {a['run']} | {a['rate']:.0f} | {sh['l1']:.2f} / {sh['redis']:.2f} / {sh['model']:.2f} | "
+                         f"{a['tuner_cpu_us']:.0f} | {a['comparison_cpu_us']:.0f}" + (f" ({repeats})" if repeats else "")
+                         + f" | {a['difference']:.0%} |")
+    if by_tier:
+        lines += ["", "## Tuner vs comparison, tier by tier", "",
+                  "The same comparison runs read by the same code (`loadtests/tier_costs.py`) into tiers; the tuner's "
+                  "calibration priced at the comparison's rate (L1: at its share). Redis and model are measured by runs "
+                  "of their own (static, dynamic). L1 in a mix and a miss's store round trips are not: they are what is "
+                  "left of a hybrid run's CPU once the other tiers' costs, from other runs, are taken out, so every "
+                  "run's noise lands on them, divided by their share.", "",
                   "| profile | tier | rate /s | L1 share | tuner CPU us | comparison CPU us | difference |", "|---|---|---|---|---|---|---|"]
-        for a in agreement:
+        for a in by_tier:
             lines.append(f"| {a['profile']} | {a['tier']} | {a['rate']:.0f} | {a['share']:.2f} | {a['tuner_cpu_us']:.0f} | "
                          f"{a['comparison_cpu_us']:.0f} | {a['difference']:.0%} |")
     lines += ["", "## Policy gap: best server-runnable vs best libCacheSim (Belady excluded), whole trace from cold", "",

@@ -64,7 +64,13 @@ def calibrate(settings: Settings, qps: float, duration_s: float = CALIBRATION_SE
     ``repeats`` times and the median run kept (:func:`loadtests.runner.median_run`)."""
     records = compare(settings.registry, calibration_specs(settings.model_name, qps, duration_s), progress=progress,
                       repeats=repeats)
-    costs = tier_costs(records, settings.model_name)
+    return calibration_costs(records, settings.model_name, duration_s, repeats)
+
+
+def calibration_costs(records: list[dict[str, Any]], model: str, duration_s: float, repeats: int) -> TierCosts:
+    """Tier costs of ``model`` from the records of :func:`calibration_specs` runs (each the median
+    of ``repeats``), wherever they were run (the tuning benchmark interleaves them with others)."""
+    costs = tier_costs(records, model)
     costs.source = (f"calibrated: {len(records)} load-test runs of {duration_s:g} s"
                     + (f", each the median of {repeats}" if repeats > 1 else ""))
     return costs
