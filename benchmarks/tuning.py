@@ -212,7 +212,7 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
              f"`benchmarks/tuning.py`, {context['when']}, {context['machine']}: a 2-core machine"
              + (f" (load average {load[0]:.1f} / {load[1]:.1f} over 1 / 5 min when this file was written)" if load else "")
              + f"; calibration and comparison figures are each the median run of {context.get('repeats', 1)}, "
-             "verification runs one each. Pricing at {context['qps']:g} predictions/s, p99 SLO "
+             f"verification runs one each. Pricing at {context['qps']:g} predictions/s, p99 SLO "
              f"{context['slo_p99_ms']:g} ms; verification runs at {context['verify_rate']:g} requests/s offered.", "",
              "## Tier costs (calibrated by load tests)", "",
              "Server + Redis CPU per prediction; p99 client-side with its 95% confidence interval; the load is the "
