@@ -28,11 +28,11 @@ Example::
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import math
 import statistics
 import tempfile
-import heapq
-import itertools
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
