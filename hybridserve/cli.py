@@ -26,6 +26,8 @@ LOG_LEVELS: tuple[LogLevel, ...] = ("debug", "info", "warning", "error")
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEMO_TRACE_REQUESTS = 100_000
 DEMO_VERIFY_SECONDS = 30.0
+# One round (its anchor runs, then the candidate) keeps the demo short; tune --verify defaults to 3.
+DEMO_VERIFY_ROUNDS = 1
 DEMO_SLO_P99_MS = 50.0
 
 
@@ -371,7 +373,7 @@ def _demo_tuning_section(args: argparse.Namespace, records: list[dict[str, Any]]
     runs = out / "comparison-runs.json"
     runs.write_text(json.dumps({"runs": records}, default=str))
     run_tune(Path(trace), settings, slo_p99_ms=DEMO_SLO_P99_MS, qps=args.target_qps or 1000.0, out=out,
-             verify_live=True, verify_seconds=DEMO_VERIFY_SECONDS, results=runs)
+             verify_live=True, verify_seconds=DEMO_VERIFY_SECONDS, results=runs, verify_rounds=DEMO_VERIFY_ROUNDS)
     return tuning_section(out)
 
 
@@ -410,7 +412,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return run_tune(Path(args.trace), settings, slo_p99_ms=args.slo_p99_ms, qps=args.qps, out=Path(args.out),
                     verify_live=args.verify, verify_seconds=args.verify_seconds,
                     results=Path(args.results) if args.results else None, map_keys=args.map_keys,
-                    calibration_repeats=args.calibration_repeats)
+                    calibration_repeats=args.calibration_repeats, verify_rounds=args.verify_rounds)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -578,6 +580,9 @@ def _trace_tune(sub: Any) -> None:
     tune.add_argument("--verify", action="store_true", help="load-test the recommended configuration with the trace's keys")
     tune.add_argument("--verify-seconds", type=float, default=240.0,
                       help="longest replay of --verify (the whole trace if it fits, else its steady-state prefix)")
+    tune.add_argument("--verify-rounds", type=_at_least_one, default=3, metavar="N",
+                      help="rounds of --verify: each runs the tiers' anchor load tests, then the configuration; "
+                      "the round with the median CPU error is kept (1: quicker, noisier)")
     tune.add_argument("--results", default=None, help="take tier costs from this results.json of the same model "
                       "(hybridserve compare) instead of calibrating by new load tests")
     tune.add_argument("--calibration-repeats", type=_at_least_one, default=3,

@@ -161,6 +161,15 @@ class TierCosts:
             total += shares.get("model", 0.0) * self.miss_store_cpu_s
         return total
 
+    def scaled(self, factors: dict[str, float]) -> TierCosts:
+        """These costs with each tier's CPU curve multiplied by its factor (tier -> factor, 1 where
+        absent; a miss's store round trips, two Redis round trips, by Redis'): the calibration
+        re-levelled to what :func:`anchor_factors` measured, the curves' shapes (batching, share) kept."""
+        curves = {tier: [replace(p, cpu_s=p.cpu_s * factors.get(tier, 1.0)) for p in points] for tier, points in self.curves.items()}
+        shown = ", ".join(f"{tier} x{factor:.2f}" for tier, factor in sorted(factors.items()))
+        return replace(self, curves=curves, miss_store_cpu_s=self.miss_store_cpu_s * factors.get("redis", 1.0),
+                       notes=[*self.notes, f"re-levelled by anchor runs: {shown}"])
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready form (``tiers`` of tuning.json): every point with its request count."""
         return asdict(self)
@@ -199,6 +208,29 @@ def tier_costs(records: Sequence[Record], model: str) -> TierCosts:
     costs.miss_store_cpu_s = _miss_store_cpu_s(costs, hybrids)
     costs.curves["l1"] = _l1_points(costs, hybrids)
     return costs
+
+
+def anchor_factors(costs: TierCosts, records: Sequence[Record]) -> dict[str, float]:
+    """How much each tier costs now against ``costs``' curves: for each run that measures one tier
+    (static: a Redis hit; dynamic: a model call; a hybrid run where L1 answered at least
+    :data:`CLEAN_L1_SHARE`: an L1 hit), the run's CPU per request over the curve's at the run's rate
+    (L1: at its share). This VM's speed drifts by a fifth or more over minutes, so a prediction is
+    priced by a calibration re-levelled (:meth:`TierCosts.scaled`) by runs made beside the run it
+    predicts. Runs of other models or with failures are skipped; a tier without a run is absent."""
+    mine = [r for r in records if _model_of(r) == costs.model and not r.get("failures")]
+    factors: dict[str, float] = {}
+    for tier, mode in MODE_OF_TIER.items():
+        for record in (r for r in mine if r["mode"] == mode):
+            point = _point(record, 1.0)
+            factors[tier] = point.cpu_s / costs.at(tier, point.rate).cpu_s
+    levelled = costs.scaled(factors)  # an L1 run's few Redis hits and misses at today's prices
+    for record in (r for r in mine if r["mode"] == "hybrid"):
+        l1, redis, model, rate = _shares(record)
+        if l1 >= CLEAN_L1_SHARE:
+            rest = (redis * levelled.at("redis", redis * rate).cpu_s
+                    + model * (levelled.at("model", model * rate).cpu_s + levelled.miss_store_cpu_s))
+            factors["l1"] = (_cpu_per_request(record) - rest) / l1 / costs.at("l1", l1 * rate, share=l1).cpu_s
+    return factors
 
 
 def _model_of(record: Record) -> str:

@@ -191,6 +191,7 @@ def test_tune_refuses_a_verification_of_no_time(seconds: str, registry: Path, tm
 
 @pytest.mark.parametrize(("argv", "option"), [
     (["tune", "--trace", "t.keys", "--calibration-repeats", "0"], "--calibration-repeats"),
+    (["tune", "--trace", "t.keys", "--verify-rounds", "0"], "--verify-rounds"),
     (["compare", "--repeats", "-1"], "--repeats"),
     (["loadtest", "--repeats", "two"], "--repeats"),
 ])

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.tier_costs import CLEAN_L1_SHARE, MIN_L1_SHARE, tier_costs
+from loadtests.tier_costs import CLEAN_L1_SHARE, MIN_L1_SHARE, anchor_factors, tier_costs
 
 RESULTS = Path(__file__).parent / "data" / "results_small.json"
 
@@ -121,3 +121,40 @@ def test_idle_cpu_is_a_cost_per_second_not_per_request(runs: list[dict]) -> None
     assert [p.cpu_s for p in costs.curves["redis"]] == pytest.approx([200e-6, 200e-6])
     assert costs.cpu_per_request({"redis": 1.0}, 100.0, misses_pass_store=False) == pytest.approx(260e-6)
     assert costs.cpu_per_request({"redis": 1.0}, 400.0, misses_pass_store=False) == pytest.approx(215e-6)
+
+
+def _scaled_run(record: dict, factor: float, **changes: object) -> dict:
+    """A copy of ``record`` whose server and Redis CPU per request are ``factor`` times as much."""
+    return {**record, "server_cpu_us_per_request": record["server_cpu_us_per_request"] * factor,
+            "redis_cpu_us_per_request": record["redis_cpu_us_per_request"] * factor, **changes}
+
+
+def test_scaled_costs_multiply_each_tier_and_keep_the_curve_shapes(runs: list[dict]) -> None:
+    costs = tier_costs(runs, "traffic-heavy")
+    levelled = costs.scaled({"redis": 1.5, "model": 0.8})
+    for tier, factor in (("redis", 1.5), ("model", 0.8), ("l1", 1.0)):
+        assert [p.cpu_s for p in levelled.curves[tier]] == pytest.approx([p.cpu_s * factor for p in costs.curves[tier]])
+        assert [p.p99_ms for p in levelled.curves[tier]] == [p.p99_ms for p in costs.curves[tier]]
+    assert levelled.miss_store_cpu_s == pytest.approx(costs.miss_store_cpu_s * 1.5)  # two Redis round trips
+    assert "redis x1.50" in levelled.notes[-1] and costs.curves["redis"][0].cpu_s != levelled.curves["redis"][0].cpu_s
+
+
+def test_anchor_runs_relevel_the_calibration_to_price_them_as_measured(runs: list[dict]) -> None:
+    """Each anchor run (static, dynamic, a hybrid L1 answered nearly alone), made on a faster or
+    slower machine, is priced by the re-levelled costs at exactly the CPU it measured."""
+    heavy = {r["mode"] + "/" + r["distribution"]: r for r in runs if r["profile"] == "heavy"}
+    costs = tier_costs(runs, "traffic-heavy")
+    hot = {"l1": 0.95, "redis": 0.04, "total": 0.99}
+    anchors = [_scaled_run(heavy["static/zipf:1.1"], 1.3), _scaled_run(heavy["dynamic/zipf:1.1"], 0.8),
+               _scaled_run(heavy["hybrid/zipf:1.1"], 0.9, hit_ratio=hot),
+               _scaled_run(next(r for r in runs if r["profile"] == "light" and r["mode"] == "static"), 5.0),  # another model
+               _scaled_run(heavy["hybrid/uniform"], 3.0)]  # L1 answered too few: not an L1 anchor
+    factors = anchor_factors(costs, anchors)
+    assert set(factors) == {"redis", "model", "l1"}
+    assert factors["redis"] > 1.2 and factors["model"] < 0.85  # the idle CPU is not scaled with the rest
+    levelled = costs.scaled(factors)
+    for anchor, shares, store in ((anchors[0], {"redis": 1.0}, False), (anchors[1], {"model": 1.0}, False),
+                                  (anchors[2], {"l1": 0.95, "redis": 0.04, "model": 0.01}, True)):
+        priced = levelled.cpu_per_request(shares, anchor["achieved_rps"], misses_pass_store=store)
+        assert priced == pytest.approx(_cpu(anchor), rel=2e-2)  # per prediction served vs per HTTP request
+    assert anchor_factors(costs, [{**anchors[0], "failures": 3}]) == {}  # a run with failures says nothing

@@ -15,7 +15,7 @@ from serving.settings import Settings
 from tuning.calibrate import calibrate
 from tuning.recommend import Candidate
 from tuning.traces import Trace
-from tuning.verify import TOLERANCE_PP, choose_window, simulate_run, verify
+from tuning.verify import TOLERANCE_PP, anchor_specs, choose_window, simulate_run, verify
 
 RESULTS = Path(__file__).parent / "data" / "results_small.json"
 
@@ -58,13 +58,39 @@ def test_load_test_verifies_a_hybrid_recommendation(registry: Path, trace: Trace
     simulated one within 2 pp (different code paths: concurrency, HTTP, Redis) and both sides are kept."""
     costs = tier_costs(json.loads(RESULTS.read_text())["runs"], "traffic-light")
     short = trace.split(0.5)[0]  # 1,500 requests, about 8 s at 200/s
-    result = verify(short, _hybrid(policy="s3fifo"), costs, Settings(registry=registry), slo_p99_ms=1000.0, rate=200.0)
+    result = verify(short, _hybrid(policy="s3fifo"), costs, Settings(registry=registry), slo_p99_ms=1000.0, rate=200.0,
+                    rounds=1, anchor_seconds=2.0)
     m, p = result.measured, result.predicted
     assert result.window.requests == len(short) and m["failures"] == 0
     assert m["requests"] == len(short)
     assert result.hit_ratio_pp <= TOLERANCE_PP, result.as_dict()
     assert 0.0 < m["hit_ratio"] < 1.0 and m["cpu_us_per_request"] > 0 and p["cpu_us_per_request"] > 0
-    assert {"measured", "predicted", "within_tolerance", "window"} <= result.as_dict().keys()
+    assert {"measured", "predicted", "within_tolerance", "window", "rounds"} <= result.as_dict().keys()
+    # Priced with the calibration re-levelled by the round's anchor runs (one per tier it uses),
+    # and by the calibration alone, both kept.
+    (round_,) = result.rounds
+    assert set(p["anchors"]) == {"redis", "model", "l1"} and all(f > 0 for f in p["anchors"].values())
+    assert round_["kept"] and round_["predicted_cpu_us"] == p["cpu_us_per_request"]
+    assert p["calibration_cpu_us_per_request"] > 0 and p["calibration_cpu_us_per_request"] != p["cpu_us_per_request"]
+
+
+def test_anchors_measure_the_tiers_a_configuration_uses() -> None:
+    def modes(candidate: Candidate) -> list[str]:
+        return [f"{s.mode}/{s.distribution.split(':')[0]}" for s in anchor_specs(candidate, "traffic-light", 300.0)]
+
+    static = Candidate("static", 3360, 0, "always", 0.0, 1.0, 0.0, 3360)
+    fronted = Candidate("hybrid", 3360, 500, "always", 0.4, 0.6, 0.0, 3360, full_table=True)
+    assert modes(static) == ["static/zipf"]
+    assert modes(fronted) == ["static/zipf", "hybrid/drift"]  # never a model call
+    assert modes(_hybrid()) == ["static/zipf", "dynamic/zipf", "hybrid/drift"]
+    assert modes(_hybrid(l1=0)) == ["static/zipf", "dynamic/zipf"]
+    assert all(s.rate == 300.0 and s.profile == "light" for s in anchor_specs(_hybrid(), "traffic-light", 300.0))
+
+
+def test_verify_refuses_no_rounds(trace: Trace, registry: Path) -> None:
+    costs = tier_costs(json.loads(RESULTS.read_text())["runs"], "traffic-light")
+    with pytest.raises(ValueError, match="rounds must be >= 1"):
+        verify(trace, _hybrid(), costs, Settings(registry=registry), slo_p99_ms=50.0, rounds=0)
 
 
 @pytest.mark.slow

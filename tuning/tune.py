@@ -26,7 +26,7 @@ from tuning.key_fit import FittedTrace, fit_trace
 from tuning.plots import plot_costs, plot_miss_ratio_curves
 from tuning.recommend import Recommendation, format_table, recommend
 from tuning.traces import read_trace
-from tuning.verify import MAX_VERIFY_SECONDS, verify
+from tuning.verify import MAX_VERIFY_SECONDS, VERIFY_ROUNDS, verify
 
 # Exit status when no configuration meets the SLO: the report is still written.
 EXIT_SLO_UNREACHABLE = 3
@@ -44,11 +44,14 @@ def run_tune(
     results: Path | None = None,
     map_keys: bool = False,
     calibration_repeats: int = CALIBRATION_REPEATS,
+    verify_rounds: int = VERIFY_ROUNDS,
 ) -> int:
     """Run the whole tuning flow, print a table and the settings to use; returns the exit status."""
     if verify_live and verify_seconds <= 0:
         # Checked before minutes of calibration, not after.
         raise ValueError(f"--verify-seconds must be > 0, got {verify_seconds:g}")
+    if verify_live and verify_rounds < 1:
+        raise ValueError(f"--verify-rounds must be >= 1, got {verify_rounds}")
     model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
     fitted = fit_trace(read_trace(trace_path), model.key_space, map_keys=map_keys)
     print(f"trace {trace_path}: {fitted.original_requests:,} requests, {fitted.out_of_space_share:.1%} outside "
@@ -67,7 +70,7 @@ def run_tune(
         candidate = rec.to_verify()
         print(f"verifying {candidate.label} by a load test ...", flush=True)
         report["verify"] = verify(fitted.trace, candidate, costs, settings, slo_p99_ms=slo_p99_ms,
-                                  max_seconds=verify_seconds).as_dict()
+                                  max_seconds=verify_seconds, rounds=verify_rounds).as_dict()
     (out / "tuning.json").write_text(json.dumps(report, indent=2, default=str))
     _print_summary(rec, report, fitted, out)
     return 0 if rec.slo_met else EXIT_SLO_UNREACHABLE
@@ -110,6 +113,7 @@ def _print_summary(rec: Recommendation, report: dict[str, Any], fitted: FittedTr
         m, p = v["measured"], v["predicted"]
         print(f"\nverify {v['candidate']} ({v['window']['requests']:,} requests: {v['window']['rule']}): hit ratio "
               f"{m['hit_ratio']:.2%} measured vs {p['hit_ratio']:.2%} predicted; CPU {m['cpu_us_per_request']:.0f} vs "
-              f"{p['cpu_us_per_request']:.0f} us/request; p99 {m['p99_ms']:.1f} ms (SLO {rec.slo_p99_ms:g}): "
-              f"{'ok' if v['within_tolerance'] else 'OFF'}")
+              f"{p['cpu_us_per_request']:.0f} us/request (the median of {len(v['rounds'])} round(s), priced with tier "
+              f"costs re-levelled by anchor runs beside it; {p['calibration_cpu_us_per_request']:.0f} by the calibration "
+              f"alone); p99 {m['p99_ms']:.1f} ms (SLO {rec.slo_p99_ms:g}): {'ok' if v['within_tolerance'] else 'OFF'}")
     print(f"\nwrote {out / 'tuning.json'}, {out / 'miss_ratio.png'}, {out / 'cost.png'}")
