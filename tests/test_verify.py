@@ -81,6 +81,7 @@ def test_anchors_measure_the_tiers_a_configuration_uses() -> None:
     static = Candidate("static", 3360, 0, "always", 0.0, 1.0, 0.0, 3360)
     fronted = Candidate("hybrid", 3360, 500, "always", 0.4, 0.6, 0.0, 3360, full_table=True)
     assert modes(static) == ["static/zipf"]
+    assert modes(Candidate("dynamic", 0, 0, "always", 0.0, 0.0, 1.0, 0)) == ["dynamic/zipf"]  # never Redis
     assert modes(fronted) == ["static/zipf", "hybrid/drift"]  # never a model call
     assert modes(_hybrid()) == ["static/zipf", "dynamic/zipf", "hybrid/drift"]
     assert modes(_hybrid(l1=0)) == ["static/zipf", "dynamic/zipf"]

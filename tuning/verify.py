@@ -174,11 +174,11 @@ def choose_window(trace: Trace, candidate: Candidate, rate: float, max_seconds: 
 
 
 def anchor_specs(candidate: Candidate, model: str, rate: float, duration_s: float = CALIBRATION_SECONDS) -> list[RunSpec]:
-    """The calibration's runs of the tiers ``candidate`` uses, at ``rate``: a Redis hit always (a
-    static table, or a hybrid's L2), a model call unless every key is precomputed, an L1 hit when
-    it has an L1 (see the module doc)."""
+    """The calibration's runs of the tiers ``candidate`` uses, at ``rate``: a Redis hit unless it
+    is dynamic (a static table, or a hybrid's L2), a model call unless every key is precomputed, an
+    L1 hit when it has an L1 (see the module doc)."""
     profile = profile_of(model)
-    specs = [RunSpec(profile, "static", "zipf:1.1", rate=rate, duration_s=duration_s)]
+    specs = [RunSpec(profile, "static", "zipf:1.1", rate=rate, duration_s=duration_s)] if candidate.mode != "dynamic" else []
     if candidate.mode == "dynamic" or (candidate.mode == "hybrid" and not candidate.full_table):
         specs.append(RunSpec(profile, "dynamic", "zipf:1.1", rate=rate, duration_s=duration_s))
     if candidate.mode == "hybrid" and candidate.l1_size > 0:
