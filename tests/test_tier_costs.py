@@ -158,3 +158,19 @@ def test_anchor_runs_relevel_the_calibration_to_price_them_as_measured(runs: lis
         priced = levelled.cpu_per_request(shares, anchor["achieved_rps"], misses_pass_store=store)
         assert priced == pytest.approx(_cpu(anchor), rel=2e-2)  # per prediction served vs per HTTP request
     assert anchor_factors(costs, [{**anchors[0], "failures": 3}]) == {}  # a run with failures says nothing
+
+
+def test_an_l1_hit_is_priced_at_the_servers_rate_where_it_was_measured_at_several(runs: list[dict]) -> None:
+    """Hot-set runs at two rates (an L1 hit costs more per request at a low rate, Poisson wake-ups):
+    pricing at a rate uses that rate's run, not their average, and an anchor run equal to one of
+    them re-levels by 1."""
+    base = next(r for r in runs if r["profile"] == "heavy" and r["mode"] == "hybrid" and r["distribution"] == "zipf:1.1")
+    hot = {"l1": 0.97, "redis": 0.03, "total": 1.0}
+    slow = _scaled_run(base, 2.0, hit_ratio=hot, achieved_rps=75.0, offered_rps=75.0)
+    fast = _scaled_run(base, 1.0, hit_ratio=hot, achieved_rps=300.0, offered_rps=300.0)
+    costs = tier_costs(runs + [slow, fast], "traffic-heavy")
+    at_slow, at_fast = (costs.at("l1", 0.97 * rate, share=0.97).cpu_s for rate in (75.0, 300.0))
+    clean = {round(p.rate): p.cpu_s for p in costs.curves["l1"] if p.p99_of_tier}
+    assert at_slow == pytest.approx(clean[round(0.97 * 75)]) and at_fast == pytest.approx(clean[round(0.97 * 300)])
+    assert at_slow > 1.8 * at_fast
+    assert anchor_factors(costs, [fast])["l1"] == pytest.approx(1.0, rel=1e-6)
