@@ -46,13 +46,23 @@ PROFILES: tuple[str, ...] = ("light", "heavy")
 L1_HOT_SET = "drift:hot=50,p=1,every=1000000000"
 
 
+# The run that measures each tier alone: its mode and key distribution.
+TIER_RUNS: dict[str, tuple[str, str]] = {"redis": ("static", "zipf:1.1"), "model": ("dynamic", "zipf:1.1"),
+                                         "l1": ("hybrid", L1_HOT_SET)}
+
+
+def tier_spec(model: str, tier: str, rate: float, duration_s: float = CALIBRATION_SECONDS) -> RunSpec:
+    """The calibration's run of ``tier`` alone (:data:`TIER_RUNS`) for ``model`` at ``rate``."""
+    mode, distribution = TIER_RUNS[tier]
+    return RunSpec(profile_of(model), mode, distribution, rate=rate, duration_s=duration_s)
+
+
 def calibration_specs(model: str, qps: float, duration_s: float = CALIBRATION_SECONDS) -> list[RunSpec]:
     """The runs that measure ``model``'s tiers (see the module doc)."""
     profile = profile_of(model)
     rate = min(qps, MAX_CALIBRATION_RATE)
     rates = [max(1.0, rate * share) for share in RATE_SHARES]
-    return ([RunSpec(profile, mode, distribution, rate=r, duration_s=duration_s)
-             for mode, distribution in (("static", "zipf:1.1"), ("dynamic", "zipf:1.1"), ("hybrid", L1_HOT_SET)) for r in rates]
+    return ([tier_spec(model, tier, r, duration_s) for tier in TIER_RUNS for r in rates]
             + [RunSpec(profile, "hybrid", "zipf:1.1", rate=rate, duration_s=duration_s),
                RunSpec(profile, "hybrid", "uniform", rate=rate, duration_s=duration_s, head_size=0, l1_size=0,
                        settings=(("admission", "always"),))])

@@ -46,7 +46,7 @@ from loadtests import cost
 from loadtests.runner import HEAD_SAMPLE_REQUESTS, WARMUP_REQUESTS, RunSpec, run_one
 from loadtests.tier_costs import TierCosts, anchor_factors
 from serving.settings import Settings
-from tuning.calibrate import CALIBRATION_SECONDS, L1_HOT_SET, MAX_CALIBRATION_RATE, profile_of
+from tuning.calibrate import CALIBRATION_SECONDS, MAX_CALIBRATION_RATE, profile_of, tier_spec
 from tuning.recommend import TIER_NAMES, Candidate, estimate_p99, in_flight
 from tuning.simulate import ServerReplay
 from tuning.traces import Trace
@@ -177,13 +177,10 @@ def anchor_specs(candidate: Candidate, model: str, rate: float, duration_s: floa
     """The calibration's runs of the tiers ``candidate`` uses, at ``rate``: a Redis hit unless it
     is dynamic (a static table, or a hybrid's L2), a model call unless every key is precomputed, an
     L1 hit when it has an L1 (see the module doc)."""
-    profile = profile_of(model)
-    specs = [RunSpec(profile, "static", "zipf:1.1", rate=rate, duration_s=duration_s)] if candidate.mode != "dynamic" else []
-    if candidate.mode == "dynamic" or (candidate.mode == "hybrid" and not candidate.full_table):
-        specs.append(RunSpec(profile, "dynamic", "zipf:1.1", rate=rate, duration_s=duration_s))
-    if candidate.mode == "hybrid" and candidate.l1_size > 0:
-        specs.append(RunSpec(profile, "hybrid", L1_HOT_SET, rate=rate, duration_s=duration_s))
-    return specs
+    uses = {"redis": candidate.mode != "dynamic",
+            "model": candidate.mode == "dynamic" or (candidate.mode == "hybrid" and not candidate.full_table),
+            "l1": candidate.mode == "hybrid" and candidate.l1_size > 0}
+    return [tier_spec(model, tier, rate, duration_s) for tier, used in uses.items() if used]
 
 
 def verify(
