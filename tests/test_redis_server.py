@@ -7,13 +7,15 @@ import sys
 import time
 from pathlib import Path
 
+import socket
+
 import psutil
 import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from loadtests.harness.redis_server import DISABLED_COMMANDS, EmbeddedRedis, find_redis_server
+from loadtests.harness.redis_server import DISABLED_COMMANDS, EmbeddedRedis, PortTakenError, find_redis_server, free_port
 
 
 def test_binary_found() -> None:
@@ -44,6 +46,37 @@ def test_kill_and_restart_on_same_port() -> None:
         assert not server.ping()
         server.start()
         assert server.port == port and server.ping()
+
+
+def test_a_drawn_port_taken_before_the_start_is_drawn_again() -> None:
+    """CI: a port drawn free was taken before redis-server bound it, and the cluster fixture died
+    with an empty message."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        draws = iter([taken, taken])
+        server = EmbeddedRedis(pick_port=lambda: next(draws, None) or free_port())
+        with server:
+            assert server.port != taken and server.ping()
+            port = server.port
+            server.kill()
+            server.start()
+            assert server.port == port  # a server that has run comes back on its port
+
+
+def test_a_given_port_that_is_taken_fails_with_the_servers_own_words() -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        server = EmbeddedRedis(port=taken)
+        try:
+            with pytest.raises(PortTakenError, match=f"(?s)port {taken} exited with 1: .*Address already in use"):
+                server.start()
+            assert server.pid is None
+        finally:
+            server.close()
 
 
 def test_password() -> None:

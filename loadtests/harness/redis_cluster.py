@@ -97,7 +97,7 @@ class RedisCluster:
         self.password = secrets.token_urlsafe(24)
         config = ["cluster-enabled yes", "cluster-config-file nodes.conf", f"cluster-node-timeout {node_timeout_ms}",
                   "cluster-require-full-coverage no", f'masterauth "{self.password}"']
-        self.nodes = [EmbeddedRedis(port=free_node_port(), password=self.password, extra_config=config,
+        self.nodes = [EmbeddedRedis(password=self.password, pick_port=free_node_port, extra_config=config,
                                     keep_commands=("MIGRATE",)) for _ in range(masters * (1 + replicas))]
 
     @property

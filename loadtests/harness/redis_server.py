@@ -31,10 +31,13 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 STARTUP_TIMEOUT_S = 10.0
+# A port picked free can be taken (by any process's outgoing connection) before redis-server binds it.
+PORT_ATTEMPTS = 5
+LOG_TAIL_CHARS = 2000
 STOP_TIMEOUT_S = 5.0
 LOOPBACK = "127.0.0.1"
 PASSWORD_BYTES = 24
@@ -46,6 +49,10 @@ _PR_SET_PDEATHSIG = 1
 
 class RedisServerError(RuntimeError):
     """The embedded Redis could not be found or started."""
+
+
+class PortTakenError(RedisServerError):
+    """redis-server could not bind its port (or its cluster-bus port): someone took it first."""
 
 
 def find_redis_server() -> str:
@@ -87,6 +94,9 @@ class EmbeddedRedis:
     ``password`` None draws a random one; the commands of :data:`DISABLED_COMMANDS` are disabled,
     save those named in ``keep_commands``; ``extra_config`` lines are appended to the config file.
     It is stopped with signals (SIGTERM, then SIGKILL), as clients cannot send ``SHUTDOWN``.
+    ``port`` None draws one with ``pick_port``, drawn again if it is taken by the first start (a
+    port given is kept, as is the port of a server that has run: restarts come back on it).
+    The server's own log (``redis.log`` in its directory) ends any start error.
     """
 
     def __init__(
@@ -97,9 +107,12 @@ class EmbeddedRedis:
         maxmemory_policy: str = "noeviction",
         extra_config: Sequence[str] = (),
         keep_commands: Sequence[str] = (),
+        pick_port: Callable[[], int] = free_port,
     ) -> None:
         self._config_command = f"CONFIG-{secrets.token_hex(16)}"
-        self.port = port or free_port()
+        self._pick_port = pick_port
+        self._port_fixed = port is not None
+        self.port = port or pick_port()
         self.password = password if password is not None else secrets.token_urlsafe(PASSWORD_BYTES)
         self.maxmemory = maxmemory
         self.maxmemory_policy = maxmemory_policy
@@ -146,6 +159,7 @@ class EmbeddedRedis:
             f"maxmemory {self.maxmemory}",
             f"maxmemory-policy {self.maxmemory_policy}",
             "loglevel warning",
+            f'logfile "{self._log_path}"',
             *(f'rename-command {command} ""' for command in self.disabled_commands if command != "CONFIG"),
             # CONFIG under a name only this object knows: clients cannot reach it, the harness can
             # still set a memory budget after a precompute (set_memory_limit).
@@ -168,6 +182,16 @@ class EmbeddedRedis:
         finally:
             client.close()
 
+    @property
+    def _log_path(self) -> Path:
+        return Path(self._dir) / "redis.log"
+
+    def _log_tail(self) -> str:
+        try:
+            return self._log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:].strip()
+        except OSError:
+            return ""
+
     def _write_config(self) -> str:
         path = Path(self._dir) / "redis.conf"
         # Owner-only from the first byte: the file holds the password.
@@ -180,18 +204,36 @@ class EmbeddedRedis:
         """Start the server and wait until it answers PING."""
         if self.pid is not None:
             return self
+        for attempt in range(PORT_ATTEMPTS):
+            try:
+                self._launch()
+            except PortTakenError:
+                if self._port_fixed or attempt == PORT_ATTEMPTS - 1:
+                    raise
+                self.port = self._pick_port()
+                continue
+            # It has run on this port: clients and restarts (outage tests) expect it there.
+            self._port_fixed = True
+            return self
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+    def _launch(self) -> None:
+        self._log_path.unlink(missing_ok=True)
         self._proc = subprocess.Popen(
             [self._binary, self._write_config()], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=_die_with_parent
         )
         self._wait_ready()
-        return self
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while time.monotonic() < deadline:
             if self._proc is not None and self._proc.poll() is not None:
                 err = self._proc.stderr.read().decode(errors="replace") if self._proc.stderr else ""
-                raise RedisServerError(f"redis-server exited with {self._proc.returncode}: {err.strip()}")
+                log, code = self._log_tail(), self._proc.returncode
+                self._proc = None
+                detail = "\n".join(part for part in (err.strip(), log) if part) or "(nothing logged)"
+                error = PortTakenError if "Address already in use" in detail else RedisServerError
+                raise error(f"redis-server on port {self.port} exited with {code}: {detail}")
             if self.ping():
                 return
             time.sleep(0.02)
