@@ -171,7 +171,7 @@ def _agreement(profile: str, tuner: TierCosts, comparison: TierCosts, records: l
     out = []
     for tier in TIERS:
         for point in comparison.curves[tier]:
-            mine = tuner.at(tier, point.rate, share=point.share)
+            mine = tuner.at(tier, point.rate, share=point.share, model_share=point.model_share)
             out.append({"profile": profile, "tier": tier, "rate": point.rate, "share": point.share,
                         "tuner_cpu_us": mine.cpu_s * 1e6, "comparison_cpu_us": point.cpu_s * 1e6,
                         "difference": abs(mine.cpu_s - point.cpu_s) / point.cpu_s, "comparison_run": point.run,
@@ -247,7 +247,7 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
     if by_tier:
         lines += ["", "## Tuner vs comparison, tier by tier", "",
                   "The same comparison runs read by the same code (`loadtests/tier_costs.py`) into tiers; the tuner's "
-                  "calibration priced at the comparison's rate (L1: at its share). Redis and model are measured by runs "
+                  "calibration priced at the comparison's rate (L1: beside the model's share). Redis and model are measured by runs "
                   "of their own (static, dynamic). L1 in a mix and a miss's store round trips are not: they are what is "
                   "left of a hybrid run's CPU once the other tiers' costs are taken out. The comparison has each of those "
                   "at one rate (the verify rate), while in a hybrid run Redis and the model serve a fifth of it or less, "

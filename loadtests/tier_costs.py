@@ -16,14 +16,18 @@ Redis' cron: a few milliseconds a second, recorded by each run) is a cost per se
 :attr:`TierCosts.idle_cpu_s_per_s`, taken out of each run's CPU per request and added back per
 request at the rate priced (at 20 requests/s it is a third of a Redis hit's cost; at 300, a tenth).
 
-An L1 hit is a curve over the **share** of requests L1 answers, not over its rate (it is never
-batched): measured on this machine, an L1 hit costs about 60% more CPU in a Zipf mix where a third
-of the requests go on to Redis and the model than in a run where L1 answers nearly everything (the
-slower requests evict the fast path's code and data from the CPU caches). Calibration measures both
-ends (a hot-set run and a Zipf run); a mix in between is interpolated linearly in share. Where one
-share was measured at several rates (the hot-set runs), the server's total rate picks between them:
-it is never batched, but under Poisson arrivals a request pays more of the server's wake-ups when
-requests come seldom (light: 533 us an L1 hit at 75/s, 257 at 300/s).
+An L1 hit is a curve over the **model's share** of the requests beside it, not over its rate (it
+is never batched): model calls in the same process evict the fast path's code and data from the CPU
+caches, and where a run has them, L1's cost is what its CPU leaves over after them, so it carries
+their pricing error too. Calibration measures both ends: hot-set runs where L1 answers nearly
+everything (model share ~0) and a Zipf run where a third of the requests go on to the model; a mix in
+between is interpolated linearly in model share. L1 in front of a full static table (every L1 miss a
+Redis hit, no model call) is priced by the hot-set runs, measured directly: the Zipf run's
+leftover priced it 23% below them for light and 6% above for heavy (tuning benchmark, 2026-12-02),
+and the light candidate verified 29% above the prediction. Where one model share was measured at
+several rates (the hot-set runs), the server's total rate picks between them: under Poisson
+arrivals a request pays more of the server's wake-ups when requests come seldom (light: 533 us an
+L1 hit at 75/s, 257 at 300/s).
 
 Each tier is a curve over the rate it serves (requests a second that tier answers): CPU per
 request falls with it (batching), and p99 grows with how busy the server is (queueing).
@@ -92,6 +96,8 @@ class TierPoint:
     """``p99_ms`` is this tier's own (False: a mixed run's, which says nothing of L1's alone)."""
     share: float = 1.0
     """The share of the run's requests this tier answered."""
+    model_share: float = 0.0
+    """The share of the run's requests the model answered (an L1 hit's cost follows it)."""
 
     @property
     def load(self) -> float:
@@ -131,18 +137,19 @@ class TierCosts:
     source: str = "load test"
     notes: list[str] = field(default_factory=list)
 
-    def at(self, tier: str, rate: float, load: float | None = None, share: float = 1.0) -> TierEstimate:
+    def at(self, tier: str, rate: float, load: float | None = None, share: float = 1.0,
+           model_share: float = 0.0) -> TierEstimate:
         """The tier's CPU per request when it serves ``rate`` requests/s (L1: when it answers
-        ``share`` of the requests), and its p99 when the server's load (CPU seconds per second,
-        every tier together) is ``load`` (default: the tier alone at ``rate``)."""
+        ``share`` of the requests and the model ``model_share``), and its p99 when the server's load
+        (CPU seconds per second, every tier together) is ``load`` (default: the tier alone at ``rate``)."""
         points = self.curves[tier]
         if tier == "l1":
-            cpu = _interpolate(_by_share(points, rate / share if share > 0 else rate), share, log=False)
+            cpu = _interpolate(_by_model_share(points, rate / share if share > 0 else rate), model_share, log=False)
         else:
             cpu = _interpolate([(p.rate, p.cpu_s) for p in points], rate)
         load = rate * cpu if load is None else load
         p99, p50, outside = self._latency(tier, load)
-        measured, value = ([p.share for p in points], share) if tier == "l1" else ([p.rate for p in points], rate)
+        measured, value = ([p.model_share for p in points], model_share) if tier == "l1" else ([p.rate for p in points], rate)
         return TierEstimate(tier, rate, cpu, p99, outside or _outside(sorted(measured), value), p50)
 
     def _latency(self, tier: str, load: float) -> tuple[float, float, bool]:
@@ -155,11 +162,13 @@ class TierCosts:
 
     def cpu_per_request(self, shares: dict[str, float], rate: float, *, misses_pass_store: bool) -> float:
         """CPU seconds per request of a mix of tiers (``shares``: tier -> fraction) at ``rate``
-        requests/s, each tier priced at the rate it serves (L1 at its share). With
+        requests/s, each tier priced at the rate it serves (L1 beside the model's share). With
         ``misses_pass_store`` (hybrid) a miss also pays the Redis lookup and write a dynamic run's
         model call never made (:attr:`miss_store_cpu_s`). The idle CPU is spread over the requests."""
         total = self.idle_cpu_s_per_s / rate if rate > 0 else 0.0
-        total += sum(share * self.at(tier, share * rate, share=share).cpu_s for tier, share in shares.items() if share > 0)
+        model = shares.get("model", 0.0)
+        total += sum(share * self.at(tier, share * rate, share=share, model_share=model).cpu_s
+                     for tier, share in shares.items() if share > 0)
         if misses_pass_store:
             total += shares.get("model", 0.0) * self.miss_store_cpu_s
         return total
@@ -217,7 +226,7 @@ def anchor_factors(costs: TierCosts, records: Sequence[Record]) -> dict[str, flo
     """How much each tier costs now against ``costs``' curves: for each run that measures one tier
     (static: a Redis hit; dynamic: a model call; a hybrid run where L1 answered at least
     :data:`CLEAN_L1_SHARE`: an L1 hit), the run's CPU per request over the curve's at the run's rate
-    (L1: at its share). This VM's speed drifts by a fifth or more over minutes, so a prediction is
+    (L1: at its share and its model share). This VM's speed drifts by a fifth or more over minutes, so a prediction is
     priced by a calibration re-levelled (:meth:`TierCosts.scaled`) by runs made beside the run it
     predicts. Runs of other models or with failures are skipped; a tier without a run is absent."""
     mine = [r for r in records if _model_of(r) == costs.model and not r.get("failures")]
@@ -232,7 +241,7 @@ def anchor_factors(costs: TierCosts, records: Sequence[Record]) -> dict[str, flo
         if l1 >= CLEAN_L1_SHARE:
             rest = (redis * levelled.at("redis", redis * rate).cpu_s
                     + model * (levelled.at("model", model * rate).cpu_s + levelled.miss_store_cpu_s))
-            factors["l1"] = (_cpu_per_request(record) - rest) / l1 / costs.at("l1", l1 * rate, share=l1).cpu_s
+            factors["l1"] = (_cpu_per_request(record) - rest) / l1 / costs.at("l1", l1 * rate, share=l1, model_share=model).cpu_s
     return factors
 
 
@@ -318,11 +327,11 @@ def _l1_points(costs: TierCosts, hybrids: Iterable[Record]) -> list[TierPoint]:
             costs.notes.append(f"{_label(record)}: L1 hit CPU {leftover * 1e6:.0f} us left over after Redis and "
                                f"model shares, raised to {floor * 1e6:.0f} us ({MIN_L1_COST_SHARE_OF_REDIS:.0%} of a Redis hit)")
         point = _point(record, l1, max(leftover, floor))
-        points.append(replace(point, p99_of_tier=l1 >= CLEAN_L1_SHARE))
+        points.append(replace(point, p99_of_tier=l1 >= CLEAN_L1_SHARE, model_share=model))
     if not points:
         raise ValueError(f"no hybrid run of {costs.model} where L1 answered at least {MIN_L1_SHARE:.0%} of "
                          "the requests among the load-test records: it measures the l1 tier")
-    return sorted(points, key=lambda p: p.share)
+    return sorted(points, key=lambda p: (p.model_share, p.share))
 
 
 def _l1_bytes_per_entry(records: Sequence[Record]) -> float:
@@ -338,16 +347,17 @@ def _outside(measured: Sequence[float], value: float) -> bool:
     return not measured[0] <= value <= measured[-1]
 
 
-def _by_share(points: Sequence[TierPoint], total_rate: float) -> list[tuple[float, float]]:
-    """L1's CPU curve over its share, for a server taking ``total_rate`` requests/s: runs at the same
-    share (to 0.01) at several rates are interpolated in log total rate. An L1 hit is never batched,
-    but under Poisson arrivals a request's share of the server's wake-ups follows how often requests
-    come: the light hot-set run cost 533 us an L1 hit at 75/s and 257 at 300/s."""
+def _by_model_share(points: Sequence[TierPoint], total_rate: float) -> list[tuple[float, float]]:
+    """L1's CPU curve over the model's share beside it, for a server taking ``total_rate``
+    requests/s: runs at the same model share (to 0.01) at several rates are interpolated in log total
+    rate. An L1 hit is never batched, but under Poisson arrivals a request's share of the server's
+    wake-ups follows how often requests come: the light hot-set run cost 533 us an L1 hit at 75/s
+    and 257 at 300/s."""
     groups: dict[float, list[TierPoint]] = {}
     for point in points:
-        groups.setdefault(round(point.share, 2), []).append(point)
-    return [(share, _interpolate(sorted((p.rate / max(p.share, 1e-9), p.cpu_s) for p in group), total_rate))
-            for share, group in sorted(groups.items())]
+        groups.setdefault(round(point.model_share, 2), []).append(point)
+    return [(model_share, _interpolate(sorted((p.rate / max(p.share, 1e-9), p.cpu_s) for p in group), total_rate))
+            for model_share, group in sorted(groups.items())]
 
 
 def _interpolate(curve: Sequence[tuple[float, float]], x: float, log: bool = True) -> float:

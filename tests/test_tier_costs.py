@@ -174,3 +174,27 @@ def test_an_l1_hit_is_priced_at_the_servers_rate_where_it_was_measured_at_severa
     assert at_slow == pytest.approx(clean[round(0.97 * 75)]) and at_fast == pytest.approx(clean[round(0.97 * 300)])
     assert at_slow > 1.8 * at_fast
     assert anchor_factors(costs, [fast])["l1"] == pytest.approx(1.0, rel=1e-6)
+
+
+def test_an_l1_hit_is_priced_beside_the_models_share_not_at_its_own(runs: list[dict]) -> None:
+    """L1 in front of a full static table (no model call) is priced by the hot-set run even at the
+    Zipf mix's L1 share; beside the Zipf mix's model share, by the Zipf run; in between, linearly.
+    (The benchmark: the light "static table + L1" candidate verified 29% above a prediction that
+    priced its L1 hits by the Zipf mix's leftover.)"""
+    base = next(r for r in runs if r["profile"] == "heavy" and r["mode"] == "hybrid" and r["distribution"] == "zipf:1.1")
+    hot = _scaled_run(base, 1.0, hit_ratio={"l1": 0.97, "redis": 0.03, "total": 1.0})
+    costs = tier_costs(runs + [hot], "traffic-heavy")
+    clean = next(p for p in costs.curves["l1"] if p.p99_of_tier)
+    mix = next(p for p in costs.curves["l1"] if not p.p99_of_tier)
+    assert mix.model_share == pytest.approx(1 - base["hit_ratio"]["total"]) and clean.model_share == pytest.approx(0.0)
+    assert mix.cpu_s != pytest.approx(clean.cpu_s, rel=0.05)
+    rate = hot["achieved_rps"]
+    table = costs.at("l1", mix.share * rate, share=mix.share, model_share=0.0)
+    assert table.cpu_s == pytest.approx(clean.cpu_s)
+    beside = costs.at("l1", mix.share * rate, share=mix.share, model_share=mix.model_share)
+    assert beside.cpu_s == pytest.approx(mix.cpu_s)
+    halfway = costs.at("l1", mix.share * rate, share=mix.share, model_share=mix.model_share / 2)
+    assert halfway.cpu_s == pytest.approx((clean.cpu_s + mix.cpu_s) / 2)
+    # cpu_per_request passes the mix's model share: a full-table mix pays the hot-set price for L1.
+    priced = costs.cpu_per_request({"l1": 0.6, "redis": 0.4}, rate, misses_pass_store=True)
+    assert priced == pytest.approx(costs.idle_cpu_s_per_s / rate + 0.6 * clean.cpu_s + 0.4 * costs.at("redis", 0.4 * rate).cpu_s)

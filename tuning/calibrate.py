@@ -6,8 +6,8 @@ a fresh server and Redis under Locust at a fixed offered rate, read by
 call, each at every one of :data:`RATE_SHARES` of the calibration rate, so each gets a CPU- and
 latency-vs-load curve (batching and queueing as the load produces them). Hybrid runs measure the
 rest: on a small hot set that L1 holds after the warm-up (:data:`L1_HOT_SET`, at every rate share)
-an L1 hit alone, with its own latency curve; on the comparison's Zipf keys an L1 hit in a mix (it
-costs more there); and on uniform keys with no L1 and no head, a miss's Redis lookup and write.
+an L1 hit alone, with its own latency curve; on the comparison's Zipf keys an L1 hit beside a third
+of the requests going on to the model; and on uniform keys with no L1 and no head, a miss's Redis lookup and write.
 The calibration rate is the target QPS, capped at :data:`MAX_CALIBRATION_RATE` (what one Locust
 process offers on a small machine; above it the curves hold their last measured point, and the
 candidates say so). A ``results.json`` of the same model (``hybridserve compare``) can stand in for
