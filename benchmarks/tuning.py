@@ -219,16 +219,18 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
              "## Tier costs (calibrated by load tests)", "",
              "Server + Redis CPU per prediction; p99 client-side with its 95% confidence interval; the load is the "
              "CPU seconds per second the run kept busy (a tier's p99 is read at the load of the whole mix).", "",
-             "| profile | tier | run | rate /s | L1 share | CPU us/request | load | p99 ms (95% CI) | requests |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "L1 is priced over the model's share of the requests beside it (hot-set runs: about 0).", "",
+             "| profile | tier | run | rate /s | L1 share | model share | CPU us/request | load | p99 ms (95% CI) | requests |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for profile, profile_costs in costs.items():
         for tier, points in profile_costs.curves.items():
             for p in points:
                 ci = f"{p.p99_low_ms:.1f}-{p.p99_high_ms:.1f}" if p.p99_low_ms is not None else "n/a"
                 p99 = f"{p.p99_ms:.1f} ({ci})" if p.p99_of_tier else "(mixed run: not L1's own)"
-                lines.append(f"| {profile} | {tier} | {p.run} | {p.rate:.0f} | {p.share:.2f} | {p.cpu_s * 1e6:.0f} | {p.load:.3f} | "
-                             f"{p99} | {p.requests:,} |")
-        lines.append(f"| {profile} | miss store round trips | | | | {profile_costs.miss_store_cpu_s * 1e6:.0f} | | | |")
+                model_share = f"{p.model_share:.2f}" if tier == "l1" else ""
+                lines.append(f"| {profile} | {tier} | {p.run} | {p.rate:.0f} | {p.share:.2f} | {model_share} | {p.cpu_s * 1e6:.0f} | "
+                             f"{p.load:.3f} | {p99} | {p.requests:,} |")
+        lines.append(f"| {profile} | miss store round trips | | | | | {profile_costs.miss_store_cpu_s * 1e6:.0f} | | | |")
     by_run = [a for a in agreement if a["tier"] == "run"]
     by_tier = [a for a in agreement if a["tier"] != "run"]
     if by_run:
