@@ -207,15 +207,14 @@ class EmbeddedRedis:
         for attempt in range(PORT_ATTEMPTS):
             try:
                 self._launch()
+                break
             except PortTakenError:
                 if self._port_fixed or attempt == PORT_ATTEMPTS - 1:
                     raise
                 self.port = self._pick_port()
-                continue
-            # It has run on this port: clients and restarts (outage tests) expect it there.
-            self._port_fixed = True
-            return self
-        raise AssertionError("unreachable")  # the loop returns or raises
+        # It has run on this port: clients and restarts (outage tests) expect it there.
+        self._port_fixed = True
+        return self
 
     def _launch(self) -> None:
         self._log_path.unlink(missing_ok=True)
