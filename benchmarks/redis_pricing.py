@@ -16,7 +16,6 @@ Measured 2026-12-02 (see tuning.md's hand notes): the better rule differed by pr
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ sys.path.insert(0, str(ROOT))
 from loadtests import cost  # noqa: E402
 from loadtests.keys import key_stream  # noqa: E402
 from loadtests.runner import RunSpec, run_one  # noqa: E402
-from loadtests.tier_costs import _cpu_per_request, _shares  # noqa: E402
+from loadtests.tier_costs import _cpu_per_request, _interpolate, _shares  # noqa: E402
 from models.registry import model_name  # noqa: E402
 from tuning.calibrate import L1_HOT_SET  # noqa: E402
 from tuning.recommend import Candidate  # noqa: E402
@@ -69,7 +68,7 @@ def main() -> None:
             l1, redis, _, rate = got["candidate"][1]
             measured, hot, high, low = got["candidate"][0], got["hot"][0], got["static"][0], got["static_low"][0]
             redis_rate = redis * rate
-            own = low + (math.log(redis_rate) - math.log(LOW_RATE)) / (math.log(RATE) - math.log(LOW_RATE)) * (high - low)
+            own = _interpolate([(LOW_RATE, low), (RATE, high)], redis_rate)  # in log rate, as the cost model does
             at_own, at_total = l1 * hot + redis * own, l1 * hot + redis * high
             print(f"round {number}: static {high:.0f} us at {RATE:g}/s, {low:.0f} at {LOW_RATE:g}/s; hot set {hot:.0f}; "
                   f"configuration {measured:.0f} (L1 {l1:.3f}, Redis {redis:.3f}) | Redis at its own rate "

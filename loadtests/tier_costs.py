@@ -170,7 +170,7 @@ class TierCosts:
         total += sum(share * self.at(tier, share * rate, share=share, model_share=model).cpu_s
                      for tier, share in shares.items() if share > 0)
         if misses_pass_store:
-            total += shares.get("model", 0.0) * self.miss_store_cpu_s
+            total += model * self.miss_store_cpu_s
         return total
 
     def scaled(self, factors: dict[str, float]) -> TierCosts:
