@@ -33,7 +33,7 @@ import os  # noqa: E402
 
 from loadtests.keys import key_stream  # noqa: E402
 from loadtests.runner import compare, matrix  # noqa: E402
-from loadtests.tier_costs import TIERS, tier_costs  # noqa: E402
+from loadtests.tier_costs import TIERS, cpu_us_at_speed, tier_costs  # noqa: E402
 from models.registry import model_name  # noqa: E402
 from loadtests.tier_costs import TierCosts  # noqa: E402
 from serving.model import LoadedModel  # noqa: E402
@@ -79,7 +79,8 @@ def main() -> int:
         costs[profile] = calibration_costs(records[:len(calibration)], model_name(profile), args.calibration_seconds,
                                            args.repeats)
         records = records[len(calibration):]
-        agreement += _agreement(profile, costs[profile], tier_costs(records, model_name(profile)), records)
+        comparison_costs = tier_costs(records, model_name(profile), reference=costs[profile].speed_reference)
+        agreement += _agreement(profile, costs[profile], comparison_costs, records)
         agreement += _run_agreement(profile, costs[profile], records)
         _write(args, rows, costs, agreement)
     done = {row["trace"] for row in rows}
@@ -99,7 +100,7 @@ def main() -> int:
             print(f"  {profile}: chosen {candidate.label}; verifying ...", flush=True)
             result = verify(fitted.trace, candidate, costs[profile], Settings(registry=registry, model_name=model_name(profile)),
                             slo_p99_ms=args.slo_p99_ms, rate=args.verify_rate, max_seconds=args.verify_seconds,
-                            rounds=args.verify_rounds, anchor_seconds=args.calibration_seconds)
+                            rounds=args.verify_rounds, anchor_seconds=args.anchor_seconds)
             rows.append({"trace": name, "profile": profile, "key_space": fitted.as_dict(), "policy_gap": gap,
                          "chosen": rec.chosen.as_dict(rec.model_name) if rec.chosen else None,
                          "verified": candidate.label, "verify": result.as_dict(),
@@ -123,7 +124,7 @@ def _verify_hybrid(args: argparse.Namespace, registry: Path, rec: Recommendation
     print(f"  {profile}: cheapest sized hybrid {candidate.label}; verifying ...", flush=True)
     result = verify(trace, candidate, costs, Settings(registry=registry, model_name=model_name(profile)),
                     slo_p99_ms=args.slo_p99_ms, rate=args.verify_rate, max_seconds=args.verify_seconds,
-                    rounds=args.hybrid_rounds, anchor_seconds=args.calibration_seconds)
+                    rounds=args.hybrid_rounds, anchor_seconds=args.anchor_seconds)
     print(f"  {profile}: {_line(result.as_dict())}", flush=True)
     return {"verified": candidate.label, "verify": result.as_dict(), "candidate": candidate.as_dict(rec.model_name)}
 
@@ -148,20 +149,22 @@ def _hybrid_pass(args: argparse.Namespace, registry: Path, traces: dict[str, Tra
 
 
 def _run_agreement(profile: str, tuner: TierCosts, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each comparison run's CPU per request, as measured and as the tuner's cost model prices that
-    run's mix (its measured tier shares at its rate): what the comparison report shows per mode."""
+    """Each comparison run's CPU per request, as measured (at the calibration's core speed) and as
+    the tuner's cost model prices that run's mix (its measured tier shares at its rate): what the
+    comparison report shows per mode."""
     out = []
     for record in records:
         counts = record["tier_counts"]
         served = max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
         shares = {"l1": counts["l1_hits"] / served, "redis": counts["redis_hits"] / served, "model": counts["model_rows"] / served}
-        measured = (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"]) * counts["requests"] / served
+        measured = cpu_us_at_speed(record, tuner.speed_reference) * counts["requests"] / served
         priced = tuner.cpu_per_request(shares, record["achieved_rps"], misses_pass_store=record["mode"] == "hybrid") * 1e6
         out.append({"profile": profile, "tier": "run", "run": f"{record['mode']}/{record['distribution']}",
                     "rate": record["achieved_rps"], "shares": shares, "tuner_cpu_us": priced, "comparison_cpu_us": measured,
                     "difference": abs(priced - measured) / measured,
-                    "comparison_repeats": [r["server_cpu_us_per_request"] + r["redis_cpu_us_per_request"]
-                                           for r in record.get("repeats", [])]})
+                    "comparison_raw_cpu_us": (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"])
+                    * counts["requests"] / served,
+                    "comparison_repeats": [cpu_us_at_speed(r, tuner.speed_reference) for r in record.get("repeats", [])]})
     return out
 
 
@@ -189,7 +192,8 @@ def _write(args: argparse.Namespace, rows: list[dict[str, Any]], costs: dict[str
     context = {"machine": f"{platform.node()}, Python {platform.python_version()}",
                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "qps": args.qps,
                "slo_p99_ms": args.slo_p99_ms, "verify_rate": args.verify_rate, "load_average": os.getloadavg()[:2],
-               "repeats": args.repeats, "verify_rounds": args.verify_rounds, "hybrid_rounds": args.hybrid_rounds}
+               "repeats": args.repeats, "verify_rounds": args.verify_rounds, "hybrid_rounds": args.hybrid_rounds,
+               "anchor_seconds": args.anchor_seconds}
     (HERE / "tuning.json").write_text(json.dumps({"context": context, "rows": rows, "agreement": agreement}, indent=1, default=str))
     (HERE / "tuning.md").write_text(_markdown(context, rows, costs, agreement))
 
@@ -219,6 +223,10 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
              "## Tier costs (calibrated by load tests)", "",
              "Server + Redis CPU per prediction; p99 client-side with its 95% confidence interval; the load is the "
              "CPU seconds per second the run kept busy (a tier's p99 is read at the load of the whole mix).", "",
+             "Every CPU figure in this file, unless marked raw, is at the calibration's core speed: each run's server "
+             "and Redis CPU times the calibration's median probe unit time over the unit time its core's probe read "
+             "during the run (`loadtests/harness/core_speed.py`, `loadtests/tier_costs.at_speed`).", "",
+             _speed_line(costs), "",
              "L1 is priced over the model's share of the requests beside it (hot-set runs: about 0).", "",
              "| profile | tier | run | rate /s | L1 share | model share | CPU us/request | load | p99 ms (95% CI) | requests |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -270,16 +278,22 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
         for g in row["policy_gap"]:
             lines.append(f"| {row['trace']} | {g['fraction']:.0%} | {g['server_policy']} | {g['server_miss_ratio']:.3f} | "
                          f"{g['library_policy']} | {g['library_miss_ratio']:.3f} | {g['gap_pp']:+.2f} |")
+    anchored = context.get("anchor_seconds", 12.0) > 0  # files from before the option were anchored
+    how = ("a round runs the calibration's runs of the tiers the configuration uses (anchors: static for a Redis hit, "
+           "dynamic for a model call, a hot-set hybrid for an L1 hit) at the verify rate, then the configuration; its "
+           "prediction prices the simulated mix with the calibration's curves re-levelled by the anchors (tier factors "
+           "shown: the anchor's CPU over the calibration's at the same rate)" if anchored else
+           "a round runs the configuration; its prediction prices the simulated mix of what it sent with the "
+           "calibration's curves, and its measured CPU is read at the calibration's core speed (the raw figure and "
+           "the run's probe unit times, server / Redis core, are shown beside it)")
     lines += ["", "## Recommendation and verification", "",
               f"Each recommendation is verified in {context.get('verify_rounds', 1)} round(s), each sized hybrid in "
-              f"{context.get('hybrid_rounds', 1)}: a round runs the calibration's runs of the tiers the configuration uses "
-              "(anchors: static for a Redis hit, dynamic for a model call, a hot-set hybrid for an L1 hit) at the verify "
-              "rate, then the configuration; its prediction prices the simulated mix with the calibration's curves "
-              "re-levelled by the anchors (tier factors shown: the anchor's CPU over the calibration's at the same rate). "
-              "The round with the median measured/predicted CPU is kept; every round is listed. The last CPU column is "
-              "the prediction from the calibration alone, made before the traces.", "",
+              f"{context.get('hybrid_rounds', 1)}: {how}. "
+              "The round with the median measured/predicted CPU is kept; every round is listed. The calibration-alone "
+              "column is the prediction from the calibration without anchors, made before the traces.", "",
               "| trace | profile | verified configuration | replay | hit measured / predicted | CPU us measured / predicted "
-              "(kept round) | every round, measured/predicted | anchor factors (kept round) | calibration alone (error) "
+              "(kept round) | every round, measured/predicted | " + ("anchor factors (kept round)" if anchored else
+              "raw CPU us; probe unit us server / Redis (kept round)") + " | calibration alone (error) "
               "| p99 ms measured (95% CI) / predicted | hit | CPU | p99 <= SLO |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
         lines.append(_verify_line(row["trace"], row["profile"], row["verified"], row["verify"], context))
@@ -310,12 +324,24 @@ def _with_calibration_curves(tier_row: dict[str, Any], runs: list[dict[str, Any]
     return max(0.0, tier_row["tuner_cpu_us"] + (run["comparison_cpu_us"] - run["tuner_cpu_us"]) / run["shares"][share])
 
 
+def _speed_line(costs: dict[str, Any]) -> str:
+    """The calibration's core speed per profile (its median probe unit times)."""
+    shown = [f"{profile}: server {c.speed_reference['server']:.0f} us, Redis {c.speed_reference['redis']:.0f} us"
+             for profile, c in costs.items() if {"server", "redis"} <= set(c.speed_reference)]
+    return ("Calibration core speed (median probe unit time): " + "; ".join(shown) + ".") if shown else \
+        "The calibration recorded no core speed: CPU figures are as measured."
+
+
 def _verify_line(trace: str, profile: str, label: str, v: dict[str, Any], context: dict[str, Any]) -> str:
     """One row of the verification table: the kept round's measurement and its prediction (tier
-    costs re-levelled by that round's anchor runs), the calibration's own prediction beside it."""
+    costs re-levelled by that round's anchor runs, if any), the calibration's own prediction beside it."""
     m, p = v["measured"], v["predicted"]
     ci = f" ({m['p99_low_ms']:.1f}-{m['p99_high_ms']:.1f})" if m.get("p99_low_ms") is not None else ""
     anchors = ", ".join(f"{tier} {factor:.2f}" for tier, factor in sorted(p.get("anchors", {}).items()))
+    if not anchors and "raw_cpu_us_per_request" in m:
+        speed = m.get("core_speed", {})
+        units = " / ".join(f"{speed[c]['unit_us']:.0f}" if speed.get(c) else "n/a" for c in ("server", "redis"))
+        anchors = f"{m['raw_cpu_us_per_request']:.0f}; {units}"
     rounds = ", ".join(f"{r['measured_cpu_us']:.0f}/{r['predicted_cpu_us']:.0f}" for r in v.get("rounds", []))
     alone = p.get("calibration_cpu_us_per_request")
     alone_error = f"{alone:.0f} ({abs(m['cpu_us_per_request'] - alone) / alone:.0%})" if alone else "n/a"
@@ -340,7 +366,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--verify-seconds", type=float, default=90.0)
     parser.add_argument("--calibration-seconds", type=float, default=12.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs per calibration and comparison spec (median kept)")
-    parser.add_argument("--verify-rounds", type=int, default=3, help="rounds (anchors, then the run) per recommendation's verification")
+    parser.add_argument("--verify-rounds", type=int, default=3, help="rounds (anchors if any, then the run) per recommendation's verification")
+    parser.add_argument("--anchor-seconds", type=float, default=0.0,
+                        help="anchor runs of this length before each verification round (0: none; the core speed levels instead)")
     parser.add_argument("--hybrid-rounds", type=int, default=1, help="rounds per sized hybrid's verification (its runs are long)")
     return parser
 

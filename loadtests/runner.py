@@ -48,10 +48,12 @@ import redis
 
 from loadtests import cost, split
 from loadtests.drift_traffic import MonitoringSampler
+from loadtests.tier_costs import cpu_us_at_speed, speed_reference
 from loadtests.keys import TraceKeys, key_stream
 from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, key_space_for
 from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file
+from loadtests.harness.core_speed import CoreSpeedProbe
 from loadtests.harness.redis_server import EmbeddedRedis, free_port
 from loadtests.harness.server_process import ServerProcess, pinned
 from serving.cache import measure_l1_bytes_per_entry
@@ -176,6 +178,12 @@ class RunResult:
     before the run: timers, the control poll, Redis' cron. Taken out of the CPU figures for the
     seconds of the measured window outside the traffic (Locust's start and stop), so they are the
     CPU of serving at the run's rate."""
+
+    core_speed: dict[str, dict[str, float]] = field(default_factory=dict)
+    """How slow the server's core (``server``) and Redis' (``redis``, shared with the load generator)
+    ran during the traffic window: :class:`loadtests.harness.core_speed.ProbeReading` records. The
+    CPU figures above are as measured; the tuner compares runs made at different moments at one
+    core speed (:func:`loadtests.tier_costs.at_speed`)."""
 
     drift: dict[str, Any] = field(default_factory=dict)
     """With ``spec.instances``: /v1/monitoring over the run, the shift's start and when alerts fired
@@ -560,11 +568,13 @@ def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scena
     idle = _idle_cpu_s_per_s(server, client)
     before, cpu0, rcpu0 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
     started = time.monotonic()
-    if spec.instances:
-        with MonitoringSampler(server.url) as sampler:
+    server_cores, load_cores = _cores()
+    with CoreSpeedProbe(server_cores) as server_probe, CoreSpeedProbe(load_cores) as load_probe:
+        if spec.instances:
+            with MonitoringSampler(server.url) as sampler:
+                locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
+        else:
             locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
-    else:
-        locust, locust_cpu = _run_locust(spec, server.url, bench.registry, bench.workdir)
     outside = max(0.0, time.monotonic() - started - locust["span_s"])  # Locust starting and stopping
     after, cpu1, rcpu1 = _server_snapshot(server.url), server.cpu_s(), _redis_cpu_s(client)
     stored1 = StoredKeys.read(client, namespace)
@@ -575,12 +585,18 @@ def measure(bench: Bench, spec: RunSpec, prices: cost.Prices, target: cost.Scena
                      (_less_idle(cpu1 - cpu0, idle[0] * outside), _less_idle(rcpu1 - rcpu0, idle[1] * outside)), (stored0, stored1),
                      bench.precompute, prices, target, l1_entry_bytes=l1_entry_bytes)
     result.idle_cpu_ms_per_s = {"server": idle[0] * 1e3, "redis": idle[1] * 1e3}
+    result.core_speed = {"server": _probe_record(server_probe), "redis": _probe_record(load_probe)}
     if spec.instances:
         result.drift = sampler.record(_shift_at_s(bench.workdir, sampler.started))
     stream = key_stream(spec.distribution, bench.space, seed=spec.seed)
     if isinstance(stream, TraceKeys):
         result.unknown_key_share, result.trace_keys_mapped = stream.unknown_share, stream.remap
     return result
+
+
+def _probe_record(probe: CoreSpeedProbe) -> dict[str, float]:
+    """The probe's reading; empty for a window too short to sample (the CPU stays as measured)."""
+    return probe.reading.as_record() if probe.reading else {}
 
 
 def _idle_cpu_s_per_s(server: ServerProcess, client: redis.Redis) -> tuple[float, float]:
@@ -692,8 +708,8 @@ def compare(
 
     With ``repeats`` > 1 the whole list is run that many times over (rounds, so that a slow spell
     of a shared machine touches every spec alike rather than all repeats of one), and each spec's
-    record is its median run by server + Redis CPU per request (:func:`median_run`): identical
-    runs on a small VM differ by 10-20% in CPU per request.
+    record is its median run by server + Redis CPU per request at one core speed
+    (:func:`median_run`): identical runs on a small VM differ by 10-20% in CPU per request.
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -714,15 +730,14 @@ def compare(
 
 
 def median_run(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The run of identical specs whose server + Redis CPU per request is the median (the lower of
-    the middle two for an even count), with every run's CPU and p99 under ``repeats``. A whole
-    run, not medians of each figure, so its latency, counts and cost stay those of one real run."""
-    def cpu(record: dict[str, Any]) -> float:
-        return float(record["server_cpu_us_per_request"]) + float(record["redis_cpu_us_per_request"])
-
-    ordered = sorted(records, key=cpu)
+    """The run of identical specs whose server + Redis CPU per request, at the runs' median core
+    speed (:func:`loadtests.tier_costs.at_speed`), is the median (the lower of the middle two for
+    an even count), with every run's CPU, core speed and p99 under ``repeats``. A whole run, not
+    medians of each figure, so its latency, counts and cost stay those of one real run."""
+    reference = speed_reference(records)
+    ordered = sorted(records, key=lambda record: cpu_us_at_speed(record, reference))
     chosen = dict(ordered[(len(ordered) - 1) // 2])
     chosen["repeats"] = [{"server_cpu_us_per_request": r["server_cpu_us_per_request"],
                           "redis_cpu_us_per_request": r["redis_cpu_us_per_request"],
-                          "p99_ms": r["latency_ms"]["p99"]} for r in records]
+                          "core_speed": r.get("core_speed", {}), "p99_ms": r["latency_ms"]["p99"]} for r in records]
     return chosen

@@ -69,6 +69,9 @@ CLEAN_L1_SHARE = 0.9
 # A hybrid run whose model answered at least this share measures a miss's store round trips (its
 # few hits are priced and taken out).
 ALL_MISS_SHARE = 0.75
+# The cores a run's probe reads (loadtests.harness.core_speed): the server's, and Redis' (shared with
+# the load generator).
+CORES: tuple[str, ...] = ("server", "redis")
 
 Record = dict[str, Any]
 
@@ -136,6 +139,9 @@ class TierCosts:
     """Server + Redis CPU seconds a second with no traffic (the runs' median)."""
     source: str = "load test"
     notes: list[str] = field(default_factory=list)
+    speed_reference: dict[str, float] = field(default_factory=dict)
+    """The core speed every CPU figure is at: the median probe unit time (µs) of the runs, per
+    core (``server``, ``redis``); empty where the runs recorded none (see :func:`at_speed`)."""
 
     def at(self, tier: str, rate: float, load: float | None = None, share: float = 1.0,
            model_share: float = 0.0) -> TierEstimate:
@@ -193,13 +199,51 @@ class TierCosts:
         return cls(**{**data, "curves": curves})
 
 
-def tier_costs(records: Sequence[Record], model: str) -> TierCosts:
-    """Tier curves of ``model`` from load-test records (``results.json``'s ``runs``).
+def speed_reference(records: Sequence[Record]) -> dict[str, float]:
+    """The median probe unit time (µs) per core over ``records`` that recorded one; empty if none did."""
+    reference = {}
+    for core in CORES:
+        units = sorted(r["core_speed"][core]["unit_us"] for r in records if r.get("core_speed", {}).get(core))
+        if units:
+            reference[core] = units[len(units) // 2]
+    return reference
+
+
+def at_speed(record: Record, reference: dict[str, float]) -> Record:
+    """``record`` with its CPU figures at the ``reference`` core speed: the server's CPU (and its
+    idle CPU) times the reference unit time over the unit time its core's probe read during the
+    run, Redis' likewise (:mod:`loadtests.harness.core_speed`: this VM's cores run the same work in
+    anything from 0.6 to 1.1 of their fastest time, minute to minute). A record or a reference
+    without a reading for a core keeps that core's figures as measured."""
+    speed = record.get("core_speed") or {}
+    factor = {core: reference[core] / speed[core]["unit_us"] for core in CORES
+              if core in reference and speed.get(core, {}).get("unit_us")}
+    if not factor:
+        return record
+    idle = record.get("idle_cpu_ms_per_s") or {}
+    return {**record,
+            "server_cpu_us_per_request": record["server_cpu_us_per_request"] * factor.get("server", 1.0),
+            "redis_cpu_us_per_request": record["redis_cpu_us_per_request"] * factor.get("redis", 1.0),
+            "idle_cpu_ms_per_s": {core: ms * factor.get(core, 1.0) for core, ms in idle.items()}}
+
+
+def cpu_us_at_speed(record: Record, reference: dict[str, float]) -> float:
+    """Server + Redis CPU µs per HTTP request of ``record`` at the ``reference`` core speed."""
+    levelled = at_speed(record, reference)
+    return float(levelled["server_cpu_us_per_request"] + levelled["redis_cpu_us_per_request"])
+
+
+def tier_costs(records: Sequence[Record], model: str, reference: dict[str, float] | None = None) -> TierCosts:
+    """Tier curves of ``model`` from load-test records (``results.json``'s ``runs``), every run's
+    CPU at one core speed: ``reference`` (:attr:`TierCosts.speed_reference`), by default the
+    median of the runs' own probe readings (:func:`speed_reference`).
 
     ``ValueError`` naming what is missing when the records hold no static or no dynamic run of the
     model, or no hybrid run where L1 answered at least :data:`MIN_L1_SHARE` of the requests.
     """
     mine = [r for r in records if _model_of(r) == model and not r.get("failures")]
+    reference = speed_reference(mine) if reference is None else reference
+    mine = [at_speed(r, reference) for r in mine]
     idle = sorted(_idle_s_per_s(r) for r in mine if r.get("idle_cpu_ms_per_s"))
     curves: dict[str, list[TierPoint]] = {}
     for tier, mode in MODE_OF_TIER.items():
@@ -214,6 +258,7 @@ def tier_costs(records: Sequence[Record], model: str) -> TierCosts:
         bytes_per_entry=static["redis_bytes"] / max(1, static.get("redis_keys") or static["key_count"]),
         l1_bytes_per_entry=_l1_bytes_per_entry(mine),
         precompute_cpu_s_per_key=static["precompute_cpu_s"] / static["key_count"],
+        speed_reference=dict(reference),
     )
     costs.idle_cpu_s_per_s = idle[len(idle) // 2] if idle else 0.0
     hybrids = [r for r in mine if r["mode"] == "hybrid"]
@@ -229,7 +274,7 @@ def anchor_factors(costs: TierCosts, records: Sequence[Record]) -> dict[str, flo
     (L1: at its share and its model share). This VM's speed drifts by a fifth or more over minutes, so a prediction is
     priced by a calibration re-levelled (:meth:`TierCosts.scaled`) by runs made beside the run it
     predicts. Runs of other models or with failures are skipped; a tier without a run is absent."""
-    mine = [r for r in records if _model_of(r) == costs.model and not r.get("failures")]
+    mine = [at_speed(r, costs.speed_reference) for r in records if _model_of(r) == costs.model and not r.get("failures")]
     factors: dict[str, float] = {}
     for tier, mode in MODE_OF_TIER.items():
         for record in (r for r in mine if r["mode"] == mode):

@@ -188,6 +188,19 @@ def test_the_median_run_is_a_whole_run_with_every_repeat_listed() -> None:
     assert median_run(runs[:2])["server_cpu_us_per_request"] == 300
 
 
+def test_the_median_run_is_chosen_at_one_core_speed() -> None:
+    """A run that read high only because its cores ran slow is not the median: runs are ordered by
+    their CPU at the runs' median core speed, and each repeat keeps its core speed."""
+    def on(run: Record, unit_us: float) -> Record:
+        return {**run, "core_speed": {"server": {"unit_us": unit_us}, "redis": {"unit_us": unit_us}}}
+
+    runs = [on(_run(500, 50, 9.0), 800.0), on(_run(300, 20, 4.0), 400.0), on(_run(400, 30, 7.0), 400.0)]
+    # At 400 us a unit: 275, 320, 430; raw the 550 run would be the highest and 430 the median.
+    chosen = median_run(runs)
+    assert chosen["server_cpu_us_per_request"] == 300 and chosen["latency_ms"]["p99"] == 4.0
+    assert [r["core_speed"]["server"]["unit_us"] for r in chosen["repeats"]] == [800.0, 400.0, 400.0]
+
+
 def test_compare_refuses_fewer_than_one_repeat(registry: Path) -> None:
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         compare(registry, [RunSpec("light", "static")], repeats=0)

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from loadtests.tier_costs import CLEAN_L1_SHARE, MIN_L1_SHARE, anchor_factors, tier_costs
+from loadtests.tier_costs import (CLEAN_L1_SHARE, MIN_L1_SHARE, TierCosts, anchor_factors, at_speed, cpu_us_at_speed,
+                                  speed_reference, tier_costs)
 
 RESULTS = Path(__file__).parent / "data" / "results_small.json"
 
@@ -198,3 +199,43 @@ def test_an_l1_hit_is_priced_beside_the_models_share_not_at_its_own(runs: list[d
     # cpu_per_request passes the mix's model share: a full-table mix pays the hot-set price for L1.
     priced = costs.cpu_per_request({"l1": 0.6, "redis": 0.4}, rate, misses_pass_store=True)
     assert priced == pytest.approx(costs.idle_cpu_s_per_s / rate + 0.6 * clean.cpu_s + 0.4 * costs.at("redis", 0.4 * rate).cpu_s)
+
+
+def _with_speed(record: dict, server_unit_us: float, redis_unit_us: float) -> dict:
+    """``record`` as if its cores' probes read these unit times during the run."""
+    return {**record, "core_speed": {"server": {"unit_us": server_unit_us, "samples": 200, "spread": 1.5},
+                                     "redis": {"unit_us": redis_unit_us, "samples": 200, "spread": 1.5}}}
+
+
+def test_a_run_on_a_slow_core_is_read_at_the_reference_speed(runs: list[dict]) -> None:
+    """Server CPU scales by the server core's probe, Redis' by its own, idle CPU too; a record or a
+    reference without a reading keeps its figures as measured."""
+    run = {**runs[0], "idle_cpu_ms_per_s": {"server": 4.0, "redis": 2.0}}
+    slow = _with_speed(run, 800.0, 500.0)
+    levelled = at_speed(slow, {"server": 400.0, "redis": 500.0})
+    assert levelled["server_cpu_us_per_request"] == pytest.approx(run["server_cpu_us_per_request"] / 2)
+    assert levelled["redis_cpu_us_per_request"] == pytest.approx(run["redis_cpu_us_per_request"])
+    assert levelled["idle_cpu_ms_per_s"] == pytest.approx({"server": 2.0, "redis": 2.0})
+    assert cpu_us_at_speed(slow, {"server": 400.0, "redis": 500.0}) == pytest.approx(
+        run["server_cpu_us_per_request"] / 2 + run["redis_cpu_us_per_request"])
+    assert at_speed(run, {"server": 400.0}) is run and at_speed(slow, {}) is slow
+    assert slow["server_cpu_us_per_request"] == run["server_cpu_us_per_request"]  # the record itself is untouched
+
+
+def test_tier_costs_read_every_run_at_the_runs_median_core_speed(runs: list[dict]) -> None:
+    """The same static run measured on a core twice as slow reads the same after levelling; the
+    costs say which speed they are at, and a reference given overrides the runs' own."""
+    static = next(r for r in runs if r["profile"] == "heavy" and r["mode"] == "static")
+    others = [_with_speed(r, 400.0, 400.0) for r in runs if r is not static]
+    fast = _with_speed(static, 400.0, 400.0)
+    slow = _with_speed(_scaled_run(static, 2.0, idle_cpu_ms_per_s={}), 800.0, 800.0)
+    fast["idle_cpu_ms_per_s"] = {}
+    costs = tier_costs([*others, fast, slow], "traffic-heavy")
+    assert costs.speed_reference == {"server": 400.0, "redis": 400.0}
+    both = [p.cpu_s for p in costs.curves["redis"] if p.rate == fast["achieved_rps"]]
+    assert len(both) == 2 and both[0] == pytest.approx(both[1]) and both[0] == pytest.approx(_cpu(fast), rel=2e-2)
+    halved = tier_costs([*others, fast], "traffic-heavy", reference={"server": 200.0, "redis": 200.0})
+    assert halved.speed_reference == {"server": 200.0, "redis": 200.0}
+    assert halved.curves["model"][0].cpu_s < 0.6 * costs.curves["model"][0].cpu_s
+    assert TierCosts.from_dict(costs.as_dict()).speed_reference == costs.speed_reference
+    assert speed_reference(runs) == {}  # records from before the probe

@@ -55,23 +55,29 @@ def test_simulated_run_counts_every_mode(trace: Trace) -> None:
 @pytest.mark.slow
 def test_load_test_verifies_a_hybrid_recommendation(registry: Path, trace: Trace) -> None:
     """The configuration runs under Locust with the trace's keys; the measured hit ratio is the
-    simulated one within 2 pp (different code paths: concurrency, HTTP, Redis) and both sides are kept."""
+    simulated one within 2 pp (different code paths: concurrency, HTTP, Redis) and both sides are
+    kept; the measured CPU is compared at the calibration's core speed, the raw figure beside it."""
     costs = tier_costs(json.loads(RESULTS.read_text())["runs"], "traffic-light")
+    costs.speed_reference = {"server": 1000.0, "redis": 1000.0}  # a core that ran one probe unit in 1 ms
     short = trace.split(0.5)[0]  # 1,500 requests, about 8 s at 200/s
     result = verify(short, _hybrid(policy="s3fifo"), costs, Settings(registry=registry), slo_p99_ms=1000.0, rate=200.0,
-                    rounds=1, anchor_seconds=2.0)
+                    rounds=1)
     m, p = result.measured, result.predicted
     assert result.window.requests == len(short) and m["failures"] == 0
     assert m["requests"] == len(short)
     assert result.hit_ratio_pp <= TOLERANCE_PP, result.as_dict()
     assert 0.0 < m["hit_ratio"] < 1.0 and m["cpu_us_per_request"] > 0 and p["cpu_us_per_request"] > 0
     assert {"measured", "predicted", "within_tolerance", "window", "rounds"} <= result.as_dict().keys()
-    # Priced with the calibration re-levelled by the round's anchor runs (one per tier it uses),
-    # and by the calibration alone, both kept.
+    # No anchor runs by default: priced by the calibration alone; the run's CPU levelled by its
+    # cores' probe readings to the calibration's speed (between the two cores' factors).
     (round_,) = result.rounds
-    assert set(p["anchors"]) == {"redis", "model", "l1"} and all(f > 0 for f in p["anchors"].values())
+    assert p["anchors"] == {} and p["calibration_cpu_us_per_request"] == p["cpu_us_per_request"]
     assert round_["kept"] and round_["predicted_cpu_us"] == p["cpu_us_per_request"]
-    assert p["calibration_cpu_us_per_request"] > 0 and p["calibration_cpu_us_per_request"] != p["cpu_us_per_request"]
+    speed = m["core_speed"]
+    assert speed["server"]["samples"] > 20 and speed["redis"]["samples"] > 20
+    factors = sorted(1000.0 / speed[core]["unit_us"] for core in ("server", "redis"))
+    assert factors[0] * 0.999 <= m["cpu_us_per_request"] / m["raw_cpu_us_per_request"] <= factors[1] * 1.001
+    assert round_["raw_cpu_us"] == m["raw_cpu_us_per_request"]
 
 
 def test_anchors_measure_the_tiers_a_configuration_uses() -> None:
@@ -92,6 +98,8 @@ def test_verify_refuses_no_rounds(trace: Trace, registry: Path) -> None:
     costs = tier_costs(json.loads(RESULTS.read_text())["runs"], "traffic-light")
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         verify(trace, _hybrid(), costs, Settings(registry=registry), slo_p99_ms=50.0, rounds=0)
+    with pytest.raises(ValueError, match="anchor seconds must be >= 0"):
+        verify(trace, _hybrid(), costs, Settings(registry=registry), slo_p99_ms=50.0, anchor_seconds=-1.0)
 
 
 @pytest.mark.slow

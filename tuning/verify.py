@@ -15,18 +15,24 @@ sends (the runner's warm-up, its head: the most requested keys of the replay's f
 Compared: hit ratio (within :data:`TOLERANCE_PP`), server + Redis CPU per request (within
 :data:`CPU_TOLERANCE`), and the measured p99 against the SLO.
 
-Anchored, in rounds: this VM's speed drifts by a fifth or more over minutes (the same 12 s heavy
-dynamic run read 2,150 then 2,620 us a request six minutes later), more than the tolerance, and
-calibration may be long past. So each of :data:`VERIFY_ROUNDS` rounds first runs the calibration's
-runs of the tiers the candidate uses at the verify rate (:func:`anchor_specs`: a static run for a
-Redis hit, a dynamic one for a model call, a hot-set hybrid for an L1 hit), then the candidate; the
-round's prediction prices the simulated mix with the calibration re-levelled by those runs
-(:func:`loadtests.tier_costs.anchor_factors`: each tier's curve scaled, its shape kept). The anchors
-measure one tier each and never the candidate's mix, so the shares, the composition and every
-tier's shape are still the cost model's. Identical runs side by side still differ by up to a
-third (one light static run read 301 and 433 us in one round), so the round kept is the one whose
-measured-over-predicted CPU is the median, and every round is recorded. The prediction priced by
-the calibration alone is recorded too (``calibration_cpu_us_per_request``).
+At one core speed, in rounds: this VM's cores run the same work at anything from 0.6 to 1.1 of
+their fastest, minute to minute (another tenant on the host), more than the tolerance, and the
+calibration may be long past. Every run records how fast its cores ran
+(:mod:`loadtests.harness.core_speed`), and the candidate's measured CPU is compared at the
+calibration's core speed (:func:`loadtests.tier_costs.at_speed`; the raw figure is recorded beside
+it, ``raw_cpu_us_per_request``). Identical runs side by side still differ by up to a third (one
+light static run read 301 and 433 us in one round), so the candidate runs in :data:`VERIFY_ROUNDS`
+rounds and the round kept is the one whose measured-over-predicted CPU is the median; every round
+is recorded.
+
+Optionally anchored (``anchor_seconds`` > 0): each round first runs the calibration's runs of the
+tiers the candidate uses at the verify rate (:func:`anchor_specs`: a static run for a Redis hit, a
+dynamic one for a model call, a hot-set hybrid for an L1 hit) and prices the round's prediction
+with the calibration re-levelled by them (:func:`loadtests.tier_costs.anchor_factors`). The
+tuning benchmark of 2026-12-02 found a single anchor run as noisy as the drift it removes (errors
+from 2% to 32% anchored against 3% to 45% from the calibration alone, before the core speed was
+measured), so it is off by default; the prediction from the calibration alone is always recorded
+(``calibration_cpu_us_per_request``).
 
 Example::
 
@@ -44,7 +50,7 @@ from typing import Any
 
 from loadtests import cost
 from loadtests.runner import HEAD_SAMPLE_REQUESTS, WARMUP_REQUESTS, RunSpec, run_one
-from loadtests.tier_costs import TierCosts, anchor_factors
+from loadtests.tier_costs import TierCosts, anchor_factors, cpu_us_at_speed
 from serving.settings import Settings
 from tuning.calibrate import CALIBRATION_SECONDS, MAX_CALIBRATION_RATE, profile_of, tier_spec
 from tuning.recommend import TIER_NAMES, Candidate, estimate_p99, in_flight
@@ -59,7 +65,7 @@ VERIFY_RATE = MAX_CALIBRATION_RATE
 STEPS = 10
 # Locust's run length: the replay at the offered rate, plus this share and a few seconds to spare.
 DURATION_SLACK = 1.25
-# Rounds of anchor runs + the candidate's run; the round with the median CPU error is kept.
+# Rounds of the candidate's run (after its anchor runs, if any); the round with the median CPU error is kept.
 VERIFY_ROUNDS = 3
 
 
@@ -193,15 +199,18 @@ def verify(
     rate: float = VERIFY_RATE,
     max_seconds: float = MAX_VERIFY_SECONDS,
     rounds: int = VERIFY_ROUNDS,
-    anchor_seconds: float = CALIBRATION_SECONDS,
+    anchor_seconds: float = 0.0,
 ) -> VerifyResult:
     """Load-test ``candidate`` on ``trace`` (keys of the model's key space) in ``rounds`` rounds, each
-    after its anchor runs of ``anchor_seconds``, and compare with the prediction (see the module doc)."""
+    after its anchor runs of ``anchor_seconds`` (0: none), and compare with the prediction (see the
+    module doc)."""
     if rounds < 1:
         raise ValueError(f"verify rounds must be >= 1, got {rounds}")
+    if anchor_seconds < 0:
+        raise ValueError(f"anchor seconds must be >= 0 (0: no anchor runs), got {anchor_seconds:g}")
     window = choose_window(trace, candidate, rate, max_seconds)
     replayed = trace.split(window.requests / len(trace))[0] if window.requests < len(trace) else trace
-    anchors = anchor_specs(candidate, settings.model_name, rate, anchor_seconds)
+    anchors = anchor_specs(candidate, settings.model_name, rate, anchor_seconds) if anchor_seconds > 0 else []
     done = []
     with tempfile.TemporaryDirectory(prefix="hybridserve-verify-") as folder:
         path = Path(folder) / "replay.keys"
@@ -213,7 +222,8 @@ def verify(
             done.append(_round(replayed, candidate, costs, records, record))
     ranked = sorted(done, key=lambda r: r["measured"]["cpu_us_per_request"] / r["predicted"]["cpu_us_per_request"])
     kept = ranked[(len(ranked) - 1) // 2]
-    summary = [{"measured_cpu_us": r["measured"]["cpu_us_per_request"], "predicted_cpu_us": r["predicted"]["cpu_us_per_request"],
+    summary = [{"measured_cpu_us": r["measured"]["cpu_us_per_request"], "raw_cpu_us": r["measured"]["raw_cpu_us_per_request"],
+                "predicted_cpu_us": r["predicted"]["cpu_us_per_request"],
                 "calibration_cpu_us": r["predicted"]["calibration_cpu_us_per_request"], "anchors": r["predicted"]["anchors"],
                 "hit_ratio": r["measured"]["hit_ratio"], "p99_ms": r["measured"]["p99_ms"], "kept": r is kept} for r in done]
     return VerifyResult(candidate.label, window, kept["measured"], kept["predicted"], candidate.hit_ratio, slo_p99_ms, summary)
@@ -227,16 +237,16 @@ def _run(spec: RunSpec, settings: Settings, what: str) -> dict[str, Any]:
 def _round(replayed: Trace, candidate: Candidate, costs: TierCosts, anchors: list[dict[str, Any]],
            record: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """One round's two sides: the candidate's run, and the simulation of what it sent priced by the
-    calibration re-levelled by the round's anchor runs."""
+    calibration (re-levelled by the round's anchor runs, if it had any)."""
     factors = anchor_factors(costs, anchors)
-    levelled = costs.scaled(factors)
+    levelled = costs.scaled(factors) if factors else costs
     hybrid = candidate.mode == "hybrid"
     overlap = in_flight(levelled, record["achieved_rps"])
     shares = simulate_run(replayed, candidate, overlap=overlap)[-1]
     predicted = _predicted(shares, levelled, record["achieved_rps"], hybrid=hybrid) | {
         "in_flight": overlap, "anchors": factors,
         "calibration_cpu_us_per_request": _predicted(shares, costs, record["achieved_rps"], hybrid=hybrid)["cpu_us_per_request"]}
-    return {"measured": _measured(record), "predicted": predicted}
+    return {"measured": _measured(record, costs.speed_reference), "predicted": predicted}
 
 
 def _spec(candidate: Candidate, model: str, path: Path, rate: float, requests: int) -> RunSpec:
@@ -248,14 +258,16 @@ def _spec(candidate: Candidate, model: str, path: Path, rate: float, requests: i
                    redis_maxmemory=candidate.redis_budget_bytes, redis_eviction=candidate.redis_eviction)
 
 
-def _measured(record: dict[str, Any]) -> dict[str, Any]:
+def _measured(record: dict[str, Any], speed_reference: dict[str, float]) -> dict[str, Any]:
+    """The run's side: CPU per prediction served at the calibration's core speed, and as measured."""
     counts = record["tier_counts"]
-    served = max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
+    per_served = counts["requests"] / max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
     latency = record["latency_ms"]
     return {
         "hit_ratio": record["hit_ratio"]["total"], "l1_hit_ratio": record["hit_ratio"]["l1"],
-        "cpu_us_per_request": (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"])
-        * counts["requests"] / served,
+        "cpu_us_per_request": cpu_us_at_speed(record, speed_reference) * per_served,
+        "raw_cpu_us_per_request": (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"]) * per_served,
+        "core_speed": record.get("core_speed", {}),
         "p99_ms": latency["p99"], "p99_low_ms": latency.get("p99_low"), "p99_high_ms": latency.get("p99_high"),
         "requests": record["requests"], "failures": record["failures"], "achieved_rps": record["achieved_rps"],
         "saturated": record["load_generator_saturated"],
