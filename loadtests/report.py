@@ -235,7 +235,7 @@ def summary_table(records: Sequence[dict[str, Any]]) -> str:
 def _html_table(records: Sequence[Record]) -> str:
     cols = ["run", "offered rps", "achieved rps", "p50 ms", "p95 ms", "p99 ms", "max ms", "server p99 ms ≤",
             "failures", "hit ratio", "server CPU µs/req", "Redis CPU µs/req", "Redis bytes", "precompute s",
-            "$/M (target)", "$/month (target)", "generator saturated"]
+            "$/M (target)", "$/month (target)", "generator saturated", "core speed: probe unit µs, server / Redis"]
     body = []
     for r in records:
         cells = [_label(r), f"{r['offered_rps']:.0f}", f"{r['achieved_rps']:.0f}", *(f"{r['latency_ms'][q]:.1f}" for q in ("p50", "p95", "p99", "max")),
@@ -243,11 +243,20 @@ def _html_table(records: Sequence[Record]) -> str:
                  f"{r['server_cpu_us_per_request']:.0f}", f"{r['redis_cpu_us_per_request']:.1f}", f"{r['redis_bytes']:,}",
                  f"{r['precompute_s']:.2f}",
                  f"{r['cost']['per_million_target']['total']:.4f}", f"{r['cost']['monthly_target']['total']:.2f}",
-                 "yes" if r["load_generator_saturated"] else "no"]
+                 "yes" if r["load_generator_saturated"] else "no", _core_speed(r)]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     # The wrapper scrolls a wide table inside the column instead of widening the whole page.
     return ('<div class="scroll"><table><tr>' + "".join(f"<th>{html.escape(c)}</th>" for c in cols) + "</tr>"
             + "".join(body) + "</table></div>")
+
+
+def _core_speed(r: Record) -> str:
+    """How fast the run's cores ran (a probe's unit time: higher is slower; this VM's cores vary
+    minute to minute, and the CPU columns carry it), or "-" for a record from before the probe."""
+    speed = r.get("core_speed") or {}
+    if not (speed.get("server") and speed.get("redis")):
+        return "-"
+    return f"{speed['server']['unit_us']:.0f} / {speed['redis']['unit_us']:.0f}"
 
 
 def _setup(records: Sequence[Record]) -> str:

@@ -48,8 +48,8 @@ import redis
 
 from loadtests import cost, split
 from loadtests.drift_traffic import MonitoringSampler
-from loadtests.tier_costs import cpu_us_at_speed, speed_reference
 from loadtests.keys import TraceKeys, key_stream
+from loadtests.tier_costs import cpu_us_at_speed, speed_reference
 from models.keyspace import KeyNotFound, KeyRuleError, KeySpace, key_space_for
 from models.registry import model_name, resolve
 from serving.precompute import precompute, top_keys_from_file

@@ -29,6 +29,13 @@ several rates (the hot-set runs), the server's total rate picks between them: un
 arrivals a request pays more of the server's wake-ups when requests come seldom (light: 533 us an
 L1 hit at 75/s, 257 at 300/s).
 
+Every run's CPU is read at one **core speed** (:func:`at_speed`): this VM's cores run the same work
+at anything from 0.6 to 1.1 of their fastest, minute to minute, and each run records how fast its
+server and Redis cores ran (:mod:`loadtests.harness.core_speed`). :func:`tier_costs` levels every
+run to the runs' median probe reading (or a reference given: the comparison is read at the
+calibration's), and keeps it as :attr:`TierCosts.speed_reference`, so that a later run (a
+verification) is compared at the same speed. Records from before the probe are read as measured.
+
 Each tier is a curve over the rate it serves (requests a second that tier answers): CPU per
 request falls with it (batching), and p99 grows with how busy the server is (queueing).
 :meth:`TierCosts.at` prices CPU at the rate the tier serves, interpolated in log rate, and reads

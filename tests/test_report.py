@@ -74,3 +74,13 @@ def test_the_report_says_how_a_trace_was_replayed() -> None:
     assert "12.5% of its requests were for keys the model does not have" in _trace_note([own])
     assert "MAPPED" in _trace_note([{**own, "distribution": "trace:map:t.keys", "trace_keys_mapped": True}])
     assert _trace_note([{"distribution": "zipf:1.1"}]) == ""
+
+
+def test_the_table_says_how_fast_each_runs_cores_ran(results: dict[str, Any]) -> None:
+    """The probe's unit times beside the CPU columns; "-" for a record from before the probe."""
+    run = results["runs"][0]
+    probed = {**run, "core_speed": {"server": {"unit_us": 412.4, "samples": 240, "spread": 2.1},
+                                    "redis": {"unit_us": 398.0, "samples": 240, "spread": 1.9}}}
+    table = report._html_table([probed, run])
+    assert "core speed: probe unit µs, server / Redis" in table
+    assert "<td>412 / 398</td>" in table and table.count("<td>-</td>") >= 1
