@@ -367,8 +367,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--calibration-seconds", type=float, default=12.0)
     parser.add_argument("--repeats", type=int, default=3, help="runs per calibration and comparison spec (median kept)")
     parser.add_argument("--verify-rounds", type=int, default=3, help="rounds (anchors if any, then the run) per recommendation's verification")
-    parser.add_argument("--anchor-seconds", type=float, default=0.0,
-                        help="anchor runs of this length before each verification round (0: none; the core speed levels instead)")
+    parser.add_argument("--anchor-seconds", type=float, default=12.0,
+                        help="anchor runs of this length before each verification round, read at the calibration's core "
+                             "speed like the round (0: none, the core speed alone levels: it under-corrects light work)")
     parser.add_argument("--hybrid-rounds", type=int, default=1, help="rounds per sized hybrid's verification (its runs are long)")
     return parser
 
