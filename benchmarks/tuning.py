@@ -282,7 +282,10 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
     how = ("a round runs the calibration's runs of the tiers the configuration uses (anchors: static for a Redis hit, "
            "dynamic for a model call, a hot-set hybrid for an L1 hit) at the verify rate, then the configuration; its "
            "prediction prices the simulated mix with the calibration's curves re-levelled by the anchors (tier factors "
-           "shown: the anchor's CPU over the calibration's at the same rate)" if anchored else
+           "shown: the anchor's CPU over the calibration's at the same rate). Where the runs recorded their core speed, "
+           "the anchors and the configuration are all read at the calibration's core speed, so a factor is what the "
+           "probe missed (shown after the factors: the kept round's raw CPU, and its probe unit times, server / Redis "
+           "core)" if anchored else
            "a round runs the configuration; its prediction prices the simulated mix of what it sent with the "
            "calibration's curves, and its measured CPU is read at the calibration's core speed (the raw figure and "
            "the run's probe unit times, server / Redis core, are shown beside it)")
@@ -292,7 +295,8 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
               "The round with the median measured/predicted CPU is kept; every round is listed. The calibration-alone "
               "column is the prediction from the calibration without anchors, made before the traces.", "",
               "| trace | profile | verified configuration | replay | hit measured / predicted | CPU us measured / predicted "
-              "(kept round) | every round, measured/predicted | " + ("anchor factors (kept round)" if anchored else
+              "(kept round) | every round, measured/predicted | " + ("anchor factors; raw CPU us; probe unit us server / Redis "
+              "(kept round)" if anchored else
               "raw CPU us; probe unit us server / Redis (kept round)") + " | calibration alone (error) "
               "| p99 ms measured (95% CI) / predicted | hit | CPU | p99 <= SLO |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for row in rows:
@@ -338,10 +342,10 @@ def _verify_line(trace: str, profile: str, label: str, v: dict[str, Any], contex
     m, p = v["measured"], v["predicted"]
     ci = f" ({m['p99_low_ms']:.1f}-{m['p99_high_ms']:.1f})" if m.get("p99_low_ms") is not None else ""
     anchors = ", ".join(f"{tier} {factor:.2f}" for tier, factor in sorted(p.get("anchors", {}).items()))
-    if not anchors and "raw_cpu_us_per_request" in m:
+    if "raw_cpu_us_per_request" in m:  # files from before the core speed probe lack it
         speed = m.get("core_speed", {})
         units = " / ".join(f"{speed[c]['unit_us']:.0f}" if speed.get(c) else "n/a" for c in ("server", "redis"))
-        anchors = f"{m['raw_cpu_us_per_request']:.0f}; {units}"
+        anchors = "; ".join(part for part in (anchors, f"{m['raw_cpu_us_per_request']:.0f}", units) if part)
     rounds = ", ".join(f"{r['measured_cpu_us']:.0f}/{r['predicted_cpu_us']:.0f}" for r in v.get("rounds", []))
     alone = p.get("calibration_cpu_us_per_request")
     alone_error = f"{alone:.0f} ({abs(m['cpu_us_per_request'] - alone) / alone:.0%})" if alone else "n/a"
