@@ -412,7 +412,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return run_tune(Path(args.trace), settings, slo_p99_ms=args.slo_p99_ms, qps=args.qps, out=Path(args.out),
                     verify_live=args.verify, verify_seconds=args.verify_seconds,
                     results=Path(args.results) if args.results else None, map_keys=args.map_keys,
-                    calibration_repeats=args.calibration_repeats, verify_rounds=args.verify_rounds)
+                    calibration_repeats=args.calibration_repeats, verify_rounds=args.verify_rounds,
+                    verify_anchor_seconds=args.verify_anchor_seconds)
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -583,6 +584,10 @@ def _trace_tune(sub: Any) -> None:
     tune.add_argument("--verify-rounds", type=_at_least_one, default=3, metavar="N",
                       help="rounds of --verify: each runs the tiers' anchor load tests, then the configuration; "
                       "the round with the median CPU error is kept (1: quicker, noisier)")
+    tune.add_argument("--verify-anchor-seconds", type=_not_negative, default=12.0, metavar="S",
+                      help="length of each anchor load test of --verify: the calibration's runs of the tiers the "
+                      "configuration uses, made beside each round to re-level the calibration (0: none, quicker; "
+                      "the core speed probe alone levels, and reads light configurations low in a fast spell)")
     tune.add_argument("--results", default=None, help="take tier costs from this results.json of the same model "
                       "(hybridserve compare) instead of calibrating by new load tests")
     tune.add_argument("--calibration-repeats", type=_at_least_one, default=3,
@@ -604,6 +609,17 @@ def _at_least_one(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    """An argparse type: a number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
     return value
 
 

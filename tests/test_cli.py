@@ -202,3 +202,12 @@ def test_repeat_counts_below_one_are_refused_with_the_option_named(argv: list[st
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"argument {option}" in err and ("at least 1" in err or "whole number" in err)
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "twelve"])
+def test_anchor_seconds_below_zero_or_not_a_number_are_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["tune", "--trace", "t.keys", "--verify-anchor-seconds", value])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "argument --verify-anchor-seconds" in err and ("at least 0" in err or "number of seconds" in err)

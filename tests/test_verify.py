@@ -61,15 +61,15 @@ def test_load_test_verifies_a_hybrid_recommendation(registry: Path, trace: Trace
     costs.speed_reference = {"server": 1000.0, "redis": 1000.0}  # a core that ran one probe unit in 1 ms
     short = trace.split(0.5)[0]  # 1,500 requests, about 8 s at 200/s
     result = verify(short, _hybrid(policy="s3fifo"), costs, Settings(registry=registry), slo_p99_ms=1000.0, rate=200.0,
-                    rounds=1)
+                    rounds=1, anchor_seconds=0.0)
     m, p = result.measured, result.predicted
     assert result.window.requests == len(short) and m["failures"] == 0
     assert m["requests"] == len(short)
     assert result.hit_ratio_pp <= TOLERANCE_PP, result.as_dict()
     assert 0.0 < m["hit_ratio"] < 1.0 and m["cpu_us_per_request"] > 0 and p["cpu_us_per_request"] > 0
     assert {"measured", "predicted", "within_tolerance", "window", "rounds"} <= result.as_dict().keys()
-    # No anchor runs by default: priced by the calibration alone; the run's CPU levelled by its
-    # cores' probe readings to the calibration's speed (between the two cores' factors).
+    # No anchor runs: priced by the calibration alone; the run's CPU levelled by its cores' probe
+    # readings to the calibration's speed (between the two cores' factors).
     (round_,) = result.rounds
     assert p["anchors"] == {} and p["calibration_cpu_us_per_request"] == p["cpu_us_per_request"]
     assert round_["kept"] and round_["predicted_cpu_us"] == p["cpu_us_per_request"]
@@ -78,6 +78,25 @@ def test_load_test_verifies_a_hybrid_recommendation(registry: Path, trace: Trace
     factors = sorted(1000.0 / speed[core]["unit_us"] for core in ("server", "redis"))
     assert factors[0] * 0.999 <= m["cpu_us_per_request"] / m["raw_cpu_us_per_request"] <= factors[1] * 1.001
     assert round_["raw_cpu_us"] == m["raw_cpu_us_per_request"]
+
+
+@pytest.mark.slow
+def test_anchored_round_relevels_every_tier_the_configuration_uses(registry: Path, trace: Trace) -> None:
+    """By default each round first runs the calibration's runs of the candidate's tiers (Redis, the
+    model, L1 for this hybrid): the prediction is priced by the calibration re-levelled by them,
+    the calibration's own prediction kept beside it, and the measured side is the candidate's run."""
+    costs = tier_costs(json.loads(RESULTS.read_text())["runs"], "traffic-light")
+    short = trace.split(0.25)[0]  # 750 requests
+    result = verify(short, _hybrid(policy="s3fifo"), costs, Settings(registry=registry), slo_p99_ms=1000.0, rate=200.0,
+                    rounds=1, anchor_seconds=2.0)
+    m, p = result.measured, result.predicted
+    assert m["requests"] == len(short) and m["failures"] == 0  # the candidate's run, not an anchor's
+    assert set(p["anchors"]) == {"redis", "model", "l1"}, p["anchors"]
+    assert all(factor > 0 for factor in p["anchors"].values())
+    assert p["cpu_us_per_request"] > 0 and p["calibration_cpu_us_per_request"] > 0
+    assert p["cpu_us_per_request"] != p["calibration_cpu_us_per_request"]  # re-levelled, not the calibration's
+    (round_,) = result.rounds
+    assert round_["anchors"] == p["anchors"] and round_["predicted_cpu_us"] == p["cpu_us_per_request"]
 
 
 def test_anchors_measure_the_tiers_a_configuration_uses() -> None:

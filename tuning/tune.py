@@ -26,7 +26,7 @@ from tuning.key_fit import FittedTrace, fit_trace
 from tuning.plots import plot_costs, plot_miss_ratio_curves
 from tuning.recommend import Recommendation, format_table, recommend
 from tuning.traces import read_trace
-from tuning.verify import MAX_VERIFY_SECONDS, VERIFY_ROUNDS, verify
+from tuning.verify import ANCHOR_SECONDS, MAX_VERIFY_SECONDS, VERIFY_ROUNDS, verify
 
 # Exit status when no configuration meets the SLO: the report is still written.
 EXIT_SLO_UNREACHABLE = 3
@@ -45,6 +45,7 @@ def run_tune(
     map_keys: bool = False,
     calibration_repeats: int = CALIBRATION_REPEATS,
     verify_rounds: int = VERIFY_ROUNDS,
+    verify_anchor_seconds: float = ANCHOR_SECONDS,
 ) -> int:
     """Run the whole tuning flow, print a table and the settings to use; returns the exit status."""
     if verify_live and verify_seconds <= 0:
@@ -52,6 +53,8 @@ def run_tune(
         raise ValueError(f"--verify-seconds must be > 0, got {verify_seconds:g}")
     if verify_live and verify_rounds < 1:
         raise ValueError(f"--verify-rounds must be >= 1, got {verify_rounds}")
+    if verify_live and verify_anchor_seconds < 0:
+        raise ValueError(f"--verify-anchor-seconds must be >= 0 (0: no anchor runs), got {verify_anchor_seconds:g}")
     model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
     fitted = fit_trace(read_trace(trace_path), model.key_space, map_keys=map_keys)
     print(f"trace {trace_path}: {fitted.original_requests:,} requests, {fitted.out_of_space_share:.1%} outside "
@@ -70,7 +73,8 @@ def run_tune(
         candidate = rec.to_verify()
         print(f"verifying {candidate.label} by a load test ...", flush=True)
         report["verify"] = verify(fitted.trace, candidate, costs, settings, slo_p99_ms=slo_p99_ms,
-                                  max_seconds=verify_seconds, rounds=verify_rounds).as_dict()
+                                  max_seconds=verify_seconds, rounds=verify_rounds,
+                                  anchor_seconds=verify_anchor_seconds).as_dict()
     (out / "tuning.json").write_text(json.dumps(report, indent=2, default=str))
     _print_summary(rec, report, fitted, out)
     return 0 if rec.slo_met else EXIT_SLO_UNREACHABLE

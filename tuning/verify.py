@@ -15,24 +15,30 @@ sends (the runner's warm-up, its head: the most requested keys of the replay's f
 Compared: hit ratio (within :data:`TOLERANCE_PP`), server + Redis CPU per request (within
 :data:`CPU_TOLERANCE`), and the measured p99 against the SLO.
 
-At one core speed, in rounds: this VM's cores run the same work at anything from 0.6 to 1.1 of
-their fastest, minute to minute (another tenant on the host), more than the tolerance, and the
-calibration may be long past. Every run records how fast its cores ran
-(:mod:`loadtests.harness.core_speed`), and the candidate's measured CPU is compared at the
-calibration's core speed (:func:`loadtests.tier_costs.at_speed`; the raw figure is recorded beside
-it, ``raw_cpu_us_per_request``). Identical runs side by side still differ by up to a third (one
-light static run read 301 and 433 us in one round), so the candidate runs in :data:`VERIFY_ROUNDS`
-rounds and the round kept is the one whose measured-over-predicted CPU is the median; every round
-is recorded.
+At one core speed, anchored, in rounds: this VM's cores run the same work at anything from 0.6 to
+1.1 of their fastest, minute to minute (another tenant on the host), more than the tolerance, and
+the calibration may be long past. Two corrections, both measured beside the run:
 
-Optionally anchored (``anchor_seconds`` > 0): each round first runs the calibration's runs of the
-tiers the candidate uses at the verify rate (:func:`anchor_specs`: a static run for a Redis hit, a
-dynamic one for a model call, a hot-set hybrid for an L1 hit) and prices the round's prediction
-with the calibration re-levelled by them (:func:`loadtests.tier_costs.anchor_factors`). The
-tuning benchmark of 2026-12-02 found a single anchor run as noisy as the drift it removes (errors
-from 2% to 32% anchored against 3% to 45% from the calibration alone, before the core speed was
-measured), so it is off by default; the prediction from the calibration alone is always recorded
-(``calibration_cpu_us_per_request``).
+- Every run records how fast its cores ran (:mod:`loadtests.harness.core_speed`), and the
+  candidate's measured CPU is read at the calibration's core speed
+  (:func:`loadtests.tier_costs.at_speed`; the raw figure is recorded beside it,
+  ``raw_cpu_us_per_request``). The probe is a pure-Python loop; in a fast spell a light server's
+  CPU (system calls, memory traffic) fell 1.4-1.7 times as much as the probe's in log terms, so the
+  probe alone leaves a light configuration reading 20-30% under its prediction.
+- So each round first runs the calibration's runs of the tiers the candidate uses at the verify
+  rate (:func:`anchor_specs`: a static run for a Redis hit, a dynamic one for a model call, a
+  hot-set hybrid for an L1 hit; ``anchor_seconds`` each, :data:`ANCHOR_SECONDS` by default), read
+  at the same core speed, and prices the round's prediction with the calibration re-levelled by
+  them (:func:`loadtests.tier_costs.anchor_factors`): what the probe missed, tier by tier, from the
+  same work minutes apart. The prediction from the calibration alone is always recorded
+  (``calibration_cpu_us_per_request``). Before the probe, a single anchor run was as noisy as the
+  drift it removed (raw, one light static spec read 301 and 433 us in one round); read at one core
+  speed, the second of two identical runs about 45 s apart read 0.91-1.14 of the first (26 pairs:
+  a light L1-fronted table, a heavy dynamic model).
+
+Identical runs side by side still differ, so the candidate runs in :data:`VERIFY_ROUNDS` rounds and
+the round kept is the one whose measured-over-predicted CPU is the median; every round is recorded.
+``anchor_seconds=0`` skips the anchors (quicker; the probe alone levels).
 
 Example::
 
@@ -67,6 +73,8 @@ STEPS = 10
 DURATION_SLACK = 1.25
 # Rounds of the candidate's run (after its anchor runs, if any); the round with the median CPU error is kept.
 VERIFY_ROUNDS = 3
+# Each anchor run's length: the calibration's own, so an anchor measures what the calibration did.
+ANCHOR_SECONDS = CALIBRATION_SECONDS
 
 
 @dataclass(frozen=True)
@@ -199,7 +207,7 @@ def verify(
     rate: float = VERIFY_RATE,
     max_seconds: float = MAX_VERIFY_SECONDS,
     rounds: int = VERIFY_ROUNDS,
-    anchor_seconds: float = 0.0,
+    anchor_seconds: float = ANCHOR_SECONDS,
 ) -> VerifyResult:
     """Load-test ``candidate`` on ``trace`` (keys of the model's key space) in ``rounds`` rounds, each
     after its anchor runs of ``anchor_seconds`` (0: none), and compare with the prediction (see the
