@@ -264,14 +264,18 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
                   "where a request costs more (see the 75/s points above), so its own decomposition leaves too much on "
                   "L1 and the store. The last column decomposes the comparison's hybrid runs with the calibration's "
                   "Redis and model curves instead: the same runs, the one cost model, the difference from the tuner "
-                  "then only the runs' own (that run's per-run difference above, divided by the tier's share).", "",
+                  "then only the runs' own (that run's per-run difference above, divided by the tier's share). "
+                  "A derived tier carries a small part of its run's CPU (the share column: L1's hits are the "
+                  "cheapest requests; a miss's store rides on a model call), so the run's repeat-to-repeat noise "
+                  "grows by the inverse of that share in it: each repeat of the run decomposed the same way shows "
+                  "how far the comparison's own figure moves between identical runs, and whether the tuner's "
+                  "falls inside.", "",
                   "| profile | tier | rate /s | L1 share | tuner CPU us | comparison CPU us (its own curves) | difference "
-                  "| comparison CPU us, the calibration's curves | difference |", "|---|---|---|---|---|---|---|---|---|"]
+                  "| comparison CPU us, the calibration's curves (each repeat) | difference | the tier's share of "
+                  "the run's CPU | tuner within the repeats |", "|---|---|---|---|---|---|---|---|---|---|---|"]
         for a in by_tier:
-            same = _with_calibration_curves(a, by_run)
-            shown = f"{same:.0f} | {abs(same - a['tuner_cpu_us']) / max(a['tuner_cpu_us'], 1e-9):.0%}" if same is not None else "| "
             lines.append(f"| {a['profile']} | {a['tier']} | {a['rate']:.0f} | {a['share']:.2f} | {a['tuner_cpu_us']:.0f} | "
-                         f"{a['comparison_cpu_us']:.0f} | {a['difference']:.0%} | {shown} |")
+                         f"{a['comparison_cpu_us']:.0f} | {a['difference']:.0%} | {_derived_cells(a, by_run)} |")
     lines += ["", "## Policy gap: best server-runnable vs best libCacheSim (Belady excluded), whole trace from cold", "",
               "| trace | size | server best | miss | libCacheSim best | miss | gap pp |", "|---|---|---|---|---|---|---|"]
     for row in rows[::len(PROFILES)] if len(rows) > 1 else rows:
@@ -315,17 +319,38 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
 DERIVED_FROM = {"l1": ("hybrid/zipf:1.1", "l1"), "miss store": ("hybrid/uniform", "model")}
 
 
-def _with_calibration_curves(tier_row: dict[str, Any], runs: list[dict[str, Any]]) -> float | None:
+def _with_calibration_curves(tier_row: dict[str, Any], runs: list[dict[str, Any]]) -> tuple[float, list[float], float] | None:
     """A derived tier (L1 in a mix, a miss's store round trips) from the comparison's hybrid run,
     decomposed with the calibration's Redis and model curves: the tuner's figure plus what that run
-    measured beyond the tuner's pricing of it, per request of the tier (None: not a derived tier)."""
+    measured beyond the tuner's pricing of it, per request of the tier. Returned for the run kept
+    (the median), for each of its repeats one by one, and the tier's share of the run's CPU as the
+    tuner prices it (None: not a derived tier, or no such run)."""
     if tier_row["tier"] not in DERIVED_FROM:
         return None
     name, share = DERIVED_FROM[tier_row["tier"]]
     run = next((r for r in runs if r["profile"] == tier_row["profile"] and r["run"] == name), None)
     if run is None or run["shares"][share] <= 0:
         return None
-    return max(0.0, tier_row["tuner_cpu_us"] + (run["comparison_cpu_us"] - run["tuner_cpu_us"]) / run["shares"][share])
+
+    def decomposed(measured: float) -> float:
+        return max(0.0, tier_row["tuner_cpu_us"] + (measured - run["tuner_cpu_us"]) / run["shares"][share])
+
+    repeats = [decomposed(x) for x in run.get("comparison_repeats", [])]
+    return decomposed(run["comparison_cpu_us"]), repeats, run["shares"][share] * tier_row["tuner_cpu_us"] / run["tuner_cpu_us"]
+
+
+def _derived_cells(tier_row: dict[str, Any], runs: list[dict[str, Any]]) -> str:
+    """The tier-by-tier table's last four cells: the derived tier by the calibration's curves (with
+    each repeat's), its difference from the tuner, its share of the run, the tuner inside the repeats."""
+    derived = _with_calibration_curves(tier_row, runs)
+    if derived is None:
+        return " | | | "
+    median, repeats, share = derived
+    tuner = tier_row["tuner_cpu_us"]
+    spread = f" ({', '.join(f'{x:.0f}' for x in repeats)})" if repeats else ""
+    inside = ("yes" if min(repeats) <= tuner <= max(repeats) else
+              f"no: {min(abs(tuner - x) for x in repeats) / tuner:.0%} from the nearest") if repeats else ""
+    return f"{median:.0f}{spread} | {abs(median - tuner) / max(tuner, 1e-9):.0%} | {share:.0%} | {inside}"
 
 
 def _speed_line(costs: dict[str, Any]) -> str:
