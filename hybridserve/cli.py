@@ -585,8 +585,8 @@ def _trace_tune(sub: Any) -> None:
                       help="rounds of --verify: each runs the tiers' anchor load tests, then the configuration; "
                       "the round with the median CPU error is kept (1: quicker, noisier)")
     tune.add_argument("--verify-anchor-seconds", type=_not_negative, default=12.0, metavar="S",
-                      help="length of each anchor load test of --verify: the calibration's runs of the tiers the "
-                      "configuration uses, made beside each round to re-level the calibration (0: none, quicker; "
+                      help="length of each anchor load test of --verify (0, or at least 2): the calibration's runs of the "
+                      "tiers the configuration uses, made beside each round to re-level the calibration (0: none, quicker; "
                       "the core speed probe alone levels, and reads light configurations low in a fast spell)")
     tune.add_argument("--results", default=None, help="take tier costs from this results.json of the same model "
                       "(hybridserve compare) instead of calibrating by new load tests")
@@ -613,13 +613,13 @@ def _at_least_one(text: str) -> int:
 
 
 def _not_negative(text: str) -> float:
-    """An argparse type: a number of seconds >= 0."""
+    """An argparse type: a finite number of seconds >= 0 (tuning.verify checks the range it needs)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    if not 0 <= value < float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a finite number, at least 0, got {text}")
     return value
 
 

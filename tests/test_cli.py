@@ -204,10 +204,30 @@ def test_repeat_counts_below_one_are_refused_with_the_option_named(argv: list[st
     assert f"argument {option}" in err and ("at least 1" in err or "whole number" in err)
 
 
-@pytest.mark.parametrize("value", ["-1", "nan", "twelve"])
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "twelve"])
 def test_anchor_seconds_below_zero_or_not_a_number_are_refused(value: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["tune", "--trace", "t.keys", "--verify-anchor-seconds", value])
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "argument --verify-anchor-seconds" in err and ("at least 0" in err or "number of seconds" in err)
+
+
+def test_anchor_runs_shorter_than_a_tier_needs_are_refused_before_any_work(registry: Path, tmp_path: Path,
+                                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "t.keys"
+    trace.write_text("1:1\n2:2\n")
+    argv = ["tune", "--trace", str(trace), "--registry", str(registry), "--out", str(tmp_path / "out"), "--verify",
+            "--verify-anchor-seconds", "0.5"]
+    assert main(argv) == 2
+    assert "--verify-anchor-seconds must be 0 (no anchor runs) or a finite number of seconds >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before calibration
+
+
+def test_tune_option_defaults_are_the_tuners_own() -> None:
+    """The CLI spells its defaults out (--help stays light without importing the tuner): they must
+    stay the tuner's."""
+    from tuning.verify import ANCHOR_SECONDS, VERIFY_ROUNDS
+
+    args = _parser().parse_args(["tune", "--trace", "t.keys"])
+    assert args.verify_anchor_seconds == ANCHOR_SECONDS and args.verify_rounds == VERIFY_ROUNDS

@@ -117,8 +117,9 @@ def test_verify_refuses_no_rounds(trace: Trace, registry: Path) -> None:
     costs = tier_costs(json.loads(RESULTS.read_text())["runs"], "traffic-light")
     with pytest.raises(ValueError, match="rounds must be >= 1"):
         verify(trace, _hybrid(), costs, Settings(registry=registry), slo_p99_ms=50.0, rounds=0)
-    with pytest.raises(ValueError, match="anchor seconds must be >= 0"):
-        verify(trace, _hybrid(), costs, Settings(registry=registry), slo_p99_ms=50.0, anchor_seconds=-1.0)
+    for seconds in (-1.0, 0.5, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="anchor seconds must be 0 .no anchor runs. or a finite number of seconds >= 2"):
+            verify(trace, _hybrid(), costs, Settings(registry=registry), slo_p99_ms=50.0, anchor_seconds=seconds)
 
 
 @pytest.mark.slow

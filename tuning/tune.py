@@ -26,7 +26,7 @@ from tuning.key_fit import FittedTrace, fit_trace
 from tuning.plots import plot_costs, plot_miss_ratio_curves
 from tuning.recommend import Recommendation, format_table, recommend
 from tuning.traces import read_trace
-from tuning.verify import ANCHOR_SECONDS, MAX_VERIFY_SECONDS, VERIFY_ROUNDS, verify
+from tuning.verify import ANCHOR_SECONDS, MAX_VERIFY_SECONDS, VERIFY_ROUNDS, check_anchor_seconds, verify
 
 # Exit status when no configuration meets the SLO: the report is still written.
 EXIT_SLO_UNREACHABLE = 3
@@ -53,8 +53,8 @@ def run_tune(
         raise ValueError(f"--verify-seconds must be > 0, got {verify_seconds:g}")
     if verify_live and verify_rounds < 1:
         raise ValueError(f"--verify-rounds must be >= 1, got {verify_rounds}")
-    if verify_live and verify_anchor_seconds < 0:
-        raise ValueError(f"--verify-anchor-seconds must be >= 0 (0: no anchor runs), got {verify_anchor_seconds:g}")
+    if verify_live:
+        check_anchor_seconds(verify_anchor_seconds, "--verify-anchor-seconds")
     model = LoadedModel.from_registry(settings.registry, settings.model_name, settings.model_version)
     fitted = fit_trace(read_trace(trace_path), model.key_space, map_keys=map_keys)
     print(f"trace {trace_path}: {fitted.original_requests:,} requests, {fitted.out_of_space_share:.1%} outside "

@@ -22,9 +22,10 @@ the calibration may be long past. Two corrections, both measured beside the run:
 - Every run records how fast its cores ran (:mod:`loadtests.harness.core_speed`), and the
   candidate's measured CPU is read at the calibration's core speed
   (:func:`loadtests.tier_costs.at_speed`; the raw figure is recorded beside it,
-  ``raw_cpu_us_per_request``). The probe is a pure-Python loop; in a fast spell a light server's
-  CPU (system calls, memory traffic) fell 1.4-1.7 times as much as the probe's in log terms, so the
-  probe alone leaves a light configuration reading 20-30% under its prediction.
+  ``raw_cpu_us_per_request``). The probe is a pure-Python loop; a light server's CPU (system
+  calls, memory traffic) moved 1.36 times as much as the probe's in log terms (heavy: 0.99; 14
+  alternating rounds of a light L1-fronted table and a heavy dynamic model), so in a fast spell
+  the probe alone leaves a light configuration reading 20-30% under its prediction.
 - So each round first runs the calibration's runs of the tiers the candidate uses at the verify
   rate (:func:`anchor_specs`: a static run for a Redis hit, a dynamic one for a model call, a
   hot-set hybrid for an L1 hit; ``anchor_seconds`` each, :data:`ANCHOR_SECONDS` by default), read
@@ -33,8 +34,12 @@ the calibration may be long past. Two corrections, both measured beside the run:
   same work minutes apart. The prediction from the calibration alone is always recorded
   (``calibration_cpu_us_per_request``). Before the probe, a single anchor run was as noisy as the
   drift it removed (raw, one light static spec read 301 and 433 us in one round); read at one core
-  speed, the second of two identical runs about 45 s apart read 0.91-1.14 of the first (26 pairs:
-  a light L1-fronted table, a heavy dynamic model).
+  speed, the second of two identical runs about 45 s apart read 0.91-1.14 of the first (26 pairs,
+  13 of each kind, in those 14 rounds).
+
+With ``--results`` (tier costs from a comparison's runs, as in the demo) the comparison has no run
+of L1 alone, only its L1 left over from a Zipf hybrid run; the L1 anchor, a hot-set run, then also
+replaces that leftover's price by a direct one, besides levelling the drift.
 
 Identical runs side by side still differ, so the candidate runs in :data:`VERIFY_ROUNDS` rounds and
 the round kept is the one whose measured-over-predicted CPU is the median; every round is recorded.
@@ -48,6 +53,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -75,6 +81,9 @@ DURATION_SLACK = 1.25
 VERIFY_ROUNDS = 3
 # Each anchor run's length: the calibration's own, so an anchor measures what the calibration did.
 ANCHOR_SECONDS = CALIBRATION_SECONDS
+# The shortest anchor run: at the verify rate a shorter one serves too few requests to price a tier
+# (and its warm-up would be most of it).
+MIN_ANCHOR_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -197,6 +206,14 @@ def anchor_specs(candidate: Candidate, model: str, rate: float, duration_s: floa
     return [tier_spec(model, tier, rate, duration_s) for tier, used in uses.items() if used]
 
 
+def check_anchor_seconds(seconds: float, name: str = "anchor seconds") -> None:
+    """Refuse an anchor length other than 0 (no anchor runs) or a finite number of seconds of at
+    least :data:`MIN_ANCHOR_SECONDS`, naming the option as ``name``."""
+    if not (seconds == 0 or MIN_ANCHOR_SECONDS <= seconds < math.inf):
+        raise ValueError(f"{name} must be 0 (no anchor runs) or a finite number of seconds >= {MIN_ANCHOR_SECONDS:g} "
+                         f"(a shorter anchor run serves too few requests to price a tier), got {seconds:g}")
+
+
 def verify(
     trace: Trace,
     candidate: Candidate,
@@ -214,8 +231,7 @@ def verify(
     module doc)."""
     if rounds < 1:
         raise ValueError(f"verify rounds must be >= 1, got {rounds}")
-    if anchor_seconds < 0:
-        raise ValueError(f"anchor seconds must be >= 0 (0: no anchor runs), got {anchor_seconds:g}")
+    check_anchor_seconds(anchor_seconds)
     window = choose_window(trace, candidate, rate, max_seconds)
     replayed = trace.split(window.requests / len(trace))[0] if window.requests < len(trace) else trace
     anchors = anchor_specs(candidate, settings.model_name, rate, anchor_seconds) if anchor_seconds > 0 else []
