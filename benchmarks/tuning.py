@@ -157,15 +157,21 @@ def _run_agreement(profile: str, tuner: TierCosts, records: list[dict[str, Any]]
         counts = record["tier_counts"]
         served = max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
         shares = {"l1": counts["l1_hits"] / served, "redis": counts["redis_hits"] / served, "model": counts["model_rows"] / served}
-        measured = cpu_us_at_speed(record, tuner.speed_reference) * counts["requests"] / served
+        measured = cpu_us_at_speed(record, tuner.speed_reference) * _per_served(record)
         priced = tuner.cpu_per_request(shares, record["achieved_rps"], misses_pass_store=record["mode"] == "hybrid") * 1e6
         out.append({"profile": profile, "tier": "run", "run": f"{record['mode']}/{record['distribution']}",
                     "rate": record["achieved_rps"], "shares": shares, "tuner_cpu_us": priced, "comparison_cpu_us": measured,
                     "difference": abs(priced - measured) / measured,
                     "comparison_raw_cpu_us": (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"])
                     * counts["requests"] / served,
-                    "comparison_repeats": [cpu_us_at_speed(r, tuner.speed_reference) for r in record.get("repeats", [])]})
+                    "comparison_repeats": [cpu_us_at_speed(r, tuner.speed_reference) * _per_served(r) for r in record.get("repeats", [])]})
     return out
+
+
+def _per_served(record: dict[str, Any]) -> float:
+    """HTTP requests per prediction served: CPU per request times this is CPU per prediction."""
+    counts = record["tier_counts"]
+    return counts["requests"] / max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
 
 
 def _agreement(profile: str, tuner: TierCosts, comparison: TierCosts, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -264,8 +270,9 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
                   "where a request costs more (see the 75/s points above), so its own decomposition leaves too much on "
                   "L1 and the store. The last column decomposes the comparison's hybrid runs with the calibration's "
                   "Redis and model curves instead: the same runs, the one cost model, the difference from the tuner "
-                  "then only the runs' own (that run's per-run difference above, divided by the tier's share). "
-                  "A derived tier carries a small part of its run's CPU (the share column: L1's hits are the "
+                  "then only the runs' own (that run's per-run difference above, divided by the tier's share of the run's CPU; "
+                  "relative to the tuner's figure here, to the measured one above). "
+                  "A derived tier carries only part of its run's CPU (the share column: L1's hits are the "
                   "cheapest requests; a miss's store rides on a model call), so the run's repeat-to-repeat noise "
                   "grows by the inverse of that share in it: each repeat of the run decomposed the same way shows "
                   "how far the comparison's own figure moves between identical runs, and whether the tuner's "
@@ -349,7 +356,7 @@ def _derived_cells(tier_row: dict[str, Any], runs: list[dict[str, Any]]) -> str:
     tuner = tier_row["tuner_cpu_us"]
     spread = f" ({', '.join(f'{x:.0f}' for x in repeats)})" if repeats else ""
     inside = ("yes" if min(repeats) <= tuner <= max(repeats) else
-              f"no: {min(abs(tuner - x) for x in repeats) / tuner:.0%} from the nearest") if repeats else ""
+              f"no: {min(abs(tuner - x) for x in repeats) / max(tuner, 1e-9):.0%} from the nearest") if repeats else ""
     return f"{median:.0f}{spread} | {abs(median - tuner) / max(tuner, 1e-9):.0%} | {share:.0%} | {inside}"
 
 
