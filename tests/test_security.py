@@ -13,6 +13,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -66,8 +67,15 @@ def _hits_redis(settings: Settings) -> None:
     with running(settings.model_copy(update={"l1_size": 0, "redis_timeout_s": 3.0})) as (_, client):
         assert client.get("/v1/predict/2:3").json()["source"] == "model"
         assert client.get("/v1/predict/2:3").json()["source"] == "redis"
-        ready = client.get("/readyz").json()
-        assert ready["redis"] == "ok" and ready["degraded"] is False
+        # /readyz pings on redis-py's own connection, a second TLS handshake through the test's
+        # thread proxy: once in a clean-clone CI run it read "unreachable" right after two
+        # answers from Redis. A probe reports what it saw at that moment, so ask up to 3 times.
+        for _ in range(3):
+            ready = client.get("/readyz").json()
+            if ready["redis"] == "ok":
+                break
+            time.sleep(0.5)
+        assert ready["redis"] == "ok" and ready["degraded"] is False, ready
 
 
 @pytest.fixture(scope="module")
