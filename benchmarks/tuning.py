@@ -283,6 +283,7 @@ def _markdown(context: dict[str, Any], rows: list[dict[str, Any]], costs: dict[s
         for a in by_tier:
             lines.append(f"| {a['profile']} | {a['tier']} | {a['rate']:.0f} | {a['share']:.2f} | {a['tuner_cpu_us']:.0f} | "
                          f"{a['comparison_cpu_us']:.0f} | {a['difference']:.0%} | {_derived_cells(a, by_run)} |")
+    lines += _budget_curve(rows)
     lines += ["", "## Policy gap: best server-runnable vs best libCacheSim (Belady excluded), whole trace from cold", "",
               "| trace | size | server best | miss | libCacheSim best | miss | gap pp |", "|---|---|---|---|---|---|---|"]
     for row in rows[::len(PROFILES)] if len(rows) > 1 else rows:
@@ -344,6 +345,25 @@ def _with_calibration_curves(tier_row: dict[str, Any], runs: list[dict[str, Any]
 
     repeats = [decomposed(x) for x in run.get("comparison_repeats", [])]
     return decomposed(run["comparison_cpu_us"]), repeats, run["shares"][share] * tier_row["tuner_cpu_us"] / run["tuner_cpu_us"]
+
+
+def _budget_curve(rows: list[dict[str, Any]]) -> list[str]:
+    """The cost-vs-memory curve of every trace and profile (tuning.json's ``cost_vs_memory``: the
+    cheapest candidate at each memory size the tuner priced), the chosen configuration marked."""
+    if not any(row.get("cost_vs_memory") for row in rows):
+        return []
+    lines = ["", "## Cost against memory: the budget curve", "",
+             "Per trace and profile, the cheapest candidate the tuner priced at each memory size (Redis `maxmemory` "
+             "budget or the table it needs, plus L1), as `hybridserve tune` draws it in cost.png: hit ratio and "
+             "monthly cost move with the budget. Monthly cost at the pricing rate; the chosen configuration in bold.", "",
+             "| trace | profile | memory MB | hit ratio | $/month | p99 ms | meets SLO | candidate |", "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        for point in row.get("cost_vs_memory") or []:
+            chosen = (row.get("chosen") or {}).get("label", row.get("verified"))
+            label = f"**{point['label']}**" if point["label"] == chosen else point["label"]
+            lines.append(f"| {row['trace']} | {row['profile']} | {point['memory_bytes'] / 1e6:.2f} | {point['hit_ratio']:.3f} | "
+                         f"{point['monthly_usd']:.2f} | {point['p99_ms']:.1f} | {'yes' if point['meets_slo'] else 'no'} | {label} |")
+    return lines
 
 
 def _derived_cells(tier_row: dict[str, Any], runs: list[dict[str, Any]]) -> str:
