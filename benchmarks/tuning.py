@@ -33,7 +33,7 @@ import os  # noqa: E402
 
 from loadtests.keys import key_stream  # noqa: E402
 from loadtests.runner import compare, matrix  # noqa: E402
-from loadtests.tier_costs import TIERS, cpu_us_at_speed, tier_costs  # noqa: E402
+from loadtests.tier_costs import TIERS, cpu_us_at_speed, requests_per_prediction, tier_costs  # noqa: E402
 from models.registry import model_name  # noqa: E402
 from loadtests.tier_costs import TierCosts  # noqa: E402
 from serving.model import LoadedModel  # noqa: E402
@@ -157,21 +157,17 @@ def _run_agreement(profile: str, tuner: TierCosts, records: list[dict[str, Any]]
         counts = record["tier_counts"]
         served = max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
         shares = {"l1": counts["l1_hits"] / served, "redis": counts["redis_hits"] / served, "model": counts["model_rows"] / served}
-        measured = cpu_us_at_speed(record, tuner.speed_reference) * _per_served(record)
+        per_served = requests_per_prediction(record)
+        measured = cpu_us_at_speed(record, tuner.speed_reference) * per_served
         priced = tuner.cpu_per_request(shares, record["achieved_rps"], misses_pass_store=record["mode"] == "hybrid") * 1e6
         out.append({"profile": profile, "tier": "run", "run": f"{record['mode']}/{record['distribution']}",
                     "rate": record["achieved_rps"], "shares": shares, "tuner_cpu_us": priced, "comparison_cpu_us": measured,
                     "difference": abs(priced - measured) / measured,
                     "comparison_raw_cpu_us": (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"])
-                    * counts["requests"] / served,
-                    "comparison_repeats": [cpu_us_at_speed(r, tuner.speed_reference) * _per_served(r) for r in record.get("repeats", [])]})
+                    * per_served,
+                    "comparison_repeats": [cpu_us_at_speed(r, tuner.speed_reference) * requests_per_prediction(r)
+                                           for r in record.get("repeats", [])]})
     return out
-
-
-def _per_served(record: dict[str, Any]) -> float:
-    """HTTP requests per prediction served: CPU per request times this is CPU per prediction."""
-    counts = record["tier_counts"]
-    return counts["requests"] / max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
 
 
 def _agreement(profile: str, tuner: TierCosts, comparison: TierCosts, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -358,8 +354,8 @@ def _budget_curve(rows: list[dict[str, Any]]) -> list[str]:
              "monthly cost move with the budget. Monthly cost at the pricing rate; the chosen configuration in bold.", "",
              "| trace | profile | memory MB | hit ratio | $/month | p99 ms | meets SLO | candidate |", "|---|---|---|---|---|---|---|---|"]
     for row in rows:
+        chosen = (row.get("chosen") or {}).get("label", row.get("verified"))
         for point in row.get("cost_vs_memory") or []:
-            chosen = (row.get("chosen") or {}).get("label", row.get("verified"))
             label = f"**{point['label']}**" if point["label"] == chosen else point["label"]
             lines.append(f"| {row['trace']} | {row['profile']} | {point['memory_bytes'] / 1e6:.2f} | {point['hit_ratio']:.3f} | "
                          f"{point['monthly_usd']:.2f} | {point['p99_ms']:.1f} | {'yes' if point['meets_slo'] else 'no'} | {label} |")

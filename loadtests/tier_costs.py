@@ -308,6 +308,12 @@ def _served(record: Record) -> int:
     return max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
 
 
+def requests_per_prediction(record: Record) -> float:
+    """The run's HTTP requests per prediction served (a batch of B keys serves B): a figure per
+    request times this is the figure per prediction."""
+    return record["tier_counts"]["requests"] / _served(record)
+
+
 def _idle_s_per_s(record: Record) -> float:
     """The run's server + Redis CPU seconds a second with no traffic (0 in records from before it was kept)."""
     idle = record.get("idle_cpu_ms_per_s") or {}
@@ -319,7 +325,7 @@ def _cpu_per_request(record: Record) -> float:
     CPU the run's rate spreads over each (marginal: see the module doc)."""
     per_http_request = (record["server_cpu_us_per_request"] + record["redis_cpu_us_per_request"]) / 1e6
     idle = _idle_s_per_s(record) / (record["achieved_rps"] * record.get("batch_size", 1))
-    return per_http_request * record["tier_counts"]["requests"] / _served(record) - idle
+    return per_http_request * requests_per_prediction(record) - idle
 
 
 def _label(record: Record) -> str:

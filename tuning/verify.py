@@ -62,7 +62,7 @@ from typing import Any
 
 from loadtests import cost
 from loadtests.runner import HEAD_SAMPLE_REQUESTS, WARMUP_REQUESTS, RunSpec, run_one
-from loadtests.tier_costs import TierCosts, anchor_factors, cpu_us_at_speed
+from loadtests.tier_costs import TierCosts, anchor_factors, cpu_us_at_speed, requests_per_prediction
 from serving.settings import Settings
 from tuning.calibrate import CALIBRATION_SECONDS, MAX_CALIBRATION_RATE, profile_of, tier_spec
 from tuning.recommend import TIER_NAMES, Candidate, estimate_p99, in_flight
@@ -285,7 +285,7 @@ def _spec(candidate: Candidate, model: str, path: Path, rate: float, requests: i
 def _measured(record: dict[str, Any], speed_reference: dict[str, float]) -> dict[str, Any]:
     """The run's side: CPU per prediction served at the calibration's core speed, and as measured."""
     counts = record["tier_counts"]
-    per_served = counts["requests"] / max(1, counts["l1_hits"] + counts["redis_hits"] + counts["model_rows"])
+    per_served = requests_per_prediction(record)
     latency = record["latency_ms"]
     return {
         "hit_ratio": record["hit_ratio"]["total"], "l1_hit_ratio": record["hit_ratio"]["l1"],
